@@ -1,0 +1,151 @@
+//! What every command needs: the loaded configuration, the catalog, and failures mapped to exit statuses.
+
+use std::path::Path;
+
+use crate::catalog::{self, Catalog, CatalogError, CatalogSource, TenantOrigin, TenantProblem};
+use crate::config::{self, ConfigError, LoadedConfig, Overrides};
+use crate::diagnostic::Diagnostic;
+use crate::path;
+
+/// Why a command did not succeed, and so which exit status it gets.
+#[derive(Debug)]
+pub enum Failure {
+    /// Problems in the operator's files: exit 1.
+    Invalid(Vec<Diagnostic>),
+    /// Something failed (a run, a check): exit 1.
+    Failed(String),
+    /// A required service (Redis, a database, the object store) is unreachable: exit 3.
+    Unreachable(String),
+    /// Silent exit 1: the command already printed what went wrong.
+    Reported,
+}
+
+impl Failure {
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Unreachable(_) => 3,
+            Self::Invalid(_) | Self::Failed(_) | Self::Reported => 1,
+        }
+    }
+
+    /// Prints the failure on stderr (diagnostics one per line, as editors and CI expect).
+    pub fn report(&self) {
+        match self {
+            Self::Invalid(diagnostics) => {
+                for d in diagnostics {
+                    eprintln!("{d}");
+                }
+            }
+            Self::Failed(message) => eprintln!("error: {message}"),
+            Self::Unreachable(message) => eprintln!("error: {message}"),
+            Self::Reported => {}
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Invalid(d) => Self::Invalid(d),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+/// The loaded configuration, shared by the commands.
+pub struct Context {
+    pub config: LoadedConfig,
+}
+
+impl Context {
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, Failure> {
+        let mut overrides = Overrides::from_env(std::env::vars());
+        for set in sets {
+            overrides.push_set(set).map_err(Failure::Failed)?;
+        }
+        Ok(Self {
+            config: config::load(file, overrides)?,
+        })
+    }
+
+    /// The configuration's own problems (not the catalog's, not the workflows').
+    pub fn config_problems(&self) -> Vec<Diagnostic> {
+        config::check(&self.config)
+    }
+
+    /// Resolves the catalog: every tenant checked, placements rendered. Problems with
+    /// individual tenants come back as diagnostics at the line (static list) or at the
+    /// catalog query (SQL source); the tenants without problems are still returned.
+    pub async fn catalog(&self) -> Result<(Catalog, Vec<Diagnostic>), Failure> {
+        let c = &self.config.config;
+        let (specs, mut problems) = match c.catalog.source {
+            CatalogSource::Static => (
+                c.catalog
+                    .tenants
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, t)| (TenantOrigin::Static(i), t))
+                    .collect(),
+                Vec::new(),
+            ),
+            CatalogSource::Sql => {
+                let query = c
+                    .catalog
+                    .sql
+                    .as_ref()
+                    .ok_or(Failure::Failed(CatalogError::MissingQuery.to_string()))?;
+                match catalog::load_query_tenants(query, &c.hosts).await {
+                    Ok(loaded) => loaded,
+                    Err(e) if e.is_unreachable() => {
+                        return Err(Failure::Unreachable(e.to_string()));
+                    }
+                    Err(e @ CatalogError::Query { .. }) => {
+                        return Err(Failure::Invalid(vec![
+                            self.config
+                                .error_at(&path!["catalog", "sql", "query"], e.to_string()),
+                        ]));
+                    }
+                    Err(e) => return Err(Failure::Failed(e.to_string())),
+                }
+            }
+        };
+        let (tenants, more) = catalog::resolve_tenants(specs, &c.services, &c.hosts);
+        problems.extend(more);
+        let diagnostics = problems.iter().map(|p| self.tenant_problem(p)).collect();
+        Ok((
+            Catalog {
+                hosts: c.hosts.clone(),
+                services: c.services.clone(),
+                tenants,
+            },
+            diagnostics,
+        ))
+    }
+
+    fn tenant_problem(&self, p: &TenantProblem) -> Diagnostic {
+        match p.origin {
+            TenantOrigin::Static(i) => self
+                .config
+                .error_at(&path!["catalog", "tenants", i, p.field], p.message.clone()),
+            _ => self
+                .config
+                .error_at(&path!["catalog", "sql", "query"], p.to_string()),
+        }
+    }
+
+    /// Config and catalog, refusing to go on when either has problems.
+    pub async fn checked_catalog(&self) -> Result<Catalog, Failure> {
+        let mut problems = self.config_problems();
+        if !problems.is_empty() {
+            return Err(Failure::Invalid(problems));
+        }
+        let (catalog, tenant_problems) = self.catalog().await?;
+        problems.extend(tenant_problems);
+        if problems.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(Failure::Invalid(problems))
+        }
+    }
+}

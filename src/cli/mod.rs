@@ -1,0 +1,95 @@
+//! The command line (SPEC §6): argument parsing, exit statuses, and one file per command.
+//!
+//! Data goes to stdout (`--json` for machines), logs and progress to stderr. Exit status:
+//! 0 done; 1 the run or validation failed; 2 usage error; 3 a required service is unreachable.
+
+mod context;
+mod plan;
+mod tenants;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use context::{Context, Failure};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tenantry",
+    version,
+    about = "Durable, scheduled maintenance workflows for multi-tenant databases"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./tenantry.toml).
+    #[arg(long, global = true, value_name = "FILE", env = "TENANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override a configuration value, e.g. `--set redis.prefix=staging` (repeatable;
+    /// applied after TENANTRY__SECTION__KEY environment variables).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the config, the catalog, every workflow and every migrations directory.
+    Validate,
+    /// Show what a workflow would do per wave and tenant; changes nothing.
+    Plan {
+        /// Workflow name (file name without .toml, or its `name`).
+        workflow: String,
+        /// Only these tenants (repeatable).
+        #[arg(long = "tenant", value_name = "ID")]
+        tenants: Vec<String>,
+    },
+    /// The catalog as resolved: tenants, their status, labels and placements.
+    Tenants,
+}
+
+/// Parses arguments, runs the command and maps the outcome to the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            failure.report();
+            ExitCode::from(failure.code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Context::load(cli.config.as_deref(), &cli.sets)?;
+    match &cli.command {
+        Command::Validate => validate::run(&ctx, cli.json).await,
+        Command::Plan { workflow, tenants } => plan::run(&ctx, workflow, tenants, cli.json).await,
+        Command::Tenants => tenants::run(&ctx, cli.json).await,
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

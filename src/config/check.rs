@@ -1,0 +1,230 @@
+//! Checks of a parsed configuration that serde cannot express: names, references between sections, templates, required combinations.
+
+use super::{LoadedConfig, StorageKind};
+use crate::catalog::{CatalogSource, Isolation, check_name, check_template};
+use crate::diagnostic::Diagnostic;
+use crate::path;
+
+/// Every problem of the configuration itself (not the catalog's tenants, not workflows).
+pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
+    let c = &loaded.config;
+    let mut out = Vec::new();
+    let mut err = |p: crate::source::KeyPath, m: String| out.push(loaded.error_at(&p, m));
+
+    if !matches!(c.redis.url.scheme(), "redis" | "rediss") {
+        err(
+            path!["redis", "url"],
+            format!(
+                "redis.url must be a redis:// or rediss:// URL, not {}",
+                c.redis.url
+            ),
+        );
+    }
+    if c.redis.prefix.is_empty() || c.redis.prefix.contains(char::is_whitespace) {
+        err(
+            path!["redis", "prefix"],
+            format!(
+                "redis.prefix {:?} must be non-empty and without spaces",
+                c.redis.prefix
+            ),
+        );
+    }
+    if c.limits.per_host == 0 {
+        err(
+            path!["limits", "per_host"],
+            "limits.per_host must be at least 1".into(),
+        );
+    }
+    if c.limits.plan_connections == 0 {
+        err(
+            path!["limits", "plan_connections"],
+            "limits.plan_connections must be at least 1".into(),
+        );
+    }
+
+    for (name, host) in &c.hosts {
+        if let Err(e) = check_name(name, "host name") {
+            err(path!["hosts", name], e);
+        }
+        if !host.engine.accepts_scheme(host.url.scheme()) {
+            err(
+                path!["hosts", name, "url"],
+                format!(
+                    "host {name}: a {} host needs a {} URL, not {}",
+                    host.engine,
+                    scheme_hint(host.engine),
+                    host.url
+                ),
+            );
+        }
+        if host.max_concurrency == Some(0) {
+            err(
+                path!["hosts", name, "max_concurrency"],
+                format!("host {name}: max_concurrency must be at least 1"),
+            );
+        }
+    }
+
+    for (name, service) in &c.services {
+        if let Err(e) = check_name(name, "service name") {
+            err(path!["services", name], e);
+        }
+        match c.hosts.get(&service.host) {
+            None => err(
+                path!["services", name, "host"],
+                format!(
+                    "service {name}: unknown host {:?} (hosts: {})",
+                    service.host,
+                    keys(&c.hosts)
+                ),
+            ),
+            Some(host) if host.engine != service.engine => err(
+                path!["services", name, "engine"],
+                format!(
+                    "service {name} is {} but its host {} is {}",
+                    service.engine, service.host, host.engine
+                ),
+            ),
+            Some(_) => {}
+        }
+        for (key, template) in [
+            ("database", Some(service.database.as_str())),
+            ("schema", service.schema.as_deref()),
+        ] {
+            if let Some(t) = template
+                && let Err(e) = check_template(t)
+            {
+                err(path!["services", name, key], format!("service {name}: {e}"));
+            }
+        }
+        let per_tenant = match service.isolation {
+            Isolation::Database => Some(("database", service.database.as_str())),
+            Isolation::Schema => Some(("schema", service.schema_template())),
+            Isolation::Row => None,
+        };
+        if let Some((key, template)) = per_tenant
+            && !template.contains("{tenant}")
+        {
+            err(
+                path!["services", name, key],
+                format!(
+                    "service {name} has {} isolation, so its {key} template must contain {{tenant}} (it is {template:?}); otherwise every tenant would share one {key}",
+                    service.isolation
+                ),
+            );
+        }
+        if service.isolation != Isolation::Database && service.database.contains("{tenant}") {
+            err(
+                path!["services", name, "database"],
+                format!(
+                    "service {name} has {} isolation: its database is shared and cannot contain {{tenant}}",
+                    service.isolation
+                ),
+            );
+        }
+        match (service.isolation, &service.tenant_column) {
+            (Isolation::Row, None) => err(
+                path!["services", name],
+                format!(
+                    "service {name} has row isolation and needs tenant_column (the column holding the tenant id)"
+                ),
+            ),
+            (Isolation::Row, Some(col)) if col.is_empty() => err(
+                path!["services", name, "tenant_column"],
+                format!("service {name}: tenant_column is empty"),
+            ),
+            (Isolation::Database | Isolation::Schema, Some(_)) => err(
+                path!["services", name, "tenant_column"],
+                format!("service {name}: tenant_column only applies to row isolation"),
+            ),
+            _ => {}
+        }
+        if service.engine == crate::catalog::Engine::Mariadb
+            && service.isolation == Isolation::Schema
+        {
+            err(
+                path!["services", name, "isolation"],
+                format!(
+                    "service {name}: MariaDB has no schemas inside a database; use database isolation"
+                ),
+            );
+        }
+        if let Some(dir) = &service.migrations
+            && !loaded.resolve_path(dir).is_dir()
+        {
+            err(
+                path!["services", name, "migrations"],
+                format!(
+                    "service {name}: migrations directory {} does not exist",
+                    loaded.resolve_path(dir).display()
+                ),
+            );
+        }
+        if let Some(dir) = &service.seeds
+            && !loaded.resolve_path(dir).is_dir()
+        {
+            err(
+                path!["services", name, "seeds"],
+                format!(
+                    "service {name}: seeds directory {} does not exist",
+                    loaded.resolve_path(dir).display()
+                ),
+            );
+        }
+    }
+
+    match (c.catalog.source, &c.catalog.sql) {
+        (CatalogSource::Sql, None) => err(path!["catalog", "source"], "catalog.source is \"sql\" but [catalog.sql] is missing".into()),
+        (CatalogSource::Sql, Some(q)) => {
+            match c.hosts.get(&q.host) {
+                None => err(path!["catalog", "sql", "host"], format!("catalog.sql: unknown host {:?} (hosts: {})", q.host, keys(&c.hosts))),
+                Some(h) if h.engine != crate::catalog::Engine::Postgres => err(
+                    path!["catalog", "sql", "host"],
+                    "catalog.sql: the catalog query runs on PostgreSQL hosts only for now".into(),
+                ),
+                Some(_) => {}
+            }
+            if !c.catalog.tenants.is_empty() {
+                err(
+                    path!["catalog", "tenants"],
+                    "catalog.source is \"sql\": the static [[catalog.tenants]] list would be ignored; remove it or set source = \"static\"".into(),
+                );
+            }
+        }
+        (CatalogSource::Static, Some(_)) => err(
+            path!["catalog", "sql"],
+            "[catalog.sql] is set but catalog.source is \"static\"; set source = \"sql\" to use the query".into(),
+        ),
+        (CatalogSource::Static, None) => {}
+    }
+
+    if let Some(s) = &c.storage {
+        match s.kind {
+            StorageKind::S3 if s.bucket.as_deref().unwrap_or("").is_empty() => err(
+                path!["storage"],
+                "storage.kind is \"s3\" and needs a bucket".into(),
+            ),
+            StorageKind::Fs if s.path.is_none() => err(
+                path!["storage"],
+                "storage.kind is \"fs\" and needs a path".into(),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn scheme_hint(engine: crate::catalog::Engine) -> &'static str {
+    match engine {
+        crate::catalog::Engine::Postgres => "postgres://",
+        crate::catalog::Engine::Mariadb => "mysql://",
+    }
+}
+
+fn keys<V>(map: &std::collections::BTreeMap<String, V>) -> String {
+    if map.is_empty() {
+        "none defined".to_string()
+    } else {
+        map.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}

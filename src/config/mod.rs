@@ -1,0 +1,141 @@
+//! Configuration: the `tenantry.toml` sections, the layered loader and the checks `validate` runs on them.
+//!
+//! Layers, lowest first: defaults, the TOML file, `TENANTRY__SECTION__KEY` environment
+//! variables, command-line flags; then [`check`]. Unknown keys are errors everywhere.
+
+mod check;
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{CatalogSpec, HostSpec, ServiceSpec};
+use crate::secret::{Secret, SecretUrl};
+
+pub use check::check;
+pub use load::{ConfigError, EnvOverride, LoadedConfig, Overrides, load};
+
+/// The default config file name, looked up in the current directory.
+pub const DEFAULT_FILE: &str = "tenantry.toml";
+/// Prefix of environment overrides: `TENANTRY__REDIS__URL`.
+pub const ENV_PREFIX: &str = "TENANTRY__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub paths: PathsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostSpec>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    #[serde(default)]
+    pub catalog: CatalogSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    #[serde(default = "default_redis_url")]
+    pub url: SecretUrl,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: default_redis_url(),
+            prefix: default_prefix(),
+        }
+    }
+}
+
+fn default_redis_url() -> SecretUrl {
+    SecretUrl::parse("redis://127.0.0.1:6379").expect("static URL")
+}
+
+fn default_prefix() -> String {
+    "tenantry".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    #[serde(default = "default_workflows")]
+    pub workflows: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            workflows: default_workflows(),
+        }
+    }
+}
+
+fn default_workflows() -> PathBuf {
+    PathBuf::from("workflows")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_per_host")]
+    pub per_host: u32,
+    #[serde(default = "default_plan_connections")]
+    pub plan_connections: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_host: default_per_host(),
+            plan_connections: default_plan_connections(),
+        }
+    }
+}
+
+fn default_per_host() -> u32 {
+    4
+}
+
+fn default_plan_connections() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    S3,
+    Fs,
+}
+
+/// `[storage]`: the object store that holds backups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub kind: StorageKind,
+    #[serde(default)]
+    pub bucket: Option<String>,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}

@@ -1,0 +1,3 @@
+//! What differs between database engines: connecting, quoting, and the queries each step needs.
+
+pub mod postgres;

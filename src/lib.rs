@@ -1,0 +1,18 @@
+//! tenantry: a durable, scheduled workflow engine for the maintenance of multi-tenant databases.
+//!
+//! The crate is split by domain: [`catalog`] (tenants, services, placements), [`workflow`]
+//! (workflow files, schedules, waves), [`migrations`] (migration directories), [`steps`]
+//! (one module per step kind), [`engine`] (what differs between database engines),
+//! [`config`] (the layered configuration) and [`cli`] (the command line).
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod diagnostic;
+pub mod engine;
+pub mod migrations;
+pub mod secret;
+pub mod source;
+pub mod steps;
+pub mod units;
+pub mod workflow;

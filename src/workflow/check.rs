@@ -1,0 +1,356 @@
+//! `validate` for workflow files: schedule, target, waves, budgets, concurrency, retry and per-kind step options, each reported at its line.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Schedule, WorkflowSpec, wave_name};
+use crate::catalog::{Catalog, ServiceSpec, TenantId};
+use crate::diagnostic::Diagnostic;
+use crate::path;
+use crate::source::{KeyPath, SourceFile};
+use crate::steps::COMMON_OPTIONS;
+
+/// What a workflow is checked against: the configured services and, when it could be
+/// resolved, the catalog (to check that named tenants exist).
+pub struct CheckContext<'a> {
+    pub services: &'a BTreeMap<String, ServiceSpec>,
+    pub catalog: Option<&'a Catalog>,
+}
+
+/// All problems of one parsed workflow file.
+pub fn check(
+    spec: &WorkflowSpec,
+    name: &str,
+    source: &SourceFile,
+    ctx: &CheckContext<'_>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut err = |p: KeyPath, m: String| out.push(source.error_at(&p, m));
+
+    let name_path = if spec.name.is_some() {
+        path!["name"]
+    } else {
+        KeyPath::root()
+    };
+    if let Err(e) = crate::catalog::check_name(name, "workflow name") {
+        err(
+            name_path,
+            format!(
+                "{e} (the name is used in Redis keys and run ids; set `name` or rename the file)"
+            ),
+        );
+    }
+
+    match (&spec.schedule, &spec.timezone) {
+        (Some(expr), tz) => {
+            if let Err(e) = Schedule::parse(expr, tz.as_deref()) {
+                let at = match e {
+                    super::ScheduleError::Cron(_) => path!["schedule"],
+                    super::ScheduleError::Timezone(_) => path!["timezone"],
+                };
+                err(at, e.to_string());
+            }
+        }
+        (None, Some(_)) => err(
+            path!["timezone"],
+            "timezone is set but there is no schedule".to_string(),
+        ),
+        (None, None) => {}
+    }
+
+    // Target.
+    for (i, service) in spec.target.services.iter().enumerate() {
+        if !ctx.services.contains_key(service) {
+            err(
+                path!["target", "services", i],
+                unknown_service(service, ctx.services),
+            );
+        }
+    }
+    for key in ["tenants", "exclude"] {
+        let ids = if key == "tenants" {
+            &spec.target.tenants
+        } else {
+            &spec.target.exclude
+        };
+        for (i, id) in ids.iter().enumerate() {
+            check_tenant_ref(id, path!["target", key, i], ctx, &mut err);
+        }
+    }
+    if spec.target.status.is_empty() {
+        err(
+            path!["target", "status"],
+            "target.status is empty, so no tenant can be selected".to_string(),
+        );
+    }
+
+    check_waves(spec, ctx, &mut err);
+
+    if spec.concurrency.run == 0 {
+        err(
+            path!["concurrency", "run"],
+            "concurrency.run must be at least 1".to_string(),
+        );
+    }
+    if spec.concurrency.per_host == Some(0) {
+        err(
+            path!["concurrency", "per_host"],
+            "concurrency.per_host must be at least 1".to_string(),
+        );
+    }
+    if spec.retry.attempts == 0 {
+        err(
+            path!["retry", "attempts"],
+            "retry.attempts counts the first attempt too and must be at least 1".to_string(),
+        );
+    }
+    if spec.retry.backoff > spec.retry.max_backoff {
+        err(
+            path!["retry", "max_backoff"],
+            format!(
+                "retry.max_backoff ({}) is shorter than retry.backoff ({})",
+                spec.retry.max_backoff, spec.retry.backoff
+            ),
+        );
+    }
+    if spec.timeout.0.is_zero() {
+        err(
+            path!["timeout"],
+            "timeout must be longer than zero".to_string(),
+        );
+    }
+
+    check_steps(spec, source, ctx, &mut err);
+    out
+}
+
+fn check_tenant_ref(
+    id: &str,
+    at: KeyPath,
+    ctx: &CheckContext<'_>,
+    err: &mut impl FnMut(KeyPath, String),
+) {
+    if let Err(e) = TenantId::parse(id) {
+        err(at, e);
+    } else if let Some(catalog) = ctx.catalog
+        && catalog.tenant(id).is_none()
+    {
+        err(at, format!("tenant {id:?} is not in the catalog"));
+    }
+}
+
+fn check_waves(spec: &WorkflowSpec, ctx: &CheckContext<'_>, err: &mut impl FnMut(KeyPath, String)) {
+    let mut names = BTreeMap::new();
+    let mut claimed: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut catch_all: Option<usize> = None;
+    for (i, wave) in spec.waves.iter().enumerate() {
+        let at = |key: &str| path!["waves", i, key];
+        let name = wave_name(wave, i);
+        if let Some(first) = names.insert(name.clone(), i) {
+            err(
+                at("name"),
+                format!("duplicate wave name {name:?} (also waves[{first}])"),
+            );
+        }
+        if let Some(previous) = catch_all {
+            err(
+                path!["waves", i],
+                format!(
+                    "wave {name:?} can never get a tenant: wave {:?} before it has no selector and takes every remaining tenant",
+                    wave_name(&spec.waves[previous], previous)
+                ),
+            );
+        }
+        let selectors = [
+            wave.tenants.is_some(),
+            wave.labels.is_some(),
+            wave.percent.is_some(),
+        ];
+        match selectors.iter().filter(|s| **s).count() {
+            0 => catch_all = Some(i),
+            1 => {}
+            _ => err(
+                path!["waves", i],
+                format!(
+                    "wave {name:?} has more than one selector; use one of `tenants`, `labels` or `percent`"
+                ),
+            ),
+        }
+        if let Some(ids) = &wave.tenants {
+            if ids.is_empty() {
+                err(
+                    at("tenants"),
+                    format!("wave {name:?} is empty: `tenants` lists no tenant"),
+                );
+            }
+            for (j, id) in ids.iter().enumerate() {
+                let id_at = path!["waves", i, "tenants", j];
+                if let Some(first) = claimed.insert(id.as_str(), i) {
+                    err(
+                        id_at.clone(),
+                        format!(
+                            "waves overlap: tenant {id:?} is in wave {name:?} and in wave {:?}",
+                            wave_name(&spec.waves[first], first)
+                        ),
+                    );
+                }
+                if !spec.target.tenants.is_empty() && !spec.target.tenants.contains(id) {
+                    err(
+                        id_at.clone(),
+                        format!(
+                            "wave {name:?} names tenant {id:?}, which target.tenants does not include"
+                        ),
+                    );
+                }
+                if spec.target.exclude.contains(id) {
+                    err(
+                        id_at.clone(),
+                        format!("wave {name:?} names tenant {id:?}, which target.exclude excludes"),
+                    );
+                }
+                check_tenant_ref(id, id_at, ctx, err);
+            }
+        }
+        if let Some(labels) = &wave.labels
+            && labels.is_empty()
+        {
+            err(
+                at("labels"),
+                format!(
+                    "wave {name:?} is empty: an empty label selector; remove `labels` to take every remaining tenant"
+                ),
+            );
+        }
+        if let Some(p) = wave.percent
+            && !(p > 0.0 && p <= 100.0)
+        {
+            err(
+                at("percent"),
+                format!("wave {name:?}: percent must be in (0, 100], not {p}"),
+            );
+        }
+        if let Some(rate) = wave.max_failure_rate
+            && !(0.0..=1.0).contains(&rate)
+        {
+            err(
+                at("max_failure_rate"),
+                format!(
+                    "wave {name:?}: max_failure_rate is a share of the wave in [0, 1] (0.05 = 5 %), so {rate} can never be met"
+                ),
+            );
+        }
+        if let (Some(ids), Some(max)) = (&wave.tenants, wave.max_failures)
+            && !ids.is_empty()
+            && max as usize >= ids.len()
+        {
+            err(
+                at("max_failures"),
+                format!(
+                    "wave {name:?} has {} tenant(s), so max_failures = {max} can never be exceeded and the budget never halts the run; lower it",
+                    ids.len()
+                ),
+            );
+        }
+        if let Some(soak) = wave.soak
+            && soak.0.is_zero()
+        {
+            err(
+                at("soak"),
+                format!("wave {name:?}: soak must be longer than zero (or removed)"),
+            );
+        }
+    }
+}
+
+fn check_steps(
+    spec: &WorkflowSpec,
+    source: &SourceFile,
+    ctx: &CheckContext<'_>,
+    err: &mut impl FnMut(KeyPath, String),
+) {
+    if spec.steps.is_empty() {
+        err(
+            KeyPath::root(),
+            "workflow has no steps; add at least one [[steps]] table".to_string(),
+        );
+    }
+    let target_services: Vec<&str> = if spec.target.services.is_empty() {
+        ctx.services.keys().map(String::as_str).collect()
+    } else {
+        spec.target.services.iter().map(String::as_str).collect()
+    };
+    let mut labels = BTreeSet::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let at = |key: &str| path!["steps", i, key];
+        let label = step.label();
+        if step.name.is_some() && !labels.insert(label.clone()) {
+            err(at("name"), format!("duplicate step name {label:?}"));
+        }
+        let allowed = step.kind.options();
+        for key in source.keys_at(&path!["steps", i]) {
+            if !COMMON_OPTIONS.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
+                let takes = if allowed.is_empty() {
+                    "no options".to_string()
+                } else {
+                    allowed.join(", ")
+                };
+                err(
+                    at(&key),
+                    format!(
+                        "option `{key}` does not apply to step kind `{}` (it takes: {takes})",
+                        step.kind
+                    ),
+                );
+            }
+        }
+        for (key, message) in step.check_values() {
+            err(at(key), format!("step {label}: {message}"));
+        }
+        let services: Vec<(usize, &str)> = match &step.services {
+            Some(list) => list.iter().map(String::as_str).enumerate().collect(),
+            None => target_services.iter().copied().enumerate().collect(),
+        };
+        if step.services.as_ref().is_some_and(Vec::is_empty) {
+            err(
+                at("services"),
+                format!("step {label}: `services` is empty, so the step would run nowhere"),
+            );
+        }
+        for (j, service_name) in services {
+            let service_at = if step.services.is_some() {
+                path!["steps", i, "services", j]
+            } else {
+                path!["steps", i, "kind"]
+            };
+            let Some(service) = ctx.services.get(service_name) else {
+                if step.services.is_some() {
+                    err(service_at, unknown_service(service_name, ctx.services));
+                }
+                continue;
+            };
+            if step.services.is_some() && !target_services.contains(&service_name) {
+                err(
+                    service_at.clone(),
+                    format!("step {label}: service {service_name} is not in target.services"),
+                );
+            }
+            if let Err(why) = step.kind.fits(service) {
+                err(
+                    service_at,
+                    format!("step {label} does not fit service {service_name}: {why}"),
+                );
+            }
+        }
+    }
+}
+
+fn unknown_service(name: &str, services: &BTreeMap<String, ServiceSpec>) -> String {
+    let known: Vec<&str> = services.keys().map(String::as_str).collect();
+    format!(
+        "unknown service {name:?} (services: {})",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}
