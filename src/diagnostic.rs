@@ -16,35 +16,15 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.into(),
-            line: None,
-            col: None,
-            message: message.into(),
-        }
+        Self { file: file.into(), line: None, col: None, message: message.into() }
     }
 
-    pub fn at(
-        file: impl Into<PathBuf>,
-        line: usize,
-        col: usize,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            file: file.into(),
-            line: Some(line),
-            col: Some(col),
-            message: message.into(),
-        }
+    pub fn at(file: impl Into<PathBuf>, line: usize, col: usize, message: impl Into<String>) -> Self {
+        Self { file: file.into(), line: Some(line), col: Some(col), message: message.into() }
     }
 
     /// The position of byte `offset` in `text`, 1-based line and column (in characters).
-    pub fn at_offset(
-        file: impl Into<PathBuf>,
-        text: &str,
-        offset: usize,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn at_offset(file: impl Into<PathBuf>, text: &str, offset: usize, message: impl Into<String>) -> Self {
         let (line, col) = line_col(text, offset);
         Self::at(file, line, col, message)
     }
@@ -143,13 +123,7 @@ mod tests {
     #[test]
     fn display_is_file_line_col_message() {
         let d = Diagnostic::at("workflows/x.toml", 3, 9, "unknown step kind `foo`");
-        assert_eq!(
-            d.to_string(),
-            "workflows/x.toml:3:9: unknown step kind `foo`"
-        );
-        assert_eq!(
-            Diagnostic::new("m/1.sql", "cannot read").to_string(),
-            "m/1.sql: cannot read"
-        );
+        assert_eq!(d.to_string(), "workflows/x.toml:3:9: unknown step kind `foo`");
+        assert_eq!(Diagnostic::new("m/1.sql", "cannot read").to_string(), "m/1.sql: cannot read");
     }
 }

@@ -14,9 +14,7 @@ pub struct SecretUrl(url::Url);
 
 impl SecretUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        url::Url::parse(s)
-            .map(Self)
-            .map_err(|e| format!("invalid URL {}: {e}", redact_url_str(s)))
+        url::Url::parse(s).map(Self).map_err(|e| format!("invalid URL {}: {e}", redact_url_str(s)))
     }
 
     /// The URL with its password, for connecting. Never log what this returns.
@@ -70,16 +68,9 @@ impl SecretUrl {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
-                    let secret = k.to_ascii_lowercase().contains("password")
-                        || k.to_ascii_lowercase().contains("secret");
-                    (
-                        k.into_owned(),
-                        if secret {
-                            "***".to_string()
-                        } else {
-                            v.into_owned()
-                        },
-                    )
+                    let secret =
+                        k.to_ascii_lowercase().contains("password") || k.to_ascii_lowercase().contains("secret");
+                    (k.into_owned(), if secret { "***".to_string() } else { v.into_owned() })
                 })
                 .collect();
             url.query_pairs_mut().clear().extend_pairs(pairs);
@@ -89,9 +80,7 @@ impl SecretUrl {
 }
 
 fn urlencode_path_segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 /// Redacts a URL given as text, also when it does not parse (best effort: everything
@@ -104,12 +93,7 @@ pub fn redact_url_str(s: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &s[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &s[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &s[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &s[..scheme_end + 3], &userinfo[..colon], &s[at..]),
                 None => s.to_string(),
             }
         }
@@ -191,15 +175,8 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        let url = SecretUrl::parse(
-            "postgres://admin:s3cr%40t@db.example:5432/app?sslmode=require&password=x",
-        )
-        .unwrap();
-        for shown in [
-            url.to_string(),
-            format!("{url:?}"),
-            serde_json::to_string(&url).unwrap(),
-        ] {
+        let url = SecretUrl::parse("postgres://admin:s3cr%40t@db.example:5432/app?sslmode=require&password=x").unwrap();
+        for shown in [url.to_string(), format!("{url:?}"), serde_json::to_string(&url).unwrap()] {
             assert!(!shown.contains("s3cr"), "{shown}");
             assert!(shown.contains("admin:***@db.example:5432/app"), "{shown}");
             assert!(!shown.contains("password=x"), "{shown}");
@@ -210,10 +187,7 @@ mod tests {
 
     #[test]
     fn unparsable_urls_are_redacted_too() {
-        assert_eq!(
-            redact_url_str("postgres://u:pw@[bad/x"),
-            "postgres://u:***@[bad/x"
-        );
+        assert_eq!(redact_url_str("postgres://u:pw@[bad/x"), "postgres://u:***@[bad/x");
         let err = SecretUrl::parse("postgres://u:pw@[bad/x").unwrap_err();
         assert!(!err.contains("pw@"), "{err}");
     }
@@ -223,12 +197,7 @@ mod tests {
         let url = SecretUrl::parse("postgres://u:pw@h/postgres?sslmode=disable").unwrap();
         let t = url.with_database("tenant_acme-corp_core");
         assert_eq!(t.database().as_deref(), Some("tenant_acme-corp_core"));
-        assert!(
-            t.expose()
-                .ends_with("/tenant_acme-corp_core?sslmode=disable"),
-            "{}",
-            t.expose()
-        );
+        assert!(t.expose().ends_with("/tenant_acme-corp_core?sslmode=disable"), "{}", t.expose());
         assert_eq!(format!("{}", Secret::new("k")), "***");
     }
 }

@@ -101,19 +101,13 @@ pub struct SourceFile {
 impl SourceFile {
     pub fn read(path: &Path) -> Result<Self, Diagnostic> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Self {
-                path: path.to_path_buf(),
-                text,
-            }),
+            Ok(text) => Ok(Self { path: path.to_path_buf(), text }),
             Err(e) => Err(Diagnostic::new(path, format!("cannot read file: {e}"))),
         }
     }
 
     pub fn from_text(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            text: text.into(),
-        }
+        Self { path: path.into(), text: text.into() }
     }
 
     /// Deserialises the whole file; syntax errors, unknown keys and wrong types come back
@@ -157,10 +151,7 @@ impl SourceFile {
             }
         }
         let mut keys: Vec<(usize, String)> = match value {
-            DeValue::Table(t) => t
-                .iter()
-                .map(|(k, _)| (k.span().start, k.get_ref().to_string()))
-                .collect(),
+            DeValue::Table(t) => t.iter().map(|(k, _)| (k.span().start, k.get_ref().to_string())).collect(),
             _ => Vec::new(),
         };
         keys.sort();
@@ -226,10 +217,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_reported_at_the_key() {
-        let src = SourceFile::from_text(
-            "w.toml",
-            "name = \"x\"\n\n[[items]]\nid = \"a\"\nidd = \"b\"\n",
-        );
+        let src = SourceFile::from_text("w.toml", "name = \"x\"\n\n[[items]]\nid = \"a\"\nidd = \"b\"\n");
         let d = src.parse::<Doc>().unwrap_err();
         assert_eq!((d.line, d.col), (Some(5), Some(1)), "{d}");
         assert!(d.message.contains("unknown field `idd`"), "{d}");

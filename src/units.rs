@@ -11,11 +11,9 @@ pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     pub fn parse(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim()).map(Self).map_err(|e| {
-            format!(
-                "invalid duration {s:?}: {e} (write it like \"30s\", \"5m\", \"2h\" or \"90d\")"
-            )
-        })
+        humantime::parse_duration(s.trim())
+            .map(Self)
+            .map_err(|e| format!("invalid duration {s:?}: {e} (write it like \"30s\", \"5m\", \"2h\" or \"90d\")"))
     }
 
     pub fn as_duration(self) -> Duration {
@@ -48,23 +46,10 @@ mod tests {
 
     #[test]
     fn durations_as_people_write_them() {
-        assert_eq!(
-            HumanDuration::parse("90d").unwrap().0,
-            Duration::from_secs(90 * 86400)
-        );
-        assert_eq!(
-            HumanDuration::parse("5m").unwrap().0,
-            Duration::from_secs(300)
-        );
-        assert_eq!(
-            HumanDuration::parse("1h 30m").unwrap().0,
-            Duration::from_secs(5400)
-        );
-        assert!(
-            HumanDuration::parse("5 parsecs")
-                .unwrap_err()
-                .contains("invalid duration \"5 parsecs\"")
-        );
+        assert_eq!(HumanDuration::parse("90d").unwrap().0, Duration::from_secs(90 * 86400));
+        assert_eq!(HumanDuration::parse("5m").unwrap().0, Duration::from_secs(300));
+        assert_eq!(HumanDuration::parse("1h 30m").unwrap().0, Duration::from_secs(5400));
+        assert!(HumanDuration::parse("5 parsecs").unwrap_err().contains("invalid duration \"5 parsecs\""));
         assert!(HumanDuration::parse("").is_err());
     }
 }

@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use placement::{Placement, PlacementSpec};
 pub use query::load_query_tenants;
 pub use resolve::{TenantOrigin, TenantProblem, resolve_tenants};
-pub use service::{
-    Engine, HostSpec, Isolation, ServiceSpec, TEMPLATE_PLACEHOLDERS, check_template, render,
-};
+pub use service::{Engine, HostSpec, Isolation, ServiceSpec, TEMPLATE_PLACEHOLDERS, check_template, render};
 pub use tenant::{LabelValue, Tenant, TenantId, TenantSpec, TenantStatus, check_name};
 
 /// `[catalog]`: where the tenant list comes from.
@@ -63,16 +61,12 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
-        self.tenants
-            .binary_search_by(|t| t.id.as_str().cmp(id))
-            .ok()
-            .map(|i| &self.tenants[i])
+        self.tenants.binary_search_by(|t| t.id.as_str().cmp(id)).ok().map(|i| &self.tenants[i])
     }
 
     /// How many tenants have a placement in each service.
     pub fn placements_per_service(&self) -> BTreeMap<&str, usize> {
-        let mut counts: BTreeMap<&str, usize> =
-            self.services.keys().map(|s| (s.as_str(), 0)).collect();
+        let mut counts: BTreeMap<&str, usize> = self.services.keys().map(|s| (s.as_str(), 0)).collect();
         for tenant in &self.tenants {
             for service in tenant.placements.keys() {
                 *counts.entry(service.as_str()).or_default() += 1;
@@ -94,11 +88,7 @@ pub enum CatalogError {
         source: sqlx::Error,
     },
     #[error("the catalog query failed on host {host}, database {database}: {message}")]
-    Query {
-        host: String,
-        database: String,
-        message: String,
-    },
+    Query { host: String, database: String, message: String },
     #[error("the catalog has {} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<TenantProblem>),
     #[error("catalog source is \"sql\" but [catalog.sql] is missing")]

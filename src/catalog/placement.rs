@@ -34,20 +34,9 @@ pub struct Placement {
 
 impl Placement {
     /// Applies a tenant's override (if any) to the service's templates.
-    pub fn resolve(
-        service_name: &str,
-        service: &ServiceSpec,
-        tenant: &str,
-        spec: &PlacementSpec,
-    ) -> Self {
-        let database = spec
-            .database
-            .clone()
-            .unwrap_or_else(|| render(&service.database, tenant, service_name));
-        let schema = spec
-            .schema
-            .clone()
-            .unwrap_or_else(|| render(service.schema_template(), tenant, service_name));
+    pub fn resolve(service_name: &str, service: &ServiceSpec, tenant: &str, spec: &PlacementSpec) -> Self {
+        let database = spec.database.clone().unwrap_or_else(|| render(&service.database, tenant, service_name));
+        let schema = spec.schema.clone().unwrap_or_else(|| render(service.schema_template(), tenant, service_name));
         Self {
             service: service_name.to_string(),
             engine: service.engine,

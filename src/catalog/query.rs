@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{
-    CatalogError, CatalogQuery, HostSpec, LabelValue, PlacementSpec, TenantOrigin, TenantSpec,
-    TenantStatus,
-};
+use super::{CatalogError, CatalogQuery, HostSpec, LabelValue, PlacementSpec, TenantOrigin, TenantSpec, TenantStatus};
 use crate::engine::postgres;
 
 /// How long to wait for the catalog database before calling it unreachable.
@@ -21,9 +18,7 @@ pub async fn load_query_tenants(
     query: &CatalogQuery,
     hosts: &BTreeMap<String, HostSpec>,
 ) -> Result<(Vec<(TenantOrigin, TenantSpec)>, Vec<super::TenantProblem>), CatalogError> {
-    let host = hosts
-        .get(&query.host)
-        .ok_or_else(|| CatalogError::UnknownHost(query.host.clone()))?;
+    let host = hosts.get(&query.host).ok_or_else(|| CatalogError::UnknownHost(query.host.clone()))?;
     let url = host.url.with_database(&query.database);
     let unreachable = |source| CatalogError::Unreachable {
         host: query.host.clone(),
@@ -43,14 +38,11 @@ pub async fn load_query_tenants(
         "SELECT id::text AS id, name::text AS name, status::text AS status, \
          labels::text AS labels, placements::text AS placements FROM ({inner}) AS catalog"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(&mut conn)
-        .await
-        .map_err(|e| CatalogError::Query {
-            host: query.host.clone(),
-            database: query.database.clone(),
-            message: e.to_string(),
-        })?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.map_err(|e| CatalogError::Query {
+        host: query.host.clone(),
+        database: query.database.clone(),
+        message: e.to_string(),
+    })?;
 
     let mut specs = Vec::with_capacity(rows.len());
     let mut problems = Vec::new();
@@ -58,11 +50,7 @@ pub async fn load_query_tenants(
         let origin = TenantOrigin::QueryRow(i + 1);
         let id: Option<String> = row.get("id");
         let Some(id) = id else {
-            problems.push(super::TenantProblem {
-                origin,
-                field: "id",
-                message: "id is NULL".into(),
-            });
+            problems.push(super::TenantProblem { origin, field: "id", message: "id is NULL".into() });
             continue;
         };
         let mut problem = |field, message: String| {
@@ -85,10 +73,7 @@ pub async fn load_query_tenants(
         let labels: BTreeMap<String, LabelValue> = match parse_json(row.get("labels")) {
             Ok(l) => l,
             Err(e) => {
-                problem(
-                    "labels",
-                    format!("labels must be a JSON object of strings: {e}"),
-                );
+                problem("labels", format!("labels must be a JSON object of strings: {e}"));
                 continue;
             }
         };
@@ -97,31 +82,18 @@ pub async fn load_query_tenants(
             Err(e) => {
                 problem(
                     "placements",
-                    format!(
-                        "placements must be a JSON object of service -> {{host, database, schema}}: {e}"
-                    ),
+                    format!("placements must be a JSON object of service -> {{host, database, schema}}: {e}"),
                 );
                 continue;
             }
         };
-        specs.push((
-            origin,
-            TenantSpec {
-                id,
-                name: row.get("name"),
-                status,
-                labels,
-                services: Vec::new(),
-                placements,
-            },
-        ));
+        specs
+            .push((origin, TenantSpec { id, name: row.get("name"), status, labels, services: Vec::new(), placements }));
     }
     Ok((specs, problems))
 }
 
-fn parse_json<T: serde::de::DeserializeOwned + Default>(
-    text: Option<String>,
-) -> Result<T, serde_json::Error> {
+fn parse_json<T: serde::de::DeserializeOwned + Default>(text: Option<String>) -> Result<T, serde_json::Error> {
     match text {
         None => Ok(T::default()),
         Some(t) => serde_json::from_str(&t),

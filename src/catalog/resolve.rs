@@ -37,10 +37,15 @@ impl fmt::Display for TenantProblem {
 
 /// Checks every spec and renders its placements. All problems are returned, not just the
 /// first; tenants with a problem are left out of the result. The result is sorted by id.
+///
+/// Placements in `broken` services (whose own definition has problems, reported by the
+/// config check) are left out silently, so one bad template is one message, not one per
+/// tenant.
 pub fn resolve_tenants(
     specs: impl IntoIterator<Item = (TenantOrigin, TenantSpec)>,
     services: &BTreeMap<String, ServiceSpec>,
     hosts: &BTreeMap<String, HostSpec>,
+    broken: &BTreeSet<String>,
 ) -> (Vec<Tenant>, Vec<TenantProblem>) {
     let mut tenants = Vec::new();
     let mut problems = Vec::new();
@@ -48,11 +53,7 @@ pub fn resolve_tenants(
     for (origin, spec) in specs {
         let before = problems.len();
         let mut problem = |field: &'static str, message: String| {
-            problems.push(TenantProblem {
-                origin: origin.clone(),
-                field,
-                message,
-            });
+            problems.push(TenantProblem { origin: origin.clone(), field, message });
         };
         let id = match TenantId::parse(&spec.id) {
             Ok(id) => id,
@@ -67,13 +68,7 @@ pub fn resolve_tenants(
                 TenantOrigin::QueryRow(n) => format!("row {n}"),
                 TenantOrigin::Fleet => "the catalog".to_string(),
             };
-            problem(
-                "id",
-                format!(
-                    "duplicate tenant id {:?}: already listed at {first}",
-                    id.as_str()
-                ),
-            );
+            problem("id", format!("duplicate tenant id {:?}: already listed at {first}", id.as_str()));
             continue;
         }
         seen.insert(id.to_string(), origin.clone());
@@ -87,31 +82,21 @@ pub fn resolve_tenants(
         }
         let mut placements = BTreeMap::new();
         for (service_name, placement_spec) in wanted {
-            let field = if spec.placements.contains_key(service_name) {
-                "placements"
-            } else {
-                "services"
-            };
+            let field = if spec.placements.contains_key(service_name) { "placements" } else { "services" };
             let Some(service) = services.get(service_name) else {
                 let known: Vec<&str> = services.keys().map(String::as_str).collect();
                 problem(
                     field,
-                    format!(
-                        "tenant {id}: unknown service {service_name:?} (services: {})",
-                        known.join(", ")
-                    ),
+                    format!("tenant {id}: unknown service {service_name:?} (services: {})", known.join(", ")),
                 );
                 continue;
             };
+            if broken.contains(service_name) {
+                continue;
+            }
             let placement = Placement::resolve(service_name, service, id.as_str(), &placement_spec);
             if !hosts.contains_key(&placement.host) {
-                problem(
-                    field,
-                    format!(
-                        "tenant {id}, service {service_name}: unknown host {:?}",
-                        placement.host
-                    ),
-                );
+                problem(field, format!("tenant {id}, service {service_name}: unknown host {:?}", placement.host));
                 continue;
             }
             if let Err(e) = placement.check_identifiers() {
@@ -123,10 +108,7 @@ pub fn resolve_tenants(
         let labels = spec.labels.into_iter().map(|(k, v)| (k, v.0)).collect();
         if problems.len() == before {
             tenants.push(Tenant {
-                name: spec
-                    .name
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or_else(|| id.to_string()),
+                name: spec.name.filter(|n| !n.is_empty()).unwrap_or_else(|| id.to_string()),
                 id,
                 status: spec.status,
                 labels,

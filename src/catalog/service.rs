@@ -109,6 +109,20 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// Whether the definition can place tenants at all: its default host exists and its
+    /// templates are well-formed. The config check reports why not.
+    pub fn is_sound(&self, hosts: &std::collections::BTreeMap<String, HostSpec>) -> bool {
+        let per_tenant = match self.isolation {
+            Isolation::Database => self.database.contains("{tenant}"),
+            Isolation::Schema => self.schema_template().contains("{tenant}"),
+            Isolation::Row => true,
+        };
+        hosts.contains_key(&self.host)
+            && check_template(&self.database).is_ok()
+            && self.schema.as_deref().is_none_or(|s| check_template(s).is_ok())
+            && per_tenant
+    }
+
     /// The schema template in effect.
     pub fn schema_template(&self) -> &str {
         self.schema.as_deref().unwrap_or(match self.isolation {
@@ -124,9 +138,7 @@ pub const TEMPLATE_PLACEHOLDERS: [&str; 2] = ["tenant", "service"];
 /// Renders `{tenant}` and `{service}`. Unknown placeholders are reported by
 /// [`check_template`] at load time, so here they are impossible.
 pub fn render(template: &str, tenant: &str, service: &str) -> String {
-    template
-        .replace("{tenant}", tenant)
-        .replace("{service}", service)
+    template.replace("{tenant}", tenant).replace("{service}", service)
 }
 
 /// Checks a template's placeholders: braces must be balanced and name a known placeholder.
@@ -162,21 +174,10 @@ mod tests {
 
     #[test]
     fn templates_render_and_check() {
-        assert_eq!(
-            render("tenant_{tenant}_{service}", "acme", "core"),
-            "tenant_acme_core"
-        );
+        assert_eq!(render("tenant_{tenant}_{service}", "acme", "core"), "tenant_acme_core");
         assert_eq!(check_template("tenant_{tenant}").unwrap(), vec!["tenant"]);
-        assert!(
-            check_template("t_{tenat}")
-                .unwrap_err()
-                .contains("unknown placeholder {tenat}")
-        );
-        assert!(
-            check_template("t_{tenant")
-                .unwrap_err()
-                .contains("unmatched '{'")
-        );
+        assert!(check_template("t_{tenat}").unwrap_err().contains("unknown placeholder {tenat}"));
+        assert!(check_template("t_{tenant").unwrap_err().contains("unmatched '{'"));
         assert!(check_template("t_}").unwrap_err().contains("unmatched '}'"));
         assert!(check_template("").is_err());
     }

@@ -44,10 +44,7 @@ pub fn check_name(s: &str, what: &str) -> Result<(), String> {
     let problem = if s.is_empty() {
         Some("it is empty".to_string())
     } else if s.len() > 63 {
-        Some(format!(
-            "it is {} characters long, at most 63 are allowed",
-            s.chars().count()
-        ))
+        Some(format!("it is {} characters long, at most 63 are allowed", s.chars().count()))
     } else if !s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
         Some("it must start with a lower-case letter or a digit".to_string())
     } else {
@@ -61,9 +58,7 @@ pub fn check_name(s: &str, what: &str) -> Result<(), String> {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
     #[default]
@@ -78,9 +73,7 @@ impl TenantStatus {
             "active" => Ok(Self::Active),
             "suspended" => Ok(Self::Suspended),
             "archived" => Ok(Self::Archived),
-            other => Err(format!(
-                "invalid tenant status {other:?}: expected active, suspended or archived"
-            )),
+            other => Err(format!("invalid tenant status {other:?}: expected active, suspended or archived")),
         }
     }
 
@@ -135,9 +128,9 @@ impl<'de> Deserialize<'de> for LabelValue {
             B(bool),
         }
         Ok(LabelValue(
-            match Raw::deserialize(d).map_err(|_| {
-                serde::de::Error::custom("a label value must be a string, a number or a boolean")
-            })? {
+            match Raw::deserialize(d)
+                .map_err(|_| serde::de::Error::custom("a label value must be a string, a number or a boolean"))?
+            {
                 Raw::S(s) => s,
                 Raw::I(i) => i.to_string(),
                 Raw::F(f) => f.to_string(),
@@ -189,10 +182,6 @@ mod tests {
             assert!(err.contains(&format!("{id:?}")), "{id:?}: {err}");
         }
         let long = "a".repeat(64);
-        assert!(
-            TenantId::parse(&long)
-                .unwrap_err()
-                .contains("64 characters")
-        );
+        assert!(TenantId::parse(&long).unwrap_err().contains("64 characters"));
     }
 }

@@ -63,9 +63,7 @@ impl Context {
         for set in sets {
             overrides.push_set(set).map_err(Failure::Failed)?;
         }
-        Ok(Self {
-            config: config::load(file, overrides)?,
-        })
+        Ok(Self { config: config::load(file, overrides)? })
     }
 
     /// The configuration's own problems (not the catalog's, not the workflows').
@@ -80,21 +78,11 @@ impl Context {
         let c = &self.config.config;
         let (specs, mut problems) = match c.catalog.source {
             CatalogSource::Static => (
-                c.catalog
-                    .tenants
-                    .iter()
-                    .cloned()
-                    .enumerate()
-                    .map(|(i, t)| (TenantOrigin::Static(i), t))
-                    .collect(),
+                c.catalog.tenants.iter().cloned().enumerate().map(|(i, t)| (TenantOrigin::Static(i), t)).collect(),
                 Vec::new(),
             ),
             CatalogSource::Sql => {
-                let query = c
-                    .catalog
-                    .sql
-                    .as_ref()
-                    .ok_or(Failure::Failed(CatalogError::MissingQuery.to_string()))?;
+                let query = c.catalog.sql.as_ref().ok_or(Failure::Failed(CatalogError::MissingQuery.to_string()))?;
                 match catalog::load_query_tenants(query, &c.hosts).await {
                     Ok(loaded) => loaded,
                     Err(e) if e.is_unreachable() => {
@@ -102,35 +90,26 @@ impl Context {
                     }
                     Err(e @ CatalogError::Query { .. }) => {
                         return Err(Failure::Invalid(vec![
-                            self.config
-                                .error_at(&path!["catalog", "sql", "query"], e.to_string()),
+                            self.config.error_at(&path!["catalog", "sql", "query"], e.to_string()),
                         ]));
                     }
                     Err(e) => return Err(Failure::Failed(e.to_string())),
                 }
             }
         };
-        let (tenants, more) = catalog::resolve_tenants(specs, &c.services, &c.hosts);
+        let broken = c.services.iter().filter(|(_, s)| !s.is_sound(&c.hosts)).map(|(n, _)| n.clone()).collect();
+        let (tenants, more) = catalog::resolve_tenants(specs, &c.services, &c.hosts, &broken);
         problems.extend(more);
         let diagnostics = problems.iter().map(|p| self.tenant_problem(p)).collect();
-        Ok((
-            Catalog {
-                hosts: c.hosts.clone(),
-                services: c.services.clone(),
-                tenants,
-            },
-            diagnostics,
-        ))
+        Ok((Catalog { hosts: c.hosts.clone(), services: c.services.clone(), tenants }, diagnostics))
     }
 
     fn tenant_problem(&self, p: &TenantProblem) -> Diagnostic {
         match p.origin {
-            TenantOrigin::Static(i) => self
-                .config
-                .error_at(&path!["catalog", "tenants", i, p.field], p.message.clone()),
-            _ => self
-                .config
-                .error_at(&path!["catalog", "sql", "query"], p.to_string()),
+            TenantOrigin::Static(i) => {
+                self.config.error_at(&path!["catalog", "tenants", i, p.field], p.message.clone())
+            }
+            _ => self.config.error_at(&path!["catalog", "sql", "query"], p.to_string()),
         }
     }
 
@@ -142,10 +121,6 @@ impl Context {
         }
         let (catalog, tenant_problems) = self.catalog().await?;
         problems.extend(tenant_problems);
-        if problems.is_empty() {
-            Ok(catalog)
-        } else {
-            Err(Failure::Invalid(problems))
-        }
+        if problems.is_empty() { Ok(catalog) } else { Err(Failure::Invalid(problems)) }
     }
 }

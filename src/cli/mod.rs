@@ -16,11 +16,7 @@ use clap::{Parser, Subcommand};
 pub use context::{Context, Failure};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "tenantry",
-    version,
-    about = "Durable, scheduled maintenance workflows for multi-tenant databases"
-)]
+#[command(name = "tenantry", version, about = "Durable, scheduled maintenance workflows for multi-tenant databases")]
 pub struct Cli {
     /// Configuration file (default: ./tenantry.toml).
     #[arg(long, global = true, value_name = "FILE", env = "TENANTRY_CONFIG")]
@@ -56,10 +52,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -77,7 +70,15 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let ctx = Context::load(cli.config.as_deref(), &cli.sets)?;
+    let ctx = match Context::load(cli.config.as_deref(), &cli.sets) {
+        Ok(ctx) => ctx,
+        // For validate, problems in the config file are its output like any others.
+        Err(Failure::Invalid(problems)) if matches!(cli.command, Command::Validate) => {
+            validate::print_problems(&problems, cli.json);
+            return Err(Failure::Reported);
+        }
+        Err(e) => return Err(e),
+    };
     match &cli.command {
         Command::Validate => validate::run(&ctx, cli.json).await,
         Command::Plan { workflow, tenants } => plan::run(&ctx, workflow, tenants, cli.json).await,
@@ -86,10 +87,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG")
-        .unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -7,33 +7,24 @@ use crate::workflow::{self, CheckContext};
 pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Result<(), Failure> {
     let catalog = ctx.checked_catalog().await?;
     let loaded = &ctx.config;
-    let wf =
-        workflow::find(&loaded.workflows_dir(), name).map_err(|d| Failure::Invalid(vec![d]))?;
+    let wf = workflow::find(&loaded.workflows_dir(), name).map_err(|d| Failure::Invalid(vec![d]))?;
     let problems = workflow::check(
         &wf.spec,
         &wf.name,
         &wf.source,
-        &CheckContext {
-            services: &loaded.config.services,
-            catalog: Some(&catalog),
-        },
+        &CheckContext { services: &loaded.config.services, catalog: Some(&catalog) },
     );
     if !problems.is_empty() {
         return Err(Failure::Invalid(problems));
     }
     for id in only {
         if catalog.tenant(id).is_none() {
-            return Err(Failure::Failed(format!(
-                "--tenant {id:?}: no such tenant in the catalog"
-            )));
+            return Err(Failure::Failed(format!("--tenant {id:?}: no such tenant in the catalog")));
         }
     }
     let plan = build(&wf, &catalog, loaded, only).await;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&plan).expect("plan serialises")
-        );
+        println!("{}", serde_json::to_string_pretty(&plan).expect("plan serialises"));
         return Ok(());
     }
     println!(
@@ -57,17 +48,8 @@ pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Resu
         if let Some(s) = w.soak {
             notes.push(format!("soak {s}"));
         }
-        let notes = if notes.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", notes.join(", "))
-        };
-        println!(
-            "\nwave {} {}: {} tenant(s){notes}",
-            w.index + 1,
-            w.name,
-            w.tenants.len()
-        );
+        let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
+        println!("\nwave {} {}: {} tenant(s){notes}", w.index + 1, w.name, w.tenants.len());
         for tp in &wp.plans {
             let steps: Vec<String> = tp
                 .steps
@@ -83,11 +65,7 @@ pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Resu
                             } else if status.pending.is_empty() {
                                 format!("up to date, {} applied{shared}", status.applied)
                             } else {
-                                format!(
-                                    "{} pending: {}{shared}",
-                                    status.pending.len(),
-                                    status.pending.join(", ")
-                                )
+                                format!("{} pending: {}{shared}", status.pending.len(), status.pending.join(", "))
                             }
                         }
                     };

@@ -51,10 +51,7 @@ pub async fn run(ctx: &Context, json: bool) -> Result<(), Failure> {
 
     let (workflows, found) = workflow::read_all(&loaded.workflows_dir());
     problems.extend(found);
-    let check_ctx = CheckContext {
-        services: &loaded.config.services,
-        catalog: Some(&catalog),
-    };
+    let check_ctx = CheckContext { services: &loaded.config.services, catalog: Some(&catalog) };
     for w in &workflows {
         problems.extend(workflow::check(&w.spec, &w.name, &w.source, &check_ctx));
     }
@@ -68,10 +65,7 @@ pub async fn run(ctx: &Context, json: bool) -> Result<(), Failure> {
         problems,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
-        );
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
     } else if report.ok {
         println!(
             "ok: {} — {} service(s), {} tenant(s), {} workflow(s), {} migration(s)",
@@ -83,25 +77,19 @@ pub async fn run(ctx: &Context, json: bool) -> Result<(), Failure> {
         );
     } else {
         print_problems(&report.problems, false);
-        println!("{} problem(s) found", report.problems.len());
     }
-    if report.ok {
-        Ok(())
-    } else {
-        Err(Failure::Reported)
-    }
+    if report.ok { Ok(()) } else { Err(Failure::Reported) }
 }
 
-fn print_problems(problems: &[Diagnostic], json: bool) {
+/// Problems on stdout (they are validate's output), one per line, then a count.
+pub fn print_problems(problems: &[Diagnostic], json: bool) {
     if json {
         let report = serde_json::json!({ "ok": problems.is_empty(), "problems": problems });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
-        );
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
     } else {
         for p in problems {
             println!("{p}");
         }
+        println!("{} problem(s) found", problems.len());
     }
 }

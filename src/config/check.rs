@@ -12,34 +12,19 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
     let mut err = |p: crate::source::KeyPath, m: String| out.push(loaded.error_at(&p, m));
 
     if !matches!(c.redis.url.scheme(), "redis" | "rediss") {
-        err(
-            path!["redis", "url"],
-            format!(
-                "redis.url must be a redis:// or rediss:// URL, not {}",
-                c.redis.url
-            ),
-        );
+        err(path!["redis", "url"], format!("redis.url must be a redis:// or rediss:// URL, not {}", c.redis.url));
     }
     if c.redis.prefix.is_empty() || c.redis.prefix.contains(char::is_whitespace) {
         err(
             path!["redis", "prefix"],
-            format!(
-                "redis.prefix {:?} must be non-empty and without spaces",
-                c.redis.prefix
-            ),
+            format!("redis.prefix {:?} must be non-empty and without spaces", c.redis.prefix),
         );
     }
     if c.limits.per_host == 0 {
-        err(
-            path!["limits", "per_host"],
-            "limits.per_host must be at least 1".into(),
-        );
+        err(path!["limits", "per_host"], "limits.per_host must be at least 1".into());
     }
     if c.limits.plan_connections == 0 {
-        err(
-            path!["limits", "plan_connections"],
-            "limits.plan_connections must be at least 1".into(),
-        );
+        err(path!["limits", "plan_connections"], "limits.plan_connections must be at least 1".into());
     }
 
     for (name, host) in &c.hosts {
@@ -58,10 +43,7 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
             );
         }
         if host.max_concurrency == Some(0) {
-            err(
-                path!["hosts", name, "max_concurrency"],
-                format!("host {name}: max_concurrency must be at least 1"),
-            );
+            err(path!["hosts", name, "max_concurrency"], format!("host {name}: max_concurrency must be at least 1"));
         }
     }
 
@@ -72,25 +54,15 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
         match c.hosts.get(&service.host) {
             None => err(
                 path!["services", name, "host"],
-                format!(
-                    "service {name}: unknown host {:?} (hosts: {})",
-                    service.host,
-                    keys(&c.hosts)
-                ),
+                format!("service {name}: unknown host {:?} (hosts: {})", service.host, keys(&c.hosts)),
             ),
             Some(host) if host.engine != service.engine => err(
                 path!["services", name, "engine"],
-                format!(
-                    "service {name} is {} but its host {} is {}",
-                    service.engine, service.host, host.engine
-                ),
+                format!("service {name} is {} but its host {} is {}", service.engine, service.host, host.engine),
             ),
             Some(_) => {}
         }
-        for (key, template) in [
-            ("database", Some(service.database.as_str())),
-            ("schema", service.schema.as_deref()),
-        ] {
+        for (key, template) in [("database", Some(service.database.as_str())), ("schema", service.schema.as_deref())] {
             if let Some(t) = template
                 && let Err(e) = check_template(t)
             {
@@ -125,28 +97,21 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
         match (service.isolation, &service.tenant_column) {
             (Isolation::Row, None) => err(
                 path!["services", name],
-                format!(
-                    "service {name} has row isolation and needs tenant_column (the column holding the tenant id)"
-                ),
+                format!("service {name} has row isolation and needs tenant_column (the column holding the tenant id)"),
             ),
-            (Isolation::Row, Some(col)) if col.is_empty() => err(
-                path!["services", name, "tenant_column"],
-                format!("service {name}: tenant_column is empty"),
-            ),
+            (Isolation::Row, Some(col)) if col.is_empty() => {
+                err(path!["services", name, "tenant_column"], format!("service {name}: tenant_column is empty"))
+            }
             (Isolation::Database | Isolation::Schema, Some(_)) => err(
                 path!["services", name, "tenant_column"],
                 format!("service {name}: tenant_column only applies to row isolation"),
             ),
             _ => {}
         }
-        if service.engine == crate::catalog::Engine::Mariadb
-            && service.isolation == Isolation::Schema
-        {
+        if service.engine == crate::catalog::Engine::Mariadb && service.isolation == Isolation::Schema {
             err(
                 path!["services", name, "isolation"],
-                format!(
-                    "service {name}: MariaDB has no schemas inside a database; use database isolation"
-                ),
+                format!("service {name}: MariaDB has no schemas inside a database; use database isolation"),
             );
         }
         if let Some(dir) = &service.migrations
@@ -154,10 +119,7 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
         {
             err(
                 path!["services", name, "migrations"],
-                format!(
-                    "service {name}: migrations directory {} does not exist",
-                    loaded.resolve_path(dir).display()
-                ),
+                format!("service {name}: migrations directory {} does not exist", loaded.resolve_path(dir).display()),
             );
         }
         if let Some(dir) = &service.seeds
@@ -165,19 +127,21 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
         {
             err(
                 path!["services", name, "seeds"],
-                format!(
-                    "service {name}: seeds directory {} does not exist",
-                    loaded.resolve_path(dir).display()
-                ),
+                format!("service {name}: seeds directory {} does not exist", loaded.resolve_path(dir).display()),
             );
         }
     }
 
     match (c.catalog.source, &c.catalog.sql) {
-        (CatalogSource::Sql, None) => err(path!["catalog", "source"], "catalog.source is \"sql\" but [catalog.sql] is missing".into()),
+        (CatalogSource::Sql, None) => {
+            err(path!["catalog", "source"], "catalog.source is \"sql\" but [catalog.sql] is missing".into())
+        }
         (CatalogSource::Sql, Some(q)) => {
             match c.hosts.get(&q.host) {
-                None => err(path!["catalog", "sql", "host"], format!("catalog.sql: unknown host {:?} (hosts: {})", q.host, keys(&c.hosts))),
+                None => err(
+                    path!["catalog", "sql", "host"],
+                    format!("catalog.sql: unknown host {:?} (hosts: {})", q.host, keys(&c.hosts)),
+                ),
                 Some(h) if h.engine != crate::catalog::Engine::Postgres => err(
                     path!["catalog", "sql", "host"],
                     "catalog.sql: the catalog query runs on PostgreSQL hosts only for now".into(),
@@ -200,14 +164,12 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
 
     if let Some(s) = &c.storage {
         match s.kind {
-            StorageKind::S3 if s.bucket.as_deref().unwrap_or("").is_empty() => err(
-                path!["storage"],
-                "storage.kind is \"s3\" and needs a bucket".into(),
-            ),
-            StorageKind::Fs if s.path.is_none() => err(
-                path!["storage"],
-                "storage.kind is \"fs\" and needs a path".into(),
-            ),
+            StorageKind::S3 if s.bucket.as_deref().unwrap_or("").is_empty() => {
+                err(path!["storage"], "storage.kind is \"s3\" and needs a bucket".into())
+            }
+            StorageKind::Fs if s.path.is_none() => {
+                err(path!["storage"], "storage.kind is \"fs\" and needs a path".into())
+            }
             _ => {}
         }
     }
@@ -222,9 +184,5 @@ fn scheme_hint(engine: crate::catalog::Engine) -> &'static str {
 }
 
 fn keys<V>(map: &std::collections::BTreeMap<String, V>) -> String {
-    if map.is_empty() {
-        "none defined".to_string()
-    } else {
-        map.keys().cloned().collect::<Vec<_>>().join(", ")
-    }
+    if map.is_empty() { "none defined".to_string() } else { map.keys().cloned().collect::<Vec<_>>().join(", ") }
 }

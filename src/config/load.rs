@@ -19,9 +19,7 @@ pub struct EnvOverride {
 
 impl EnvOverride {
     pub fn key_path(&self) -> KeyPath {
-        self.path
-            .iter()
-            .fold(KeyPath::root(), |p, k| p.key(k.as_str()))
+        self.path.iter().fold(KeyPath::root(), |p, k| p.key(k.as_str()))
     }
 }
 
@@ -37,11 +35,7 @@ impl Overrides {
             .filter_map(|(name, value)| {
                 let rest = name.strip_prefix(ENV_PREFIX)?;
                 let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-                (!path.iter().any(String::is_empty)).then_some(EnvOverride {
-                    origin: name,
-                    path,
-                    value,
-                })
+                (!path.iter().any(String::is_empty)).then_some(EnvOverride { origin: name, path, value })
             })
             .collect();
         // Deterministic order whatever the environment's order is.
@@ -51,18 +45,12 @@ impl Overrides {
 
     /// `--set section.key=value` flags.
     pub fn push_set(&mut self, set: &str) -> Result<(), String> {
-        let (key, value) = set
-            .split_once('=')
-            .ok_or_else(|| format!("--set {set:?}: expected KEY=VALUE"))?;
+        let (key, value) = set.split_once('=').ok_or_else(|| format!("--set {set:?}: expected KEY=VALUE"))?;
         let path: Vec<String> = key.split('.').map(str::to_string).collect();
         if path.iter().any(String::is_empty) {
             return Err(format!("--set {set:?}: empty key segment"));
         }
-        self.0.push(EnvOverride {
-            origin: format!("--set {key}"),
-            path,
-            value: value.to_string(),
-        });
+        self.0.push(EnvOverride { origin: format!("--set {key}"), path, value: value.to_string() });
         Ok(())
     }
 
@@ -83,11 +71,7 @@ pub struct LoadedConfig {
 
 impl LoadedConfig {
     pub fn resolve_path(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            normalize(&self.base_dir.join(path))
-        }
+        if path.is_absolute() { path.to_path_buf() } else { normalize(&self.base_dir.join(path)) }
     }
 
     pub fn workflows_dir(&self) -> PathBuf {
@@ -98,17 +82,8 @@ impl LoadedConfig {
     /// environment variable / flag that set it.
     pub fn error_at(&self, path: &KeyPath, message: impl Into<String>) -> Diagnostic {
         let message = message.into();
-        if let Some(o) = self
-            .overrides
-            .0
-            .iter()
-            .rev()
-            .find(|o| path.segs().starts_with(o.key_path().segs()))
-        {
-            return Diagnostic::new(
-                &self.source.path,
-                format!("{message} (set by {})", o.origin),
-            );
+        if let Some(o) = self.overrides.0.iter().rev().find(|o| path.segs().starts_with(o.key_path().segs())) {
+            return Diagnostic::new(&self.source.path, format!("{message} (set by {})", o.origin));
         }
         self.source.error_at(path, message)
     }
@@ -128,11 +103,7 @@ fn normalize(path: &Path) -> PathBuf {
             other => out.push(other),
         }
     }
-    if out.is_empty() {
-        PathBuf::from(".")
-    } else {
-        out.iter().collect()
-    }
+    if out.is_empty() { PathBuf::from(".") } else { out.iter().collect() }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,43 +119,26 @@ pub enum ConfigError {
 /// Loads the file (or `./tenantry.toml`) and applies the overrides. The result is parsed but
 /// not yet [`check`](super::check)ed.
 pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<LoadedConfig, ConfigError> {
-    let path = file
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
+    let path = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
     if !path.exists() {
         return Err(ConfigError::NotFound(path));
     }
     let source = SourceFile::read(&path).map_err(|d| ConfigError::Invalid(vec![d]))?;
     let config = if overrides.is_empty() {
-        source
-            .parse::<Config>()
-            .map_err(|d| ConfigError::Invalid(vec![d]))?
+        source.parse::<Config>().map_err(|d| ConfigError::Invalid(vec![d]))?
     } else {
         parse_with_overrides(&source, &overrides)?
     };
-    let base_dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    Ok(LoadedConfig {
-        config,
-        source,
-        base_dir,
-        overrides,
-    })
+    let base_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    Ok(LoadedConfig { config, source, base_dir, overrides })
 }
 
 fn parse_with_overrides(source: &SourceFile, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let mut table: toml::Table = toml::from_str(&source.text)
-        .map_err(|e| ConfigError::Invalid(vec![source.toml_error(&e)]))?;
+    let mut table: toml::Table =
+        toml::from_str(&source.text).map_err(|e| ConfigError::Invalid(vec![source.toml_error(&e)]))?;
     for o in &overrides.0 {
-        set_path(&mut table, &o.path, parse_override_value(&o.value)).map_err(|e| {
-            ConfigError::Invalid(vec![Diagnostic::new(
-                &source.path,
-                format!("{}: {e}", o.origin),
-            )])
-        })?;
+        set_path(&mut table, &o.path, parse_override_value(&o.value))
+            .map_err(|e| ConfigError::Invalid(vec![Diagnostic::new(&source.path, format!("{}: {e}", o.origin))]))?;
     }
     Config::deserialize(toml::Value::Table(table)).map_err(|e| {
         // Prefer the file's own position when the file alone shows the same problem.
@@ -194,11 +148,7 @@ fn parse_with_overrides(source: &SourceFile, overrides: &Overrides) -> Result<Co
                 let origins: Vec<&str> = overrides.0.iter().map(|o| o.origin.as_str()).collect();
                 Diagnostic::new(
                     &source.path,
-                    format!(
-                        "{} (with overrides {})",
-                        first_line(&e.to_string()),
-                        origins.join(", ")
-                    ),
+                    format!("{} (with overrides {})", first_line(&e.to_string()), origins.join(", ")),
                 )
             }
         };
@@ -209,10 +159,7 @@ fn parse_with_overrides(source: &SourceFile, overrides: &Overrides) -> Result<Co
 fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("").trim();
     let mut chars = line.chars();
-    chars
-        .next()
-        .map(|c| c.to_lowercase().chain(chars).collect())
-        .unwrap_or_default()
+    chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default()
 }
 
 /// Values are read as TOML when they parse as a TOML value (`8`, `true`, `["a"]`), else
@@ -228,12 +175,8 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     let (last, parents) = path.split_last().ok_or("empty key")?;
     let mut current = table;
     for key in parents {
-        let entry = current
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{key}` is not a table"))?;
+        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
     }
     current.insert(last.clone(), value);
     Ok(())
@@ -256,10 +199,7 @@ mod tests {
 
     #[test]
     fn paths_are_normalized_lexically() {
-        assert_eq!(
-            normalize(Path::new("deploy/local/../../workflows/x.toml")),
-            PathBuf::from("workflows/x.toml")
-        );
+        assert_eq!(normalize(Path::new("deploy/local/../../workflows/x.toml")), PathBuf::from("workflows/x.toml"));
         assert_eq!(normalize(Path::new("./a/./b")), PathBuf::from("a/b"));
         assert_eq!(normalize(Path::new("../a")), PathBuf::from("../a"));
         assert_eq!(normalize(Path::new("a/..")), PathBuf::from("."));
@@ -268,13 +208,7 @@ mod tests {
     #[test]
     fn override_values_are_typed_when_they_parse() {
         assert_eq!(parse_override_value("8"), toml::Value::Integer(8));
-        assert_eq!(
-            parse_override_value("redis://h:1"),
-            toml::Value::String("redis://h:1".into())
-        );
-        assert_eq!(
-            parse_override_value("\"q\""),
-            toml::Value::String("q".into())
-        );
+        assert_eq!(parse_override_value("redis://h:1"), toml::Value::String("redis://h:1".into()));
+        assert_eq!(parse_override_value("\"q\""), toml::Value::String("q".into()));
     }
 }

@@ -52,10 +52,7 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self {
-            url: default_redis_url(),
-            prefix: default_prefix(),
-        }
+        Self { url: default_redis_url(), prefix: default_prefix() }
     }
 }
 
@@ -76,9 +73,7 @@ pub struct PathsConfig {
 
 impl Default for PathsConfig {
     fn default() -> Self {
-        Self {
-            workflows: default_workflows(),
-        }
+        Self { workflows: default_workflows() }
     }
 }
 
@@ -97,10 +92,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self {
-            per_host: default_per_host(),
-            plan_connections: default_plan_connections(),
-        }
+        Self { per_host: default_per_host(), plan_connections: default_plan_connections() }
     }
 }
 

@@ -14,9 +14,7 @@ pub async fn connect(url: &SecretUrl) -> Result<PgConnection, sqlx::Error> {
 }
 
 pub fn options(url: &SecretUrl) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(PgConnectOptions::from_str(url.expose())?
-        .application_name("tenantry")
-        .disable_statement_logging())
+    Ok(PgConnectOptions::from_str(url.expose())?.application_name("tenantry").disable_statement_logging())
 }
 
 /// Closes a connection politely; errors on close are irrelevant to the caller.

@@ -58,10 +58,7 @@ pub struct MigrationSet {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationsError {
     #[error("{}", describe_invalid(.dir, .diagnostics))]
-    Invalid {
-        dir: PathBuf,
-        diagnostics: Vec<Diagnostic>,
-    },
+    Invalid { dir: PathBuf, diagnostics: Vec<Diagnostic> },
 }
 
 impl MigrationsError {
@@ -75,10 +72,7 @@ impl MigrationsError {
 fn describe_invalid(dir: &Path, diagnostics: &[Diagnostic]) -> String {
     let count = diagnostics.len();
     let plural = if count == 1 { "" } else { "s" };
-    let mut text = format!(
-        "{count} problem{plural} in migrations directory {}:",
-        dir.display()
-    );
+    let mut text = format!("{count} problem{plural} in migrations directory {}:", dir.display());
     for diagnostic in diagnostics {
         text.push('\n');
         text.push_str(&diagnostic.to_string());
@@ -101,18 +95,12 @@ impl MigrationSet {
         if diagnostics.is_empty() {
             Ok(set)
         } else {
-            Err(MigrationsError::Invalid {
-                dir: dir.to_path_buf(),
-                diagnostics,
-            })
+            Err(MigrationsError::Invalid { dir: dir.to_path_buf(), diagnostics })
         }
     }
 
     pub fn get(&self, version: &Version) -> Option<&Migration> {
-        self.migrations
-            .binary_search_by(|m| m.version.cmp(version))
-            .ok()
-            .map(|i| &self.migrations[i])
+        self.migrations.binary_search_by(|m| m.version.cmp(version)).ok().map(|i| &self.migrations[i])
     }
 
     pub fn latest(&self) -> Option<&Version> {
@@ -145,11 +133,7 @@ fn scan_with_limit(dir: &Path, limit: u64) -> (MigrationSet, Vec<Diagnostic>) {
     // Group problems by file for reading; the sort is stable, so a file's problems keep
     // the order in which they were found.
     diagnostics.sort_by(|a, b| a.file.cmp(&b.file));
-    let set = MigrationSet {
-        dir: dir.to_path_buf(),
-        layout,
-        migrations,
-    };
+    let set = MigrationSet { dir: dir.to_path_buf(), layout, migrations };
     (set, diagnostics)
 }
 
@@ -158,12 +142,7 @@ fn scan_with_limit(dir: &Path, limit: u64) -> (MigrationSet, Vec<Diagnostic>) {
 fn list_entries(dir: &Path, diagnostics: &mut Diagnostics) -> Vec<(std::ffi::OsString, PathBuf)> {
     match fs::metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            diagnostics.push(Diagnostic::at(
-                dir,
-                1,
-                1,
-                "migrations directory does not exist",
-            ));
+            diagnostics.push(Diagnostic::at(dir, 1, 1, "migrations directory does not exist"));
             return Vec::new();
         }
         Err(e) => {
@@ -199,19 +178,9 @@ fn list_entries(dir: &Path, diagnostics: &mut Diagnostics) -> Vec<(std::ffi::OsS
 
 /// Classifies one top-level entry and reads its script; `None` when it is ignored or wrong
 /// (the problem is then in `diagnostics`).
-fn examine_entry(
-    name: &std::ffi::OsStr,
-    path: PathBuf,
-    limit: u64,
-    diagnostics: &mut Diagnostics,
-) -> Option<Found> {
+fn examine_entry(name: &std::ffi::OsStr, path: PathBuf, limit: u64, diagnostics: &mut Diagnostics) -> Option<Found> {
     let Some(name) = name.to_str() else {
-        diagnostics.push(Diagnostic::at(
-            &path,
-            1,
-            1,
-            "file name is not valid UTF-8; rename it",
-        ));
+        diagnostics.push(Diagnostic::at(&path, 1, 1, "file name is not valid UTF-8; rename it"));
         return None;
     };
     if layout::is_ignored(name) {
@@ -237,8 +206,7 @@ fn examine_entry(
         let script_path = path.join("migration.sql");
         if let Err(e) = fs::metadata(&script_path) {
             let message = if e.kind() == io::ErrorKind::NotFound {
-                "prisma migration directory has no migration.sql; add it or remove the directory"
-                    .to_owned()
+                "prisma migration directory has no migration.sql; add it or remove the directory".to_owned()
             } else {
                 format!("cannot read: {e}")
             };
@@ -250,11 +218,7 @@ fn examine_entry(
         path
     };
     let script = read_script(&script_path, limit, diagnostics);
-    Some(Found {
-        path: script_path,
-        entry,
-        script,
-    })
+    Some(Found { path: script_path, entry, script })
 }
 
 /// Reads a script once: its bytes are hashed, then become the SQL text without a copy.
@@ -271,12 +235,7 @@ fn read_script(path: &Path, limit: u64, diagnostics: &mut Diagnostics) -> Option
         Ok(meta) if meta.is_file() => {}
         // Directories, FIFOs and devices: reading would fail or block.
         Ok(_) => {
-            diagnostics.push(Diagnostic::at(
-                path,
-                1,
-                1,
-                "not a regular file; a migration must be a .sql file",
-            ));
+            diagnostics.push(Diagnostic::at(path, 1, 1, "not a regular file; a migration must be a .sql file"));
             return None;
         }
         Err(e) => {
@@ -294,9 +253,7 @@ fn read_script(path: &Path, limit: u64, diagnostics: &mut Diagnostics) -> Option
             path,
             1,
             1,
-            format!(
-                "file is larger than {limit} bytes, the limit for one migration; split it into several migrations"
-            ),
+            format!("file is larger than {limit} bytes, the limit for one migration; split it into several migrations"),
         ));
         return None;
     }
@@ -310,18 +267,12 @@ fn read_script(path: &Path, limit: u64, diagnostics: &mut Diagnostics) -> Option
                 path,
                 valid,
                 valid_up_to,
-                format!(
-                    "file is not valid UTF-8 (invalid byte at offset {valid_up_to}); save it as UTF-8"
-                ),
+                format!("file is not valid UTF-8 (invalid byte at offset {valid_up_to}); save it as UTF-8"),
             ));
             return None;
         }
     };
-    Some(Script {
-        path: path.to_path_buf(),
-        sql,
-        checksum,
-    })
+    Some(Script { path: path.to_path_buf(), sql, checksum })
 }
 
 /// Picks the directory's layout (most files; ties go to the layout of the first file) and
@@ -330,10 +281,7 @@ fn choose_layout(found: &[Found], diagnostics: &mut Diagnostics) -> Option<Layou
     // Per layout, in order of first appearance: (layout, first file, count).
     let mut seen: Vec<(Layout, &Path, usize)> = Vec::new();
     for f in found {
-        match seen
-            .iter_mut()
-            .find(|(layout, _, _)| *layout == f.entry.layout)
-        {
+        match seen.iter_mut().find(|(layout, _, _)| *layout == f.entry.layout) {
             Some((_, _, count)) => *count += 1,
             None => seen.push((f.entry.layout, &f.path, 1)),
         }
@@ -366,20 +314,13 @@ fn assemble(layout: Layout, found: Vec<Found>, diagnostics: &mut Diagnostics) ->
         up: Option<usize>,
         down: Option<usize>,
     }
-    let mut found: Vec<Found> = found
-        .into_iter()
-        .filter(|f| f.entry.layout == layout)
-        .collect();
+    let mut found: Vec<Found> = found.into_iter().filter(|f| f.entry.layout == layout).collect();
     // Keyed without trailing zeros so that Flyway's "1" and "1.0" collide, as in Flyway.
     let mut slots: BTreeMap<Version, Slot> = BTreeMap::new();
     for (i, f) in found.iter().enumerate() {
         let slot = slots.entry(f.entry.version.normalized()).or_default();
         let (place, what, fix) = match f.entry.role {
-            Role::Down => (
-                &mut slot.down,
-                "down migration for version",
-                "remove one of them",
-            ),
+            Role::Down => (&mut slot.down, "down migration for version", "remove one of them"),
             Role::Up | Role::Single => (&mut slot.up, "migration version", "rename one of them"),
         };
         match *place {
@@ -387,11 +328,7 @@ fn assemble(layout: Layout, found: Vec<Found>, diagnostics: &mut Diagnostics) ->
                 &f.path,
                 1,
                 1,
-                format!(
-                    "duplicate {what} {}: also defined by {}; {fix}",
-                    f.entry.version,
-                    found[first].path.display()
-                ),
+                format!("duplicate {what} {}: also defined by {}; {fix}", f.entry.version, found[first].path.display()),
             )),
             None => *place = Some(i),
         }
@@ -427,12 +364,7 @@ fn assemble(layout: Layout, found: Vec<Found>, diagnostics: &mut Diagnostics) ->
 /// Why the down file `down` does not belong to the up file of its version, if it does not.
 fn pairing_problem(down: &Found, up: Option<&Found>) -> Option<String> {
     let version = &down.entry.version;
-    let file_name = |f: &Found| {
-        f.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
+    let file_name = |f: &Found| f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     match (down.entry.layout, up) {
         (Layout::Flyway, None) => Some(format!(
             "undo migration for version {version} has no versioned migration \
@@ -524,12 +456,7 @@ mod tests {
             .iter()
             .map(|d| {
                 let file = d.file.strip_prefix(root).unwrap_or(&d.file);
-                (
-                    file.display().to_string(),
-                    d.line.unwrap(),
-                    d.col.unwrap(),
-                    d.message.clone(),
-                )
+                (file.display().to_string(), d.line.unwrap(), d.col.unwrap(), d.message.clone())
             })
             .collect()
     }
@@ -545,10 +472,7 @@ mod tests {
     }
 
     fn versions(set: &MigrationSet) -> Vec<String> {
-        set.migrations
-            .iter()
-            .map(|m| m.version.to_string())
-            .collect()
+        set.migrations.iter().map(|m| m.version.to_string()).collect()
     }
 
     const CLAIMS: &str = "CREATE TABLE IF NOT EXISTS claims (id bigint PRIMARY KEY);\n";
@@ -559,10 +483,7 @@ mod tests {
 
     #[test]
     fn sqlx_files_parse_with_name_sql_and_checksum() {
-        let tmp = dir_with(&[
-            ("0001_create_claims.sql", CLAIMS.as_bytes()),
-            ("0002_abc.sql", b"abc"),
-        ]);
+        let tmp = dir_with(&[("0001_create_claims.sql", CLAIMS.as_bytes()), ("0002_abc.sql", b"abc")]);
         let (set, diagnostics) = MigrationSet::scan(tmp.path());
         assert!(diagnostics.is_empty(), "{diagnostics:#?}");
         assert_eq!(set.dir, tmp.path());
@@ -586,13 +507,7 @@ mod tests {
         assert_eq!(set.migrations[0].up.checksum, ABC_SHA256);
         assert_ne!(set.migrations[1].up.checksum, ABC_SHA256);
         assert_eq!(set.migrations[1].up.checksum.len(), 64);
-        assert!(
-            set.migrations[1]
-                .up
-                .checksum
-                .chars()
-                .all(|c| matches!(c, '0'..='9' | 'a'..='f'))
-        );
+        assert!(set.migrations[1].up.checksum.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
     }
 
     #[test]
@@ -605,10 +520,7 @@ mod tests {
         let set = MigrationSet::load(tmp.path()).unwrap();
         assert_eq!(versions(&set), ["1", "2"]);
         let first = &set.migrations[0];
-        assert_eq!(
-            (first.name.as_str(), first.up.sql.as_str()),
-            ("claims", CLAIMS)
-        );
+        assert_eq!((first.name.as_str(), first.up.sql.as_str()), ("claims", CLAIMS));
         let down = first.down.as_ref().expect("down script");
         assert_eq!(down.path, tmp.path().join("0001_claims.down.sql"));
         assert_eq!(down.sql, "DROP TABLE claims;\n");
@@ -638,10 +550,7 @@ mod tests {
     fn prisma_directories_and_ignored_files() {
         let tmp = dir_with(&[
             ("20240101120000_init/migration.sql", CLAIMS.as_bytes()),
-            (
-                "20240301090000_add_index/migration.sql",
-                b"CREATE INDEX claims_id ON claims (id);\n",
-            ),
+            ("20240301090000_add_index/migration.sql", b"CREATE INDEX claims_id ON claims (id);\n"),
             ("migration_lock.toml", b"provider = \"postgresql\"\n"),
             ("README.md", b"# migrations\n"),
             ("README", b"read me\n"),
@@ -654,21 +563,15 @@ mod tests {
         assert_eq!(versions(&set), ["20240101120000", "20240301090000"]);
         let first = &set.migrations[0];
         assert_eq!(first.name, "init");
-        assert_eq!(
-            first.up.path,
-            tmp.path().join("20240101120000_init/migration.sql")
-        );
+        assert_eq!(first.up.path, tmp.path().join("20240101120000_init/migration.sql"));
         assert_eq!(first.up.checksum, CLAIMS_SHA256);
         assert_eq!(set.migrations[1].name, "add_index");
     }
 
     #[test]
     fn numeric_ordering_and_lookup() {
-        let tmp = dir_with(&[
-            ("10_ten.sql", b"SELECT 10;"),
-            ("2_two.sql", b"SELECT 2;"),
-            ("0001_one.sql", b"SELECT 1;"),
-        ]);
+        let tmp =
+            dir_with(&[("10_ten.sql", b"SELECT 10;"), ("2_two.sql", b"SELECT 2;"), ("0001_one.sql", b"SELECT 1;")]);
         let set = MigrationSet::load(tmp.path()).unwrap();
         assert_eq!(versions(&set), ["1", "2", "10"]);
         assert_eq!(set.latest(), Some(&v("10")));
@@ -681,10 +584,7 @@ mod tests {
     fn empty_directory_is_valid() {
         let tmp = dir_with(&[]);
         let set = MigrationSet::load(tmp.path()).unwrap();
-        assert_eq!(
-            (set.layout, set.migrations.len(), set.latest()),
-            (None, 0, None)
-        );
+        assert_eq!((set.layout, set.migrations.len(), set.latest()), (None, 0, None));
     }
 
     #[test]
@@ -704,24 +604,12 @@ mod tests {
     #[test]
     fn no_transaction_detection_rules() {
         assert!(wants_no_transaction("-- tenantry:no-transaction"));
-        assert!(wants_no_transaction(
-            "\u{feff}  \n\t-- tenantry:no-transaction  \nSELECT 1;"
-        ));
-        assert!(wants_no_transaction(
-            "/* a\n b */ -- x\n-- tenantry:no-transaction\nSELECT 1;"
-        ));
-        assert!(!wants_no_transaction(
-            "SELECT 1; -- tenantry:no-transaction\n"
-        ));
-        assert!(!wants_no_transaction(
-            "SELECT 1;\n-- tenantry:no-transaction\n"
-        ));
-        assert!(!wants_no_transaction(
-            "/* -- tenantry:no-transaction */ SELECT 1;"
-        ));
-        assert!(!wants_no_transaction(
-            "/* unterminated\n-- tenantry:no-transaction\n"
-        ));
+        assert!(wants_no_transaction("\u{feff}  \n\t-- tenantry:no-transaction  \nSELECT 1;"));
+        assert!(wants_no_transaction("/* a\n b */ -- x\n-- tenantry:no-transaction\nSELECT 1;"));
+        assert!(!wants_no_transaction("SELECT 1; -- tenantry:no-transaction\n"));
+        assert!(!wants_no_transaction("SELECT 1;\n-- tenantry:no-transaction\n"));
+        assert!(!wants_no_transaction("/* -- tenantry:no-transaction */ SELECT 1;"));
+        assert!(!wants_no_transaction("/* unterminated\n-- tenantry:no-transaction\n"));
         assert!(!wants_no_transaction("-- tenantry:no-transaction please\n"));
         assert!(!wants_no_transaction("-- no-transaction\n"));
         assert!(!wants_no_transaction(""));
@@ -729,19 +617,13 @@ mod tests {
 
     #[test]
     fn duplicate_version_names_both_files() {
-        let tmp = dir_with(&[
-            ("0001_init.sql", b"SELECT 1;"),
-            ("1_again.sql", b"SELECT 2;"),
-        ]);
+        let tmp = dir_with(&[("0001_init.sql", b"SELECT 1;"), ("1_again.sql", b"SELECT 2;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "1_again.sql");
         let first = tmp.path().join("0001_init.sql");
         assert_eq!(
             message,
-            format!(
-                "duplicate migration version 1: also defined by {}; rename one of them",
-                first.display()
-            )
+            format!("duplicate migration version 1: also defined by {}; rename one of them", first.display())
         );
         // The first file in name order is kept.
         let (set, _) = MigrationSet::scan(tmp.path());
@@ -751,16 +633,10 @@ mod tests {
 
     #[test]
     fn sqlx_file_and_its_up_file_are_duplicates() {
-        let tmp = dir_with(&[
-            ("0003_b.sql", b"SELECT 1;"),
-            ("0003_b.up.sql", b"SELECT 1;"),
-        ]);
+        let tmp = dir_with(&[("0003_b.sql", b"SELECT 1;"), ("0003_b.up.sql", b"SELECT 1;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "0003_b.up.sql");
-        assert!(
-            message.starts_with("duplicate migration version 3: also defined by "),
-            "{message}"
-        );
+        assert!(message.starts_with("duplicate migration version 3: also defined by "), "{message}");
         assert!(message.contains("0003_b.sql;"), "{message}");
     }
 
@@ -777,17 +653,9 @@ mod tests {
         let files: Vec<&str> = described.iter().map(|d| d.0.as_str()).collect();
         // '.' sorts before '_', so the dotted spelling comes first and is kept.
         assert_eq!(files, ["V1_2__a.sql", "V3__c.sql"]);
-        assert!(
-            described[0]
-                .3
-                .starts_with("duplicate migration version 1.2: also defined by ")
-        );
+        assert!(described[0].3.starts_with("duplicate migration version 1.2: also defined by "));
         assert!(described[0].3.ends_with("V1.2__b.sql; rename one of them"));
-        assert!(
-            described[1]
-                .3
-                .starts_with("duplicate migration version 3: also defined by ")
-        );
+        assert!(described[1].3.starts_with("duplicate migration version 3: also defined by "));
         assert!(described[1].3.ends_with("V3.0__d.sql; rename one of them"));
     }
 
@@ -800,43 +668,32 @@ mod tests {
         ]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "1_a.down.sql");
-        assert!(
-            message.starts_with("duplicate down migration for version 1: also defined by "),
-            "{message}"
-        );
-        assert!(
-            message.ends_with("0001_a.down.sql; remove one of them"),
-            "{message}"
-        );
+        assert!(message.starts_with("duplicate down migration for version 1: also defined by "), "{message}");
+        assert!(message.ends_with("0001_a.down.sql; remove one of them"), "{message}");
     }
 
     #[test]
     fn malformed_version_is_reported_at_the_file() {
-        let tmp = dir_with(&[
-            ("0001_ok.sql", b"SELECT 1;"),
-            ("99999999999999999999_big.sql", b"SELECT 1;"),
-        ]);
+        let tmp = dir_with(&[("0001_ok.sql", b"SELECT 1;"), ("99999999999999999999_big.sql", b"SELECT 1;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "99999999999999999999_big.sql");
-        assert!(message.starts_with("malformed version `99999999999999999999`: component 99999999999999999999 does not fit in 64 bits;"), "{message}");
+        assert!(
+            message.starts_with(
+                "malformed version `99999999999999999999`: component 99999999999999999999 does not fit in 64 bits;"
+            ),
+            "{message}"
+        );
     }
 
     #[test]
     fn file_matching_no_layout() {
-        let tmp = dir_with(&[
-            ("0001_init.sql", b"SELECT 1;"),
-            ("notes.txt", b"todo"),
-            ("old/", b""),
-        ]);
+        let tmp = dir_with(&[("0001_init.sql", b"SELECT 1;"), ("notes.txt", b"todo"), ("old/", b"")]);
         let (_, diagnostics) = MigrationSet::scan(tmp.path());
         let expected = "file name matches no migration layout (expected <version>_<name>.sql, \
                         V<version>__<name>.sql or <timestamp>_<name>/migration.sql)";
         assert_eq!(
             described(tmp.path(), &diagnostics),
-            [
-                ("notes.txt".to_string(), 1, 1, expected.to_string()),
-                ("old".to_string(), 1, 1, expected.to_string()),
-            ]
+            [("notes.txt".to_string(), 1, 1, expected.to_string()), ("old".to_string(), 1, 1, expected.to_string()),]
         );
     }
 
@@ -863,10 +720,7 @@ mod tests {
 
     #[test]
     fn down_file_next_to_a_plain_sqlx_file() {
-        let tmp = dir_with(&[
-            ("0001_init.sql", b"SELECT 1;"),
-            ("0001_init.down.sql", b"SELECT 1;"),
-        ]);
+        let tmp = dir_with(&[("0001_init.sql", b"SELECT 1;"), ("0001_init.down.sql", b"SELECT 1;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "0001_init.down.sql");
         assert_eq!(
@@ -880,29 +734,19 @@ mod tests {
 
     #[test]
     fn down_file_with_another_name() {
-        let tmp = dir_with(&[
-            ("0001_init.up.sql", b"SELECT 1;"),
-            ("0001_setup.down.sql", b"SELECT 1;"),
-        ]);
+        let tmp = dir_with(&[("0001_init.up.sql", b"SELECT 1;"), ("0001_setup.down.sql", b"SELECT 1;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "0001_setup.down.sql");
         assert!(
-            message
-                .starts_with("down migration for version 1 is named `setup` but its up migration "),
+            message.starts_with("down migration for version 1 is named `setup` but its up migration "),
             "{message}"
         );
-        assert!(
-            message.ends_with("0001_init.up.sql is named `init`; give both files the same name"),
-            "{message}"
-        );
+        assert!(message.ends_with("0001_init.up.sql is named `init`; give both files the same name"), "{message}");
     }
 
     #[test]
     fn orphan_flyway_undo_file() {
-        let tmp = dir_with(&[
-            ("V1__init.sql", b"SELECT 1;"),
-            ("U1_2__x.sql", b"SELECT 1;"),
-        ]);
+        let tmp = dir_with(&[("V1__init.sql", b"SELECT 1;"), ("U1_2__x.sql", b"SELECT 1;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "U1_2__x.sql");
         assert_eq!(
@@ -951,10 +795,7 @@ mod tests {
 
     #[test]
     fn mixed_layouts_tie_goes_to_the_first_file() {
-        let tmp = dir_with(&[
-            ("0001_init.sql", b"SELECT 1;"),
-            ("V2__more.sql", b"SELECT 2;"),
-        ]);
+        let tmp = dir_with(&[("0001_init.sql", b"SELECT 1;"), ("V2__more.sql", b"SELECT 2;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "V2__more.sql");
         assert_eq!(
@@ -968,16 +809,10 @@ mod tests {
 
     #[test]
     fn flyway_repeatable_is_not_supported() {
-        let tmp = dir_with(&[
-            ("V1__init.sql", b"SELECT 1;"),
-            ("R__views.sql", b"SELECT 1;"),
-        ]);
+        let tmp = dir_with(&[("V1__init.sql", b"SELECT 1;"), ("R__views.sql", b"SELECT 1;")]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "R__views.sql");
-        assert!(
-            message.starts_with("repeatable flyway migrations (R__<name>.sql) are not supported;"),
-            "{message}"
-        );
+        assert!(message.starts_with("repeatable flyway migrations (R__<name>.sql) are not supported;"), "{message}");
     }
 
     #[test]
@@ -988,10 +823,7 @@ mod tests {
         ]);
         let (file, message) = single_problem(&tmp);
         assert_eq!(file, "20240102120000_empty");
-        assert_eq!(
-            message,
-            "prisma migration directory has no migration.sql; add it or remove the directory"
-        );
+        assert_eq!(message, "prisma migration directory has no migration.sql; add it or remove the directory");
     }
 
     #[test]
@@ -1000,15 +832,7 @@ mod tests {
         let missing = tmp.path().join("nope");
         let (set, diagnostics) = MigrationSet::scan(&missing);
         assert_eq!(set.migrations.len(), 0);
-        assert_eq!(
-            diagnostics,
-            [Diagnostic::at(
-                &missing,
-                1,
-                1,
-                "migrations directory does not exist"
-            )]
-        );
+        assert_eq!(diagnostics, [Diagnostic::at(&missing, 1, 1, "migrations directory does not exist")]);
     }
 
     #[test]
@@ -1016,18 +840,12 @@ mod tests {
         let tmp = dir_with(&[("file.sql", b"")]);
         let file = tmp.path().join("file.sql");
         let (_, diagnostics) = MigrationSet::scan(&file);
-        assert_eq!(
-            diagnostics,
-            [Diagnostic::at(&file, 1, 1, "cannot read: not a directory")]
-        );
+        assert_eq!(diagnostics, [Diagnostic::at(&file, 1, 1, "cannot read: not a directory")]);
     }
 
     #[test]
     fn non_utf8_file_is_reported_at_the_bad_byte() {
-        let tmp = dir_with(&[
-            ("0001_ok.sql", b"SELECT 1;"),
-            ("0002_latin1.sql", b"-- caf\xe9\nSELECT 1;"),
-        ]);
+        let tmp = dir_with(&[("0001_ok.sql", b"SELECT 1;"), ("0002_latin1.sql", b"-- caf\xe9\nSELECT 1;")]);
         let (set, diagnostics) = MigrationSet::scan(tmp.path());
         assert_eq!(
             described(tmp.path(), &diagnostics),
@@ -1046,28 +864,15 @@ mod tests {
     fn non_utf8_file_name() {
         use std::os::unix::ffi::OsStrExt;
         let tmp = dir_with(&[("0001_ok.sql", b"SELECT 1;")]);
-        let bad = tmp
-            .path()
-            .join(std::ffi::OsStr::from_bytes(b"0002_caf\xe9.sql"));
+        let bad = tmp.path().join(std::ffi::OsStr::from_bytes(b"0002_caf\xe9.sql"));
         fs::write(&bad, "SELECT 2;").unwrap();
         let (_, diagnostics) = MigrationSet::scan(tmp.path());
-        assert_eq!(
-            diagnostics,
-            [Diagnostic::at(
-                &bad,
-                1,
-                1,
-                "file name is not valid UTF-8; rename it"
-            )]
-        );
+        assert_eq!(diagnostics, [Diagnostic::at(&bad, 1, 1, "file name is not valid UTF-8; rename it")]);
     }
 
     #[test]
     fn file_over_the_size_limit() {
-        let tmp = dir_with(&[
-            ("0001_small.sql", b"SELECT 1;"),
-            ("0002_big.sql", b"SELECT 12345;"),
-        ]);
+        let tmp = dir_with(&[("0001_small.sql", b"SELECT 1;"), ("0002_big.sql", b"SELECT 12345;")]);
         let (set, diagnostics) = scan_with_limit(tmp.path(), 9);
         assert_eq!(
             described(tmp.path(), &diagnostics),
@@ -1075,7 +880,8 @@ mod tests {
                 "0002_big.sql".to_string(),
                 1,
                 1,
-                "file is larger than 9 bytes, the limit for one migration; split it into several migrations".to_string()
+                "file is larger than 9 bytes, the limit for one migration; split it into several migrations"
+                    .to_string()
             )]
         );
         assert_eq!(versions(&set), ["1"]);
@@ -1092,24 +898,14 @@ mod tests {
             ("notes.txt", b""),
         ]);
         let (set, diagnostics) = MigrationSet::scan(tmp.path());
-        let files: Vec<String> = described(tmp.path(), &diagnostics)
-            .into_iter()
-            .map(|d| d.0)
-            .collect();
-        assert_eq!(
-            files,
-            ["0002_x.down.sql", "1_again.sql", "1x_bad.sql", "notes.txt"]
-        );
+        let files: Vec<String> = described(tmp.path(), &diagnostics).into_iter().map(|d| d.0).collect();
+        assert_eq!(files, ["0002_x.down.sql", "1_again.sql", "1x_bad.sql", "notes.txt"]);
         assert_eq!(versions(&set), ["1", "3"]);
     }
 
     #[test]
     fn load_fails_with_every_diagnostic_in_the_message() {
-        let tmp = dir_with(&[
-            ("0001_init.sql", b"SELECT 1;"),
-            ("1_again.sql", b"SELECT 1;"),
-            ("notes.txt", b""),
-        ]);
+        let tmp = dir_with(&[("0001_init.sql", b"SELECT 1;"), ("1_again.sql", b"SELECT 1;"), ("notes.txt", b"")]);
         let err = MigrationSet::load(tmp.path()).unwrap_err();
         assert_eq!(err.diagnostics().len(), 2);
         let root = tmp.path().display();
@@ -1161,11 +957,7 @@ mod tests {
         for (name, layout, expected) in [
             ("sqlx_reversible", Layout::Sqlx, &["1", "2", "3"][..]),
             ("flyway", Layout::Flyway, &["1", "1.1", "2"][..]),
-            (
-                "prisma",
-                Layout::Prisma,
-                &["20240101120000", "20240215093000", "20240301170000"][..],
-            ),
+            ("prisma", Layout::Prisma, &["20240101120000", "20240215093000", "20240301170000"][..]),
         ] {
             let (set, described, _) = check(name);
             assert_eq!(described, Vec::<String>::new(), "{name}");

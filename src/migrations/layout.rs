@@ -109,11 +109,7 @@ pub(crate) fn classify(name: &str, is_dir: bool) -> Classified {
     if let Some(rest) = stem.strip_prefix('V').or_else(|| stem.strip_prefix('U'))
         && (rest.starts_with(|c: char| c.is_ascii_digit()) || rest.starts_with("__"))
     {
-        let role = if stem.starts_with('V') {
-            Role::Up
-        } else {
-            Role::Down
-        };
+        let role = if stem.starts_with('V') { Role::Up } else { Role::Down };
         return split_version_name(rest, "__", Layout::Flyway, role);
     }
     if stem.starts_with(|c: char| c.is_ascii_digit()) {
@@ -132,24 +128,15 @@ pub(crate) fn classify(name: &str, is_dir: bool) -> Classified {
 /// Entries skipped everywhere: dot-files, READMEs, Markdown and Prisma's `migration_lock.toml`.
 pub(crate) fn is_ignored(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    name.starts_with('.')
-        || lower.starts_with("readme")
-        || lower.ends_with(".md")
-        || name == "migration_lock.toml"
+    name.starts_with('.') || lower.starts_with("readme") || lower.ends_with(".md") || name == "migration_lock.toml"
 }
 
 /// Splits `<version><separator><name>` and checks both parts.
 fn split_version_name(text: &str, separator: &str, layout: Layout, role: Role) -> Classified {
-    let what = if layout == Layout::Prisma {
-        "directory name"
-    } else {
-        "file name"
-    };
+    let what = if layout == Layout::Prisma { "directory name" } else { "file name" };
     let expected = format!("expected {}, e.g. {}", layout.pattern(), layout.example());
     let Some((version_text, name)) = text.split_once(separator) else {
-        return Classified::Problem(format!(
-            "malformed {what}: no `{separator}` between version and name; {expected}"
-        ));
+        return Classified::Problem(format!("malformed {what}: no `{separator}` between version and name; {expected}"));
     };
     let version = match parse_version(version_text, layout) {
         Ok(version) => version,
@@ -159,22 +146,13 @@ fn split_version_name(text: &str, separator: &str, layout: Layout, role: Role) -
                 Layout::Flyway => "a flyway version is digits separated by `.` or `_`",
                 Layout::Prisma => "a prisma timestamp is decimal digits",
             };
-            return Classified::Problem(format!(
-                "malformed version `{version_text}`: {e}; {kind}, {expected}"
-            ));
+            return Classified::Problem(format!("malformed version `{version_text}`: {e}; {kind}, {expected}"));
         }
     };
     if name.is_empty() {
-        return Classified::Problem(format!(
-            "malformed {what}: the name after version {version} is empty; {expected}"
-        ));
+        return Classified::Problem(format!("malformed {what}: the name after version {version} is empty; {expected}"));
     }
-    Classified::Migration(EntryName {
-        layout,
-        version,
-        name: name.to_owned(),
-        role,
-    })
+    Classified::Migration(EntryName { layout, version, name: name.to_owned(), role })
 }
 
 fn parse_version(text: &str, layout: Layout) -> Result<Version, VersionError> {
@@ -216,23 +194,12 @@ mod tests {
         let single = migration("0001_init.sql", false);
         assert_eq!(
             single,
-            EntryName {
-                layout: Layout::Sqlx,
-                version: v("1"),
-                name: "init".into(),
-                role: Role::Single
-            }
+            EntryName { layout: Layout::Sqlx, version: v("1"), name: "init".into(), role: Role::Single }
         );
         let up = migration("20_add_claims_index.up.sql", false);
-        assert_eq!(
-            (up.version, up.name.as_str(), up.role),
-            (v("20"), "add_claims_index", Role::Up)
-        );
+        assert_eq!((up.version, up.name.as_str(), up.role), (v("20"), "add_claims_index", Role::Up));
         let down = migration("0020_add_claims_index.down.sql", false);
-        assert_eq!(
-            (down.version, down.name.as_str(), down.role),
-            (v("20"), "add_claims_index", Role::Down)
-        );
+        assert_eq!((down.version, down.name.as_str(), down.role), (v("20"), "add_claims_index", Role::Down));
         // Only the first `_` separates the version.
         assert_eq!(migration("3_a_b_c.sql", false).name, "a_b_c");
     }
@@ -240,39 +207,20 @@ mod tests {
     #[test]
     fn flyway_names_versioned_and_undo() {
         let up = migration("V1__init.sql", false);
-        assert_eq!(
-            (up.layout, up.version, up.name.as_str(), up.role),
-            (Layout::Flyway, v("1"), "init", Role::Up)
-        );
+        assert_eq!((up.layout, up.version, up.name.as_str(), up.role), (Layout::Flyway, v("1"), "init", Role::Up));
         assert_eq!(migration("V1_2__x.sql", false).version, v("1.2"));
         assert_eq!(migration("V1.2__x.sql", false).version, v("1.2"));
-        assert_eq!(
-            migration("V01.10__x.sql", false).version.to_string(),
-            "1.10"
-        );
+        assert_eq!(migration("V01.10__x.sql", false).version.to_string(), "1.10");
         let undo = migration("U1.2__drop_x.sql", false);
-        assert_eq!(
-            (undo.version, undo.name.as_str(), undo.role),
-            (v("1.2"), "drop_x", Role::Down)
-        );
+        assert_eq!((undo.version, undo.name.as_str(), undo.role), (v("1.2"), "drop_x", Role::Down));
     }
 
     #[test]
     fn prisma_directories() {
         let entry = migration("20240101120000_init", true);
         assert_eq!(
-            (
-                entry.layout,
-                entry.version.to_string(),
-                entry.name.as_str(),
-                entry.role
-            ),
-            (
-                Layout::Prisma,
-                "20240101120000".to_string(),
-                "init",
-                Role::Up
-            )
+            (entry.layout, entry.version.to_string(), entry.name.as_str(), entry.role),
+            (Layout::Prisma, "20240101120000".to_string(), "init", Role::Up)
         );
         // A file with a Prisma-looking name is a sqlx file only if it ends in .sql.
         assert_eq!(problem("20240101120000_init", false), NO_LAYOUT);
@@ -282,15 +230,8 @@ mod tests {
 
     #[test]
     fn ignored_entries() {
-        for name in [
-            ".gitkeep",
-            ".hidden.sql",
-            "README",
-            "README.txt",
-            "readme.md",
-            "NOTES.md",
-            "migration_lock.toml",
-        ] {
+        for name in [".gitkeep", ".hidden.sql", "README", "README.txt", "readme.md", "NOTES.md", "migration_lock.toml"]
+        {
             assert_eq!(classify(name, false), Classified::Ignored, "{name}");
         }
         assert_eq!(classify(".git", true), Classified::Ignored);
@@ -298,14 +239,7 @@ mod tests {
 
     #[test]
     fn names_that_match_no_layout() {
-        for name in [
-            "notes.txt",
-            "init.sql",
-            "0001_init.SQL",
-            "Vacuum.sql",
-            "migration.sql",
-            "0001_init.sql.bak",
-        ] {
+        for name in ["notes.txt", "init.sql", "0001_init.SQL", "Vacuum.sql", "migration.sql", "0001_init.sql.bak"] {
             assert_eq!(problem(name, false), NO_LAYOUT, "{name}");
         }
         assert!(NO_LAYOUT.contains("V<version>__<name>.sql"));
@@ -318,25 +252,19 @@ mod tests {
             "malformed version `1x`: `x` is not a digit; a sqlx version is decimal digits, \
              expected <version>_<name>.sql, e.g. 0001_init.sql"
         );
-        assert!(
-            problem("1.2_x.sql", false).starts_with("malformed version `1.2`: `.` is not a digit;")
-        );
+        assert!(problem("1.2_x.sql", false).starts_with("malformed version `1.2`: `.` is not a digit;"));
         assert_eq!(
             problem("99999999999999999999_big.sql", false),
             "malformed version `99999999999999999999`: component 99999999999999999999 does not fit \
              in 64 bits; a sqlx version is decimal digits, expected <version>_<name>.sql, e.g. 0001_init.sql"
         );
         assert!(
-            problem("V1.x__a.sql", false)
-                .starts_with("malformed version `1.x`: `x` is not a digit; a flyway version")
+            problem("V1.x__a.sql", false).starts_with("malformed version `1.x`: `x` is not a digit; a flyway version")
         );
         assert!(
-            problem("V1..2__a.sql", false)
-                .starts_with("malformed version `1..2`: the version has an empty component")
+            problem("V1..2__a.sql", false).starts_with("malformed version `1..2`: the version has an empty component")
         );
-        assert!(
-            problem("V__a.sql", false).starts_with("malformed version ``: the version is empty;")
-        );
+        assert!(problem("V__a.sql", false).starts_with("malformed version ``: the version is empty;"));
         assert!(
             problem("2024x_init", true)
                 .starts_with("malformed version `2024x`: `x` is not a digit; a prisma timestamp")
@@ -349,10 +277,7 @@ mod tests {
             problem("1_.sql", false),
             "malformed file name: the name after version 1 is empty; expected <version>_<name>.sql, e.g. 0001_init.sql"
         );
-        assert!(
-            problem("0001_.up.sql", false)
-                .starts_with("malformed file name: the name after version 1 is empty")
-        );
+        assert!(problem("0001_.up.sql", false).starts_with("malformed file name: the name after version 1 is empty"));
         assert_eq!(
             problem("V1__.sql", false),
             "malformed file name: the name after version 1 is empty; expected V<version>__<name>.sql, e.g. V1__init.sql"
@@ -385,13 +310,7 @@ mod tests {
         assert_eq!(Layout::Sqlx.to_string(), "sqlx");
         assert_eq!(Layout::Flyway.to_string(), "flyway");
         assert_eq!(Layout::Prisma.to_string(), "prisma");
-        assert_eq!(
-            serde_json::to_string(&Layout::Flyway).unwrap(),
-            "\"flyway\""
-        );
-        assert_eq!(
-            serde_json::from_str::<Layout>("\"prisma\"").unwrap(),
-            Layout::Prisma
-        );
+        assert_eq!(serde_json::to_string(&Layout::Flyway).unwrap(), "\"flyway\"");
+        assert_eq!(serde_json::from_str::<Layout>("\"prisma\"").unwrap(), Layout::Prisma);
     }
 }

@@ -67,11 +67,7 @@ impl FromStr for Version {
                     return Err(VersionError::NotDigit { found });
                 }
                 // Only digits remain, so the only possible failure is overflow.
-                component
-                    .parse::<u64>()
-                    .map_err(|_| VersionError::Overflow {
-                        component: component.to_owned(),
-                    })
+                component.parse::<u64>().map_err(|_| VersionError::Overflow { component: component.to_owned() })
             })
             .collect::<Result<Vec<u64>, _>>()?;
         Ok(Version(components))
@@ -99,9 +95,7 @@ impl serde::Serialize for Version {
 impl<'de> serde::Deserialize<'de> for Version {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.parse().map_err(|e: VersionError| {
-            serde::de::Error::custom(format_args!("invalid version `{text}`: {e}"))
-        })
+        text.parse().map_err(|e: VersionError| serde::de::Error::custom(format_args!("invalid version `{text}`: {e}")))
     }
 }
 
@@ -145,34 +139,13 @@ mod tests {
         assert_eq!("1..2".parse::<Version>(), Err(VersionError::EmptyComponent));
         assert_eq!(".1".parse::<Version>(), Err(VersionError::EmptyComponent));
         assert_eq!("1.".parse::<Version>(), Err(VersionError::EmptyComponent));
-        assert_eq!(
-            "1x".parse::<Version>(),
-            Err(VersionError::NotDigit { found: 'x' })
-        );
-        assert_eq!(
-            "-1".parse::<Version>(),
-            Err(VersionError::NotDigit { found: '-' })
-        );
-        assert_eq!(
-            " 1".parse::<Version>(),
-            Err(VersionError::NotDigit { found: ' ' })
-        );
-        assert_eq!(
-            "١".parse::<Version>(),
-            Err(VersionError::NotDigit { found: '١' })
-        );
-        assert_eq!(
-            "18446744073709551615"
-                .parse::<Version>()
-                .unwrap()
-                .components(),
-            &[u64::MAX]
-        );
+        assert_eq!("1x".parse::<Version>(), Err(VersionError::NotDigit { found: 'x' }));
+        assert_eq!("-1".parse::<Version>(), Err(VersionError::NotDigit { found: '-' }));
+        assert_eq!(" 1".parse::<Version>(), Err(VersionError::NotDigit { found: ' ' }));
+        assert_eq!("١".parse::<Version>(), Err(VersionError::NotDigit { found: '١' }));
+        assert_eq!("18446744073709551615".parse::<Version>().unwrap().components(), &[u64::MAX]);
         let err = "1.18446744073709551616".parse::<Version>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "component 18446744073709551616 does not fit in 64 bits"
-        );
+        assert_eq!(err.to_string(), "component 18446744073709551616 does not fit in 64 bits");
     }
 
     #[test]
@@ -189,11 +162,7 @@ mod tests {
         let parsed: Version = serde_json::from_str("\"1.10\"").unwrap();
         assert_eq!(parsed, v("1.10"));
         let err = serde_json::from_str::<Version>("\"1.x\"").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("invalid version `1.x`: `x` is not a digit"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("invalid version `1.x`: `x` is not a digit"), "{err}");
         assert!(serde_json::from_str::<Version>("[1, 2]").is_err());
     }
 }

@@ -66,37 +66,19 @@ impl StepKind {
     /// `timeout`). Anything else in a step of this kind is reported by `validate`.
     pub fn options(self) -> &'static [&'static str] {
         match self {
-            Self::Migrate => &[
-                "to",
-                "allow_out_of_order",
-                "lock_timeout",
-                "statement_timeout",
-            ],
+            Self::Migrate => &["to", "allow_out_of_order", "lock_timeout", "statement_timeout"],
             Self::Seed => &["lock_timeout"],
             Self::Provision => &["seed", "lock_timeout"],
             Self::Backup => &["compression"],
-            Self::PruneBackups => &[
-                "keep_last",
-                "keep_daily",
-                "keep_weekly",
-                "keep_monthly",
-                "dry_run",
-            ],
+            Self::PruneBackups => &["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "dry_run"],
             Self::VerifyRestore => &["backup", "sample", "smoke_queries", "scratch_host"],
             Self::RdsSnapshot => &["keep_last"],
             Self::VerifySnapshot => &["sample", "smoke_queries"],
             Self::Vacuum => &["min_dead_tuples", "min_dead_ratio", "analyze"],
             Self::AnalyzeIndexes => &["reindex_invalid", "min_bloat_ratio"],
-            Self::Purge => &[
-                "table",
-                "column",
-                "older_than",
-                "retention_label",
-                "batch_size",
-                "pause",
-                "time_budget",
-                "dry_run",
-            ],
+            Self::Purge => {
+                &["table", "column", "older_than", "retention_label", "batch_size", "pause", "time_budget", "dry_run"]
+            }
             Self::Health => &["long_transaction", "max_xid_age"],
             Self::Sql => &["sql", "file", "transaction"],
             Self::Drift => &["reference"],

@@ -48,11 +48,7 @@ pub struct MigrationStatus {
 
 /// Compares a target's history with the directory. `allow_out_of_order` accepts pending
 /// versions older than the newest applied one (for long-lived branches merged late).
-pub fn compare(
-    set: &MigrationSet,
-    history: &[AppliedMigration],
-    allow_out_of_order: bool,
-) -> MigrationStatus {
+pub fn compare(set: &MigrationSet, history: &[AppliedMigration], allow_out_of_order: bool) -> MigrationStatus {
     let mut status = MigrationStatus::default();
     let mut applied_versions: BTreeMap<Version, &AppliedMigration> = BTreeMap::new();
     for row in history {
@@ -60,10 +56,7 @@ pub fn compare(
             Ok(v) => {
                 applied_versions.insert(v, row);
             }
-            Err(_) => status.problems.push(format!(
-                "history has an unreadable version {:?}",
-                row.version
-            )),
+            Err(_) => status.problems.push(format!("history has an unreadable version {:?}", row.version)),
         }
     }
     for (version, row) in &applied_versions {
@@ -146,20 +139,15 @@ pub async fn read_histories(
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
-        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
-            .await?
-        {
+        for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await? {
             let idx: i32 = row.get("idx");
             let schema = &chunk[idx as usize];
-            out.entry(schema.clone())
-                .or_default()
-                .push(AppliedMigration {
-                    version: row.get("version"),
-                    name: row.get("name"),
-                    checksum: row.get("checksum"),
-                    state: row.get("state"),
-                });
+            out.entry(schema.clone()).or_default().push(AppliedMigration {
+                version: row.get("version"),
+                name: row.get("name"),
+                checksum: row.get("checksum"),
+                state: row.get("state"),
+            });
         }
     }
     Ok(out)
@@ -189,14 +177,8 @@ mod tests {
     #[test]
     fn pending_after_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let set = set_with(
-            dir.path(),
-            &[
-                ("1_a.sql", "select 1;"),
-                ("2_b.sql", "select 2;"),
-                ("10_c.sql", "select 10;"),
-            ],
-        );
+        let set =
+            set_with(dir.path(), &[("1_a.sql", "select 1;"), ("2_b.sql", "select 2;"), ("10_c.sql", "select 10;")]);
         let s = compare(&set, &[row(&set, "1", "applied")], false);
         assert_eq!(s.applied, 1);
         assert_eq!(s.pending, vec!["2_b", "10_c"]);
@@ -206,14 +188,7 @@ mod tests {
     #[test]
     fn refusals_name_version_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let set = set_with(
-            dir.path(),
-            &[
-                ("1_a.sql", "select 1;"),
-                ("2_b.sql", "select 2;"),
-                ("3_c.sql", "select 3;"),
-            ],
-        );
+        let set = set_with(dir.path(), &[("1_a.sql", "select 1;"), ("2_b.sql", "select 2;"), ("3_c.sql", "select 3;")]);
         let mut drifted = row(&set, "1", "applied");
         drifted.checksum = "0".repeat(64);
         let dirty = row(&set, "3", "started");
@@ -225,23 +200,10 @@ mod tests {
         };
         let s = compare(&set, &[drifted, dirty, missing], false);
         let all = s.problems.join("\n");
-        assert!(
-            all.contains("version 1 was changed after it was applied (drift)")
-                && all.contains("1_a.sql"),
-            "{all}"
-        );
-        assert!(
-            all.contains("version 3 is dirty") && all.contains("3_c.sql"),
-            "{all}"
-        );
-        assert!(
-            all.contains("version 4 (gone) is recorded as applied but its file is missing"),
-            "{all}"
-        );
-        assert!(
-            all.contains("version 2 (") && all.contains("out of order"),
-            "{all}"
-        );
+        assert!(all.contains("version 1 was changed after it was applied (drift)") && all.contains("1_a.sql"), "{all}");
+        assert!(all.contains("version 3 is dirty") && all.contains("3_c.sql"), "{all}");
+        assert!(all.contains("version 4 (gone) is recorded as applied but its file is missing"), "{all}");
+        assert!(all.contains("version 2 (") && all.contains("out of order"), "{all}");
         let s = compare(&set, &[row(&set, "3", "applied")], true);
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert_eq!(s.pending, vec!["1_a", "2_b"]);

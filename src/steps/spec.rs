@@ -123,28 +123,22 @@ impl StepSpec {
         let kind = self.kind;
         match kind {
             StepKind::Sql => match (&self.sql, &self.file) {
-                (None, None) => out.push((
-                    "kind",
-                    "sql step needs `sql` (the statement) or `file` (a path to it)".to_string(),
-                )),
-                (Some(_), Some(_)) => out.push((
-                    "file",
-                    "sql step takes `sql` or `file`, not both".to_string(),
-                )),
-                (Some(sql), None) if sql.trim().is_empty() => {
-                    out.push(("sql", "sql step: `sql` is empty".to_string()))
+                (None, None) => {
+                    out.push(("kind", "sql step needs `sql` (the statement) or `file` (a path to it)".to_string()))
                 }
+                (Some(_), Some(_)) => out.push(("file", "sql step takes `sql` or `file`, not both".to_string())),
+                (Some(sql), None) if sql.trim().is_empty() => out.push(("sql", "sql step: `sql` is empty".to_string())),
                 _ => {}
             },
             StepKind::Purge => {
                 if self.table.as_deref().unwrap_or("").is_empty() {
-                    out.push((
-                        "kind",
-                        "purge step needs `table` (the table to delete from)".to_string(),
-                    ));
+                    out.push(("kind", "purge step needs `table` (the table to delete from)".to_string()));
                 }
                 if self.column.as_deref().unwrap_or("").is_empty() {
-                    out.push(("kind", "purge step needs `column` (the timestamp column compared with the retention)".to_string()));
+                    out.push((
+                        "kind",
+                        "purge step needs `column` (the timestamp column compared with the retention)".to_string(),
+                    ));
                 }
                 if self.older_than.is_none() && self.retention_label.is_none() {
                     out.push((
@@ -158,12 +152,7 @@ impl StepSpec {
                 }
             }
             StepKind::PruneBackups => {
-                let keeps = [
-                    self.keep_last,
-                    self.keep_daily,
-                    self.keep_weekly,
-                    self.keep_monthly,
-                ];
+                let keeps = [self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly];
                 if keeps.iter().all(|k| k.unwrap_or(0) == 0) {
                     out.push((
                         "kind",
@@ -173,60 +162,40 @@ impl StepSpec {
                 }
             }
             StepKind::RdsSnapshot if self.keep_last == Some(0) => {
-                out.push((
-                    "keep_last",
-                    "keep_last = 0 would delete the snapshot just taken".to_string(),
-                ));
+                out.push(("keep_last", "keep_last = 0 would delete the snapshot just taken".to_string()));
             }
             _ => {}
         }
         if let Some(level) = self.compression
             && level > 9
         {
-            out.push((
-                "compression",
-                format!("compression must be 0-9, not {level}"),
-            ));
+            out.push(("compression", format!("compression must be 0-9, not {level}")));
         }
         if let Some(sample) = self.sample
             && !(sample > 0.0 && sample <= 100.0)
         {
-            out.push((
-                "sample",
-                format!("sample is a percentage of tenants and must be in (0, 100], not {sample}"),
-            ));
+            out.push(("sample", format!("sample is a percentage of tenants and must be in (0, 100], not {sample}")));
         }
-        for (key, ratio) in [
-            ("min_dead_ratio", self.min_dead_ratio),
-            ("min_bloat_ratio", self.min_bloat_ratio),
-        ] {
+        for (key, ratio) in [("min_dead_ratio", self.min_dead_ratio), ("min_bloat_ratio", self.min_bloat_ratio)] {
             if let Some(r) = ratio
                 && !(0.0..=1.0).contains(&r)
             {
-                out.push((
-                    key,
-                    format!("{key} is a ratio and must be in [0, 1], not {r}"),
-                ));
+                out.push((key, format!("{key} is a ratio and must be in [0, 1], not {r}")));
             }
         }
         if let Some(to) = &self.to
             && to.parse::<crate::migrations::Version>().is_err()
         {
-            out.push((
-                "to",
-                format!("`to` must be a migration version such as \"3\" or \"1.2\", not {to:?}"),
-            ));
+            out.push(("to", format!("`to` must be a migration version such as \"3\" or \"1.2\", not {to:?}")));
         }
         if let Some(reference) = &self.reference
             && let Err(e) = crate::catalog::TenantId::parse(reference)
         {
             out.push(("reference", e));
         }
-        for (key, d) in [
-            ("timeout", self.timeout),
-            ("lock_timeout", self.lock_timeout),
-            ("time_budget", self.time_budget),
-        ] {
+        for (key, d) in
+            [("timeout", self.timeout), ("lock_timeout", self.lock_timeout), ("time_budget", self.time_budget)]
+        {
             if d.is_some_and(|d| d.0.is_zero()) {
                 out.push((key, format!("{key} must be longer than zero")));
             }
@@ -234,10 +203,7 @@ impl StepSpec {
         if let Some(queries) = &self.smoke_queries
             && queries.iter().any(|q| q.trim().is_empty())
         {
-            out.push((
-                "smoke_queries",
-                "smoke_queries contains an empty query".to_string(),
-            ));
+            out.push(("smoke_queries", "smoke_queries contains an empty query".to_string()));
         }
         out
     }

@@ -17,27 +17,13 @@ pub struct CheckContext<'a> {
 }
 
 /// All problems of one parsed workflow file.
-pub fn check(
-    spec: &WorkflowSpec,
-    name: &str,
-    source: &SourceFile,
-    ctx: &CheckContext<'_>,
-) -> Vec<Diagnostic> {
+pub fn check(spec: &WorkflowSpec, name: &str, source: &SourceFile, ctx: &CheckContext<'_>) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let mut err = |p: KeyPath, m: String| out.push(source.error_at(&p, m));
 
-    let name_path = if spec.name.is_some() {
-        path!["name"]
-    } else {
-        KeyPath::root()
-    };
+    let name_path = if spec.name.is_some() { path!["name"] } else { KeyPath::root() };
     if let Err(e) = crate::catalog::check_name(name, "workflow name") {
-        err(
-            name_path,
-            format!(
-                "{e} (the name is used in Redis keys and run ids; set `name` or rename the file)"
-            ),
-        );
+        err(name_path, format!("{e} (the name is used in Redis keys and run ids; set `name` or rename the file)"));
     }
 
     match (&spec.schedule, &spec.timezone) {
@@ -50,52 +36,33 @@ pub fn check(
                 err(at, e.to_string());
             }
         }
-        (None, Some(_)) => err(
-            path!["timezone"],
-            "timezone is set but there is no schedule".to_string(),
-        ),
+        (None, Some(_)) => err(path!["timezone"], "timezone is set but there is no schedule".to_string()),
         (None, None) => {}
     }
 
     // Target.
     for (i, service) in spec.target.services.iter().enumerate() {
         if !ctx.services.contains_key(service) {
-            err(
-                path!["target", "services", i],
-                unknown_service(service, ctx.services),
-            );
+            err(path!["target", "services", i], unknown_service(service, ctx.services));
         }
     }
     for key in ["tenants", "exclude"] {
-        let ids = if key == "tenants" {
-            &spec.target.tenants
-        } else {
-            &spec.target.exclude
-        };
+        let ids = if key == "tenants" { &spec.target.tenants } else { &spec.target.exclude };
         for (i, id) in ids.iter().enumerate() {
             check_tenant_ref(id, path!["target", key, i], ctx, &mut err);
         }
     }
     if spec.target.status.is_empty() {
-        err(
-            path!["target", "status"],
-            "target.status is empty, so no tenant can be selected".to_string(),
-        );
+        err(path!["target", "status"], "target.status is empty, so no tenant can be selected".to_string());
     }
 
     check_waves(spec, ctx, &mut err);
 
     if spec.concurrency.run == 0 {
-        err(
-            path!["concurrency", "run"],
-            "concurrency.run must be at least 1".to_string(),
-        );
+        err(path!["concurrency", "run"], "concurrency.run must be at least 1".to_string());
     }
     if spec.concurrency.per_host == Some(0) {
-        err(
-            path!["concurrency", "per_host"],
-            "concurrency.per_host must be at least 1".to_string(),
-        );
+        err(path!["concurrency", "per_host"], "concurrency.per_host must be at least 1".to_string());
     }
     if spec.retry.attempts == 0 {
         err(
@@ -113,22 +80,14 @@ pub fn check(
         );
     }
     if spec.timeout.0.is_zero() {
-        err(
-            path!["timeout"],
-            "timeout must be longer than zero".to_string(),
-        );
+        err(path!["timeout"], "timeout must be longer than zero".to_string());
     }
 
     check_steps(spec, source, ctx, &mut err);
     out
 }
 
-fn check_tenant_ref(
-    id: &str,
-    at: KeyPath,
-    ctx: &CheckContext<'_>,
-    err: &mut impl FnMut(KeyPath, String),
-) {
+fn check_tenant_ref(id: &str, at: KeyPath, ctx: &CheckContext<'_>, err: &mut impl FnMut(KeyPath, String)) {
     if let Err(e) = TenantId::parse(id) {
         err(at, e);
     } else if let Some(catalog) = ctx.catalog
@@ -146,10 +105,7 @@ fn check_waves(spec: &WorkflowSpec, ctx: &CheckContext<'_>, err: &mut impl FnMut
         let at = |key: &str| path!["waves", i, key];
         let name = wave_name(wave, i);
         if let Some(first) = names.insert(name.clone(), i) {
-            err(
-                at("name"),
-                format!("duplicate wave name {name:?} (also waves[{first}])"),
-            );
+            err(at("name"), format!("duplicate wave name {name:?} (also waves[{first}])"));
         }
         if let Some(previous) = catch_all {
             err(
@@ -160,27 +116,18 @@ fn check_waves(spec: &WorkflowSpec, ctx: &CheckContext<'_>, err: &mut impl FnMut
                 ),
             );
         }
-        let selectors = [
-            wave.tenants.is_some(),
-            wave.labels.is_some(),
-            wave.percent.is_some(),
-        ];
+        let selectors = [wave.tenants.is_some(), wave.labels.is_some(), wave.percent.is_some()];
         match selectors.iter().filter(|s| **s).count() {
             0 => catch_all = Some(i),
             1 => {}
             _ => err(
                 path!["waves", i],
-                format!(
-                    "wave {name:?} has more than one selector; use one of `tenants`, `labels` or `percent`"
-                ),
+                format!("wave {name:?} has more than one selector; use one of `tenants`, `labels` or `percent`"),
             ),
         }
         if let Some(ids) = &wave.tenants {
             if ids.is_empty() {
-                err(
-                    at("tenants"),
-                    format!("wave {name:?} is empty: `tenants` lists no tenant"),
-                );
+                err(at("tenants"), format!("wave {name:?} is empty: `tenants` lists no tenant"));
             }
             for (j, id) in ids.iter().enumerate() {
                 let id_at = path!["waves", i, "tenants", j];
@@ -196,16 +143,11 @@ fn check_waves(spec: &WorkflowSpec, ctx: &CheckContext<'_>, err: &mut impl FnMut
                 if !spec.target.tenants.is_empty() && !spec.target.tenants.contains(id) {
                     err(
                         id_at.clone(),
-                        format!(
-                            "wave {name:?} names tenant {id:?}, which target.tenants does not include"
-                        ),
+                        format!("wave {name:?} names tenant {id:?}, which target.tenants does not include"),
                     );
                 }
                 if spec.target.exclude.contains(id) {
-                    err(
-                        id_at.clone(),
-                        format!("wave {name:?} names tenant {id:?}, which target.exclude excludes"),
-                    );
+                    err(id_at.clone(), format!("wave {name:?} names tenant {id:?}, which target.exclude excludes"));
                 }
                 check_tenant_ref(id, id_at, ctx, err);
             }
@@ -223,10 +165,7 @@ fn check_waves(spec: &WorkflowSpec, ctx: &CheckContext<'_>, err: &mut impl FnMut
         if let Some(p) = wave.percent
             && !(p > 0.0 && p <= 100.0)
         {
-            err(
-                at("percent"),
-                format!("wave {name:?}: percent must be in (0, 100], not {p}"),
-            );
+            err(at("percent"), format!("wave {name:?}: percent must be in (0, 100], not {p}"));
         }
         if let Some(rate) = wave.max_failure_rate
             && !(0.0..=1.0).contains(&rate)
@@ -253,10 +192,7 @@ fn check_waves(spec: &WorkflowSpec, ctx: &CheckContext<'_>, err: &mut impl FnMut
         if let Some(soak) = wave.soak
             && soak.0.is_zero()
         {
-            err(
-                at("soak"),
-                format!("wave {name:?}: soak must be longer than zero (or removed)"),
-            );
+            err(at("soak"), format!("wave {name:?}: soak must be longer than zero (or removed)"));
         }
     }
 }
@@ -268,10 +204,7 @@ fn check_steps(
     err: &mut impl FnMut(KeyPath, String),
 ) {
     if spec.steps.is_empty() {
-        err(
-            KeyPath::root(),
-            "workflow has no steps; add at least one [[steps]] table".to_string(),
-        );
+        err(KeyPath::root(), "workflow has no steps; add at least one [[steps]] table".to_string());
     }
     let target_services: Vec<&str> = if spec.target.services.is_empty() {
         ctx.services.keys().map(String::as_str).collect()
@@ -288,56 +221,50 @@ fn check_steps(
         let allowed = step.kind.options();
         for key in source.keys_at(&path!["steps", i]) {
             if !COMMON_OPTIONS.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
-                let takes = if allowed.is_empty() {
-                    "no options".to_string()
-                } else {
-                    allowed.join(", ")
-                };
+                let takes = if allowed.is_empty() { "no options".to_string() } else { allowed.join(", ") };
                 err(
                     at(&key),
-                    format!(
-                        "option `{key}` does not apply to step kind `{}` (it takes: {takes})",
-                        step.kind
-                    ),
+                    format!("option `{key}` does not apply to step kind `{}` (it takes: {takes})", step.kind),
                 );
             }
         }
         for (key, message) in step.check_values() {
             err(at(key), format!("step {label}: {message}"));
         }
-        let services: Vec<(usize, &str)> = match &step.services {
-            Some(list) => list.iter().map(String::as_str).enumerate().collect(),
-            None => target_services.iter().copied().enumerate().collect(),
-        };
-        if step.services.as_ref().is_some_and(Vec::is_empty) {
-            err(
-                at("services"),
-                format!("step {label}: `services` is empty, so the step would run nowhere"),
-            );
-        }
-        for (j, service_name) in services {
-            let service_at = if step.services.is_some() {
-                path!["steps", i, "services", j]
-            } else {
-                path!["steps", i, "kind"]
-            };
-            let Some(service) = ctx.services.get(service_name) else {
-                if step.services.is_some() {
-                    err(service_at, unknown_service(service_name, ctx.services));
+        match &step.services {
+            Some(list) => {
+                if list.is_empty() {
+                    err(at("services"), format!("step {label}: `services` is empty, so the step would run nowhere"));
                 }
-                continue;
-            };
-            if step.services.is_some() && !target_services.contains(&service_name) {
-                err(
-                    service_at.clone(),
-                    format!("step {label}: service {service_name} is not in target.services"),
-                );
+                for (j, service_name) in list.iter().enumerate() {
+                    let service_at = path!["steps", i, "services", j];
+                    let Some(service) = ctx.services.get(service_name) else {
+                        err(service_at, unknown_service(service_name, ctx.services));
+                        continue;
+                    };
+                    if !target_services.contains(&service_name.as_str()) {
+                        err(
+                            service_at.clone(),
+                            format!("step {label}: service {service_name} is not in target.services"),
+                        );
+                    }
+                    if let Err(why) = step.kind.fits(service) {
+                        err(service_at, format!("step {label} does not fit service {service_name}: {why}"));
+                    }
+                }
             }
-            if let Err(why) = step.kind.fits(service) {
-                err(
-                    service_at,
-                    format!("step {label} does not fit service {service_name}: {why}"),
-                );
+            // Without an explicit list, a step runs on the target's services it fits (a
+            // vacuum in a mixed fleet skips the MariaDB services); fitting none is an error.
+            None => {
+                let known: Vec<(&str, &ServiceSpec)> =
+                    target_services.iter().filter_map(|s| ctx.services.get(*s).map(|spec| (*s, spec))).collect();
+                if !known.is_empty() && known.iter().all(|(_, spec)| step.kind.fits(spec).is_err()) {
+                    let why: Vec<String> = known
+                        .iter()
+                        .map(|(name, spec)| format!("{name}: {}", step.kind.fits(spec).unwrap_err()))
+                        .collect();
+                    err(at("kind"), format!("step {label} fits none of the workflow's services ({})", why.join("; ")));
+                }
             }
         }
     }
@@ -347,10 +274,6 @@ fn unknown_service(name: &str, services: &BTreeMap<String, ServiceSpec>) -> Stri
     let known: Vec<&str> = services.keys().map(String::as_str).collect();
     format!(
         "unknown service {name:?} (services: {})",
-        if known.is_empty() {
-            "none".to_string()
-        } else {
-            known.join(", ")
-        }
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
     )
 }

@@ -66,7 +66,7 @@ pub enum CatchUp {
 }
 
 /// Which tenants and services a workflow covers. Every given criterion must hold.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Services the steps run on by default; empty: every service.
@@ -83,6 +83,18 @@ pub struct Target {
     /// Label selector: every key must have the given value.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self {
+            services: Vec::new(),
+            tenants: Vec::new(),
+            exclude: Vec::new(),
+            status: default_status(),
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 fn default_status() -> Vec<TenantStatus> {
@@ -138,10 +150,7 @@ pub struct Concurrency {
 
 impl Default for Concurrency {
     fn default() -> Self {
-        Self {
-            run: default_run_concurrency(),
-            per_host: None,
-        }
+        Self { run: default_run_concurrency(), per_host: None }
     }
 }
 

@@ -24,33 +24,19 @@ impl Workflow {
         let source = SourceFile::read(path)?;
         let spec: WorkflowSpec = source.parse()?;
         let name = spec.name.clone().unwrap_or_else(|| stem(path));
-        let schedule = spec
-            .schedule
-            .as_deref()
-            .and_then(|expr| Schedule::parse(expr, spec.timezone.as_deref()).ok());
-        Ok(Self {
-            name,
-            spec,
-            source,
-            schedule,
-        })
+        let schedule = spec.schedule.as_deref().and_then(|expr| Schedule::parse(expr, spec.timezone.as_deref()).ok());
+        Ok(Self { name, spec, source, schedule })
     }
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The `*.toml` files of a workflows directory, sorted.
 pub fn workflow_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        Diagnostic::new(
-            dir,
-            format!("cannot read workflows directory: {e} (set paths.workflows)"),
-        )
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Diagnostic::new(dir, format!("cannot read workflows directory: {e} (set paths.workflows)")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -74,18 +60,10 @@ pub fn read_all(dir: &Path) -> (Vec<Workflow>, Vec<Diagnostic>) {
         match Workflow::read(&file) {
             Ok(w) => {
                 if let Some(first) = names.get(&w.name) {
-                    let at = if w.spec.name.is_some() {
-                        path!["name"]
-                    } else {
-                        crate::source::KeyPath::root()
-                    };
+                    let at = if w.spec.name.is_some() { path!["name"] } else { crate::source::KeyPath::root() };
                     diagnostics.push(w.source.error_at(
                         &at,
-                        format!(
-                            "duplicate workflow name {:?}: {} already defines it",
-                            w.name,
-                            first.display()
-                        ),
+                        format!("duplicate workflow name {:?}: {} already defines it", w.name, first.display()),
                     ));
                     continue;
                 }
@@ -108,8 +86,5 @@ pub fn find(dir: &Path, name: &str) -> Result<Workflow, Diagnostic> {
     if let Some(d) = diagnostics.into_iter().find(|d| d.file == direct) {
         return Err(d);
     }
-    Err(Diagnostic::new(
-        dir,
-        format!("no workflow named {name:?} in this directory (see `tenantry validate`)"),
-    ))
+    Err(Diagnostic::new(dir, format!("no workflow named {name:?} in this directory (see `tenantry validate`)")))
 }

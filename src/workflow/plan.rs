@@ -76,24 +76,14 @@ impl StepAction {
 impl Plan {
     /// Targets `migrate` would refuse (drift, dirty, ...), and steps that cannot run.
     pub fn blocked(&self) -> usize {
-        self.waves
-            .iter()
-            .flat_map(|w| &w.plans)
-            .flat_map(|p| &p.steps)
-            .filter(|s| s.action.is_blocked())
-            .count()
+        self.waves.iter().flat_map(|w| &w.plans).flat_map(|p| &p.steps).filter(|s| s.action.is_blocked()).count()
     }
 }
 
 type TargetKey = (String, String, String);
 
 /// Builds the plan of `workflow` for the tenants it targets (narrowed to `only` when given).
-pub async fn build(
-    workflow: &Workflow,
-    catalog: &Catalog,
-    config: &LoadedConfig,
-    only: &[String],
-) -> Plan {
+pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, only: &[String]) -> Plan {
     let spec = &workflow.spec;
     let tenants = target::select(&spec.target, catalog, only);
     let waves = assign(&spec.waves, &tenants, &workflow.name);
@@ -103,33 +93,26 @@ pub async fn build(
     let mut sets: BTreeMap<String, Result<MigrationSet, String>> = BTreeMap::new();
     let mut to_read: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for step in spec.steps.iter().filter(|s| s.kind == StepKind::Migrate) {
-        for service in step_services(step, &services) {
+        for service in step_services(step, &services, catalog) {
             let Some(service_spec) = catalog.services.get(service) else {
                 continue;
             };
-            sets.entry(service.to_string())
-                .or_insert_with(|| match &service_spec.migrations {
-                    None => Err("the service has no migrations directory".to_string()),
-                    Some(dir) => {
-                        MigrationSet::load(&config.resolve_path(dir)).map_err(|e| e.to_string())
-                    }
-                });
+            sets.entry(service.to_string()).or_insert_with(|| match &service_spec.migrations {
+                None => Err("the service has no migrations directory".to_string()),
+                Some(dir) => MigrationSet::load(&config.resolve_path(dir)).map_err(|e| e.to_string()),
+            });
             for t in &tenants {
                 if let Some(p) = t.placements.get(service)
                     && p.engine == Engine::Postgres
                 {
-                    to_read
-                        .entry((p.host.clone(), p.database.clone()))
-                        .or_default()
-                        .insert(p.schema.clone());
+                    to_read.entry((p.host.clone(), p.database.clone())).or_default().insert(p.schema.clone());
                 }
             }
         }
     }
     let histories = read_all_histories(catalog, config, to_read).await;
 
-    let by_id: BTreeMap<&TenantId, &crate::catalog::Tenant> =
-        tenants.iter().map(|t| (&t.id, *t)).collect();
+    let by_id: BTreeMap<&TenantId, &crate::catalog::Tenant> = tenants.iter().map(|t| (&t.id, *t)).collect();
     let waves = waves
         .into_iter()
         .map(|wave| {
@@ -140,7 +123,7 @@ pub async fn build(
                     let tenant = by_id[id];
                     let mut steps = Vec::new();
                     for step in &spec.steps {
-                        for service in step_services(step, &services) {
+                        for service in step_services(step, &services, catalog) {
                             let Some(placement) = tenant.placements.get(service) else {
                                 continue;
                             };
@@ -162,29 +145,24 @@ pub async fn build(
                             });
                         }
                     }
-                    TenantPlan {
-                        tenant: id.clone(),
-                        steps,
-                    }
+                    TenantPlan { tenant: id.clone(), steps }
                 })
                 .collect();
             WavePlan { wave, plans }
         })
         .collect();
-    Plan {
-        workflow: workflow.name.clone(),
-        tenants: tenants.len(),
-        waves,
-    }
+    Plan { workflow: workflow.name.clone(), tenants: tenants.len(), waves }
 }
 
-fn step_services<'a>(
-    step: &'a crate::steps::StepSpec,
-    target_services: &[&'a str],
-) -> Vec<&'a str> {
+/// The services a step runs on: its explicit list, or the target's services it fits.
+fn step_services<'a>(step: &'a crate::steps::StepSpec, target_services: &[&'a str], catalog: &Catalog) -> Vec<&'a str> {
     match &step.services {
         Some(list) => list.iter().map(String::as_str).collect(),
-        None => target_services.to_vec(),
+        None => target_services
+            .iter()
+            .copied()
+            .filter(|s| catalog.services.get(*s).is_some_and(|spec| step.kind.fits(spec).is_ok()))
+            .collect(),
     }
 }
 
@@ -195,33 +173,23 @@ fn migrate_action(
     allow_out_of_order: bool,
 ) -> StepAction {
     if placement.engine != Engine::Postgres {
-        return StepAction::Blocked {
-            reason: format!("migrate on {} is not supported yet", placement.engine),
-        };
+        return StepAction::Blocked { reason: format!("migrate on {} is not supported yet", placement.engine) };
     }
     let set = match sets.get(&placement.service) {
         Some(Ok(set)) => set,
         Some(Err(e)) => return StepAction::Blocked { reason: e.clone() },
         None => {
-            return StepAction::Blocked {
-                reason: "no migrations".to_string(),
-            };
+            return StepAction::Blocked { reason: "no migrations".to_string() };
         }
     };
-    let key = (
-        placement.host.clone(),
-        placement.database.clone(),
-        placement.schema.clone(),
-    );
+    let key = (placement.host.clone(), placement.database.clone(), placement.schema.clone());
     match histories.get(&key) {
         Some(Ok(history)) => StepAction::Migrate {
             status: compare(set, history, allow_out_of_order),
             shared: placement.isolation == crate::catalog::Isolation::Row,
         },
         Some(Err(e)) => StepAction::Blocked { reason: e.clone() },
-        None => StepAction::Blocked {
-            reason: "history was not read".to_string(),
-        },
+        None => StepAction::Blocked { reason: "history was not read".to_string() },
     }
 }
 
@@ -234,27 +202,18 @@ async fn read_all_histories(
     groups: BTreeMap<(String, String), BTreeSet<String>>,
 ) -> BTreeMap<TargetKey, Result<Vec<AppliedMigration>, String>> {
     let per_host = config.config.limits.plan_connections.max(1) as usize;
-    let semaphores: BTreeMap<String, Arc<Semaphore>> = catalog
-        .hosts
-        .keys()
-        .map(|h| (h.clone(), Arc::new(Semaphore::new(per_host))))
-        .collect();
+    let semaphores: BTreeMap<String, Arc<Semaphore>> =
+        catalog.hosts.keys().map(|h| (h.clone(), Arc::new(Semaphore::new(per_host)))).collect();
     let total = per_host * semaphores.len().max(1);
     let results = futures::stream::iter(groups)
         .map(|((host, database), schemas)| {
             let semaphore = semaphores.get(&host).cloned();
-            let url = catalog
-                .hosts
-                .get(&host)
-                .map(|h| h.url.with_database(&database));
+            let url = catalog.hosts.get(&host).map(|h| h.url.with_database(&database));
             async move {
                 let schemas: Vec<String> = schemas.into_iter().collect();
                 let result = match (semaphore, url) {
                     (Some(semaphore), Some(url)) => {
-                        let _permit = semaphore
-                            .acquire()
-                            .await
-                            .expect("semaphore is never closed");
+                        let _permit = semaphore.acquire().await.expect("semaphore is never closed");
                         read_group(&url, &database, &schemas).await
                     }
                     _ => Err(format!("unknown host {host:?}")),
@@ -269,9 +228,10 @@ async fn read_all_histories(
     for (host, database, schemas, result) in results {
         for schema in schemas {
             let entry = match &result {
-                Ok(map) => map.get(&schema).cloned().ok_or_else(|| {
-                    format!("schema {schema:?} does not exist in database {database:?}")
-                }),
+                Ok(map) => map
+                    .get(&schema)
+                    .cloned()
+                    .ok_or_else(|| format!("schema {schema:?} does not exist in database {database:?}")),
                 Err(e) => Err(e.clone()),
             };
             out.insert((host.clone(), database.clone(), schema), entry);
@@ -285,18 +245,11 @@ async fn read_group(
     database: &str,
     schemas: &[String],
 ) -> Result<BTreeMap<String, Vec<AppliedMigration>>, String> {
-    let mut conn = postgres::connect(url).await.map_err(|e| {
-        match e.as_database_error().and_then(|d| d.code()) {
-            Some(code) if code == "3D000" => format!("database {database:?} does not exist"),
-            _ => format!(
-                "cannot connect to database {database:?} at {}: {e}",
-                url.server()
-            ),
-        }
+    let mut conn = postgres::connect(url).await.map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
+        Some(code) if code == "3D000" => format!("database {database:?} does not exist"),
+        _ => format!("cannot connect to database {database:?} at {}: {e}", url.server()),
     })?;
-    let result = read_histories(&mut conn, schemas)
-        .await
-        .map_err(|e| format!("cannot read migration history: {e}"));
+    let result = read_histories(&mut conn, schemas).await.map_err(|e| format!("cannot read migration history: {e}"));
     postgres::close(conn).await;
     result
 }

@@ -31,21 +31,12 @@ impl Schedule {
             .build()
             .parse(expression)
             .map_err(|e| {
-                ScheduleError::Cron(format!(
-                    "invalid cron expression {expression:?}: {}",
-                    lower_first(&e.to_string())
-                ))
+                ScheduleError::Cron(format!("invalid cron expression {expression:?}: {}", lower_first(&e.to_string())))
             })?;
-        let schedule = Self {
-            expression: expression.to_string(),
-            timezone,
-            cron,
-        };
+        let schedule = Self { expression: expression.to_string(), timezone, cron };
         // An expression like "0 0 30 2 *" (30 February) parses but never fires.
         if schedule.next_after(Utc::now()).is_none() {
-            return Err(ScheduleError::Cron(format!(
-                "cron expression {expression:?} never fires (no matching date)"
-            )));
+            return Err(ScheduleError::Cron(format!("cron expression {expression:?} never fires (no matching date)")));
         }
         Ok(schedule)
     }
@@ -53,10 +44,7 @@ impl Schedule {
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = self.timezone.from_utc_datetime(&after.naive_utc());
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
     }
 
     /// The six-field form (seconds first) that tokio-cron-scheduler expects.
@@ -88,10 +76,7 @@ pub enum ScheduleError {
 fn lower_first(s: &str) -> String {
     let s = s.trim_end_matches('.');
     let mut chars = s.chars();
-    chars
-        .next()
-        .map(|c| c.to_lowercase().chain(chars).collect())
-        .unwrap_or_default()
+    chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -105,35 +90,23 @@ mod tests {
     #[test]
     fn five_and_six_fields() {
         let s = Schedule::parse("30 2 * * *", None).unwrap();
-        assert_eq!(
-            s.next_after(utc("2026-01-01T00:00:00Z")),
-            Some(utc("2026-01-01T02:30:00Z"))
-        );
+        assert_eq!(s.next_after(utc("2026-01-01T00:00:00Z")), Some(utc("2026-01-01T02:30:00Z")));
         assert_eq!(s.six_fields(), "0 30 2 * * *");
         let s = Schedule::parse("*/2 * * * * *", None).unwrap();
-        assert_eq!(
-            s.next_after(utc("2026-01-01T00:00:00Z")),
-            Some(utc("2026-01-01T00:00:02Z"))
-        );
+        assert_eq!(s.next_after(utc("2026-01-01T00:00:00Z")), Some(utc("2026-01-01T00:00:02Z")));
     }
 
     #[test]
     fn time_zones_and_dst() {
         let s = Schedule::parse("0 30 2 * * *", Some("Europe/Berlin")).unwrap();
         // Winter: UTC+1.
-        assert_eq!(
-            s.next_after(utc("2026-01-10T00:00:00Z")),
-            Some(utc("2026-01-10T01:30:00Z"))
-        );
+        assert_eq!(s.next_after(utc("2026-01-10T00:00:00Z")), Some(utc("2026-01-10T01:30:00Z")));
         // 29 March 2026: 02:30 local does not exist (clocks jump 02:00 -> 03:00); the run
         // must still happen that day, not be skipped silently into the next day.
         let next = s.next_after(utc("2026-03-28T12:00:00Z")).unwrap();
         assert!(next < utc("2026-03-29T12:00:00Z"), "{next}");
         // Summer: UTC+2.
-        assert_eq!(
-            s.next_after(utc("2026-07-01T12:00:00Z")),
-            Some(utc("2026-07-02T00:30:00Z"))
-        );
+        assert_eq!(s.next_after(utc("2026-07-01T12:00:00Z")), Some(utc("2026-07-02T00:30:00Z")));
     }
 
     #[test]
@@ -144,9 +117,7 @@ mod tests {
         assert!(e.contains("invalid cron expression \"61 * * * *\""), "{e}");
         let e = Schedule::parse("* * *", None).unwrap_err().to_string();
         assert!(e.contains("has 3 fields"), "{e}");
-        let e = Schedule::parse("0 * * * *", Some("Mars/Olympus"))
-            .unwrap_err()
-            .to_string();
+        let e = Schedule::parse("0 * * * *", Some("Mars/Olympus")).unwrap_err().to_string();
         assert!(e.contains("unknown time zone \"Mars/Olympus\""), "{e}");
     }
 }

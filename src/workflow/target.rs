@@ -22,9 +22,7 @@ pub fn select<'a>(target: &Target, catalog: &'a Catalog, only: &[String]) -> Vec
         .tenants
         .iter()
         .filter(|t| target.status.contains(&t.status))
-        .filter(|t| {
-            target.tenants.is_empty() || target.tenants.iter().any(|id| id == t.id.as_str())
-        })
+        .filter(|t| target.tenants.is_empty() || target.tenants.iter().any(|id| id == t.id.as_str()))
         .filter(|t| !target.exclude.iter().any(|id| id == t.id.as_str()))
         .filter(|t| labels_match(&target.labels, &t.labels))
         .filter(|t| services.iter().any(|s| t.placements.contains_key(*s)))
@@ -33,9 +31,6 @@ pub fn select<'a>(target: &Target, catalog: &'a Catalog, only: &[String]) -> Vec
 }
 
 /// Every key of the selector is present with the same value.
-pub fn labels_match(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
+pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

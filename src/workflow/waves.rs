@@ -21,9 +21,7 @@ pub struct Wave {
 
 /// The name shown for wave `index` when the file gives none.
 pub fn wave_name(spec: &WaveSpec, index: usize) -> String {
-    spec.name
-        .clone()
-        .unwrap_or_else(|| format!("wave-{}", index + 1))
+    spec.name.clone().unwrap_or_else(|| format!("wave-{}", index + 1))
 }
 
 /// Assigns each tenant to the first wave that selects it. Waves take from the tenants not
@@ -36,23 +34,13 @@ pub fn assign(specs: &[WaveSpec], tenants: &[&Tenant], seed: &str) -> Vec<Wave> 
     let mut waves = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
         let chosen: Vec<&Tenant> = if let Some(ids) = &spec.tenants {
-            remaining
-                .iter()
-                .copied()
-                .filter(|t| ids.iter().any(|id| id == t.id.as_str()))
-                .collect()
+            remaining.iter().copied().filter(|t| ids.iter().any(|id| id == t.id.as_str())).collect()
         } else if let Some(selector) = &spec.labels {
-            remaining
-                .iter()
-                .copied()
-                .filter(|t| labels_match(selector, &t.labels))
-                .collect()
+            remaining.iter().copied().filter(|t| labels_match(selector, &t.labels)).collect()
         } else if let Some(percent) = spec.percent {
             let count = percent_count(percent, remaining.len());
-            let mut ranked: Vec<(Vec<u8>, &Tenant)> = remaining
-                .iter()
-                .map(|t| (rank(seed, t.id.as_str()), *t))
-                .collect();
+            let mut ranked: Vec<(Vec<u8>, &Tenant)> =
+                remaining.iter().map(|t| (rank(seed, t.id.as_str()), *t)).collect();
             ranked.sort_by(|a, b| a.0.cmp(&b.0));
             ranked.into_iter().take(count).map(|(_, t)| t).collect()
         } else {
@@ -63,12 +51,7 @@ pub fn assign(specs: &[WaveSpec], tenants: &[&Tenant], seed: &str) -> Vec<Wave> 
     }
     if !remaining.is_empty() || waves.is_empty() {
         let name = if specs.is_empty() { "all" } else { "rest" };
-        waves.push(make_wave(
-            waves.len(),
-            name.to_string(),
-            remaining,
-            &WaveSpec::default(),
-        ));
+        waves.push(make_wave(waves.len(), name.to_string(), remaining, &WaveSpec::default()));
     }
     waves
 }
@@ -121,36 +104,16 @@ mod tests {
 
     #[test]
     fn canary_then_percent_then_rest() {
-        let all: Vec<Tenant> = (0..100)
-            .map(|i| {
-                tenant(
-                    &format!("t{i:03}"),
-                    if i % 10 == 0 { "free" } else { "paid" },
-                )
-            })
-            .collect();
+        let all: Vec<Tenant> =
+            (0..100).map(|i| tenant(&format!("t{i:03}"), if i % 10 == 0 { "free" } else { "paid" })).collect();
         let refs: Vec<&Tenant> = all.iter().collect();
         let specs = vec![
-            WaveSpec {
-                name: Some("canary".into()),
-                tenants: Some(vec!["t042".into()]),
-                ..Default::default()
-            },
-            WaveSpec {
-                labels: Some(BTreeMap::from([("tier".into(), "free".into())])),
-                ..Default::default()
-            },
-            WaveSpec {
-                name: Some("ten".into()),
-                percent: Some(10.0),
-                ..Default::default()
-            },
+            WaveSpec { name: Some("canary".into()), tenants: Some(vec!["t042".into()]), ..Default::default() },
+            WaveSpec { labels: Some(BTreeMap::from([("tier".into(), "free".into())])), ..Default::default() },
+            WaveSpec { name: Some("ten".into()), percent: Some(10.0), ..Default::default() },
         ];
         let waves = assign(&specs, &refs, "rollout");
-        assert_eq!(
-            waves.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
-            ["canary", "wave-2", "ten", "rest"]
-        );
+        assert_eq!(waves.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["canary", "wave-2", "ten", "rest"]);
         assert_eq!(waves[0].tenants, vec![TenantId::parse("t042").unwrap()]);
         assert_eq!(waves[1].tenants.len(), 10);
         // 10 % of the 89 left, rounded up.
@@ -159,10 +122,7 @@ mod tests {
         let total: usize = waves.iter().map(|w| w.tenants.len()).sum();
         assert_eq!(total, 100, "every tenant in exactly one wave");
         // Deterministic for a seed, different across seeds.
-        assert_eq!(
-            assign(&specs, &refs, "rollout")[2].tenants,
-            waves[2].tenants
-        );
+        assert_eq!(assign(&specs, &refs, "rollout")[2].tenants, waves[2].tenants);
         assert_ne!(assign(&specs, &refs, "other")[2].tenants, waves[2].tenants);
     }
 

@@ -1,0 +1,92 @@
+//! Shared support for the integration tests: running the `tenantry` binary, fixtures, and connections to the real services the local scripts start.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo().join("tests/fixtures")
+}
+
+/// Runs the tenantry binary in `cwd` with `args`; no `TENANTRY__` variables leak in from
+/// the environment unless the test passes them.
+pub fn tenantry(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
+    cmd.current_dir(cwd).args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTRY__") || k == "TENANTRY_CONFIG") {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Run(cmd.output().expect("run tenantry"))
+}
+
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn all(&self) -> String {
+        format!("--- stdout\n{}--- stderr\n{}", self.stdout(), self.stderr())
+    }
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The administrative PostgreSQL URL of the test server.
+pub fn pg_url() -> String {
+    std::env::var("TENANTRY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// An administrative connection, or a panic that names the command that starts PostgreSQL.
+pub async fn pg_admin() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let url = pg_url();
+    match sqlx::PgConnection::connect(&url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "PostgreSQL is not reachable at {url} ({e}). Start the test services with `bash deploy/local/test.sh` \
+             (or `source deploy/local/services.sh && ensure_postgres`)."
+        ),
+    }
+}
+
+/// A name unique to this test process and call, for databases, schemas and key prefixes.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Runs SQL statements on a connection (no parameters: fixtures only).
+pub async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("fixture SQL failed: {e}\n{sql}"));
+}
