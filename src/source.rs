@@ -227,7 +227,7 @@ mod tests {
     fn syntax_error_has_a_position() {
         let src = SourceFile::from_text("w.toml", "name = \"x\"\nitems = [\n");
         let d = src.parse::<Doc>().unwrap_err();
-        assert_eq!((d.line, d.col), (Some(2), Some(9)), "{d}");
+        assert_eq!((d.line, d.col), (Some(2), Some(10)), "{d}");
         assert!(d.message.contains("unclosed array"), "{d}");
     }
 
