@@ -1,0 +1,535 @@
+# shellcheck shell=bash disable=SC2016,SC2119,SC2120
+# Local services for tenantry's tests and demo: PostgreSQL, MariaDB, Redis, an S3-compatible
+# store (s3s-fs) and the RDS-API emulator (moto).
+#
+# Source this file from bash (it is `set -euo pipefail` friendly and sets no shell options
+# itself), then call the functions:
+#
+#   ensure_postgres   PostgreSQL on 127.0.0.1:5432, user postgres without a password
+#   ensure_mariadb    MariaDB on 127.0.0.1:3306, root with an empty password
+#   ensure_redis      Redis on 127.0.0.1:6379 (ensure_redis PORT for another port)
+#   ensure_s3         s3s-fs 0.14.1 on a free port, bucket `tenantry`
+#   ensure_moto       moto_server (RDS API) on a free port
+#   ensure_all        all of the above
+#   export_test_env   exports TENANTRY_TEST_* (call after the ensure_* functions)
+#
+# Each function reuses a service that already runs, else starts it, else installs it (apt-get,
+# cargo install, pip in a venv) and starts it, then waits (bounded) until it answers. No
+# systemd is needed. Functions return non-zero with a message naming what failed.
+#
+# It can also be run directly:  bash deploy/local/services.sh [FUNCTION...]   (default:
+# ensure_all, then it prints the test environment as `export` lines).
+#
+# Settings (environment):
+#   TENANTRY_STATE_DIR   state of the services this file starts (default ~/.cache/tenantry/local):
+#                        s3s-fs data, pid/port/log files, the moto venv, extra redis instances.
+#   TENANTRY_WAIT_SECS   readiness timeout per service (default 60).
+#   CARGO_TARGET_DIR     defaults to ~/.cache/tenantry/target, so CI clones share one build.
+
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+: "${TENANTRY_STATE_DIR:=$HOME/.cache/tenantry/local}"
+: "${TENANTRY_WAIT_SECS:=60}"
+export TENANTRY_STATE_DIR
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantry/target}"
+
+TENANTRY_PG_PORT=5432
+TENANTRY_MYSQL_PORT=3306
+TENANTRY_REDIS_PORT=6379
+TENANTRY_S3S_FS_VERSION=0.14.1
+TENANTRY_S3_ACCESS_KEY=tenantry
+TENANTRY_S3_SECRET_KEY=tenantry-local-secret
+TENANTRY_S3_BUCKET=tenantry
+TENANTRY_MOTO_SPEC='moto[server]'
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+_svc_log() { printf '  -> %s\n' "$*" >&2; }
+_svc_err() { printf 'error: %s\n' "$*" >&2; }
+
+# Run a command as root (directly, or through sudo when we are not root).
+_svc_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n -- "$@"
+    else
+        _svc_err "need root for: $* (not root, and no sudo)"
+        return 1
+    fi
+}
+
+# Run a command as another user (postgres, mysql): initdb/postgres refuse to run as root.
+_svc_as() {
+    local user=$1
+    shift
+    if [[ $(id -un) == "$user" ]]; then
+        "$@"
+    elif [[ $(id -u) -eq 0 ]] && command -v runuser >/dev/null 2>&1; then
+        runuser -u "$user" -- "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n -u "$user" -- "$@"
+    else
+        _svc_err "cannot run as user $user: $*"
+        return 1
+    fi
+}
+
+_SVC_APT_UPDATED=${_SVC_APT_UPDATED:-}
+_svc_apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        _svc_err "apt-get not found: install these packages by hand: $*"
+        return 1
+    fi
+    if [[ -z $_SVC_APT_UPDATED ]]; then
+        _svc_log "apt-get update"
+        _svc_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || {
+            _svc_err "apt-get update failed"
+            return 1
+        }
+        _SVC_APT_UPDATED=1
+    fi
+    _svc_log "apt-get install -y $*"
+    _svc_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || {
+        _svc_err "apt-get install -y $* failed"
+        return 1
+    }
+}
+
+# _svc_wait DESCRIPTION TIMEOUT_SECS COMMAND...: retry COMMAND until it succeeds.
+_svc_wait() {
+    local desc=$1 timeout=$2
+    shift 2
+    local deadline=$((SECONDS + timeout)) out
+    while true; do
+        if out=$("$@" 2>&1); then
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            _svc_err "$desc not ready after ${timeout}s: \`$*\` failed${out:+: $out}"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# True when something accepts TCP connections on 127.0.0.1:PORT.
+_svc_port_open() {
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
+}
+
+_svc_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# True when the pid in FILE is alive and runs a program whose name contains NAME.
+_svc_pid_alive() {
+    local file=$1 name=$2 pid
+    [[ -s $file ]] || return 1
+    pid=$(<"$file")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$name"* ]]
+}
+
+# _svc_spawn PIDFILE LOGFILE COMMAND...: start COMMAND detached (own session, no terminal,
+# stdin from /dev/null, output to LOGFILE, no inherited descriptors) and record its pid.
+_svc_spawn() {
+    local pidfile=$1 logfile=$2
+    shift 2
+    rm -f "$pidfile"
+    # shellcheck disable=SC2016
+    setsid bash -c '
+        pidfile=$1 logfile=$2; shift 2
+        for fd in /proc/$$/fd/*; do
+            fd=${fd##*/}
+            if [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        echo $$ >"$pidfile"
+        exec "$@" </dev/null >>"$logfile" 2>&1
+    ' _ "$pidfile" "$logfile" "$@" </dev/null >/dev/null 2>&1 &
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s $pidfile ]] && return 0
+        sleep 0.1
+    done
+    _svc_err "could not start $1"
+    return 1
+}
+
+# _svc_wait_port NAME PORT PIDFILE LOGFILE: wait until the spawned server accepts connections.
+_svc_wait_port() {
+    local name=$1 port=$2 pidfile=$3 logfile=$4
+    local deadline=$((SECONDS + TENANTRY_WAIT_SECS))
+    while ! _svc_port_open "$port"; do
+        if ! kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
+            _svc_err "$name exited at start; last lines of $logfile:"
+            tail -n 20 "$logfile" >&2 || true
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            _svc_err "$name not accepting connections on 127.0.0.1:$port after ${TENANTRY_WAIT_SECS}s (log: $logfile)"
+            tail -n 20 "$logfile" >&2 || true
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# The port to start a server on: the one it had last time when still free, else a free one.
+_svc_pick_port() {
+    local portfile=$1 port
+    if [[ -s $portfile ]]; then
+        port=$(<"$portfile")
+        if [[ $port =~ ^[0-9]+$ ]] && ! _svc_port_open "$port"; then
+            echo "$port"
+            return 0
+        fi
+    fi
+    _svc_free_port
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+_pg_ready() { pg_isready -q -h 127.0.0.1 -p "$TENANTRY_PG_PORT" -t 2; }
+_pg_login() { psql -w -X -q -h 127.0.0.1 -p "$TENANTRY_PG_PORT" -U postgres -d postgres -Atc 'select 1' >/dev/null; }
+
+# "version cluster" of the Debian cluster configured for our port, if any.
+_pg_cluster() {
+    command -v pg_lsclusters >/dev/null 2>&1 || return 1
+    pg_lsclusters --no-header 2>/dev/null | awk -v p="$TENANTRY_PG_PORT" '$3 == p && !found { print $1, $2; found = 1 }'
+}
+
+ensure_postgres() {
+    if ! command -v pg_isready >/dev/null 2>&1 || ! command -v pg_ctlcluster >/dev/null 2>&1 ||
+        ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
+        if ! { command -v pg_isready >/dev/null 2>&1 && _pg_ready; }; then
+            _svc_log "postgres: not installed, installing"
+            _svc_apt_install postgresql postgresql-client || return 1
+        fi
+    fi
+
+    if ! _pg_ready; then
+        local cluster ver
+        cluster=$(_pg_cluster || true)
+        if [[ -z $cluster ]]; then
+            if pg_lsclusters --no-header 2>/dev/null | awk '$2 == "main" { found = 1 } END { exit !found }'; then
+                _svc_err "postgres: no cluster on port $TENANTRY_PG_PORT, and the name main is taken: $(pg_lsclusters --no-header | tr '\n' ';')"
+                return 1
+            fi
+            ver=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -n | tail -n 1)
+            [[ -n $ver ]] || {
+                _svc_err "postgres: no server found under /usr/lib/postgresql"
+                return 1
+            }
+            _svc_log "postgres: creating cluster $ver/main on port $TENANTRY_PG_PORT"
+            _svc_root pg_createcluster "$ver" main --port "$TENANTRY_PG_PORT" >&2 || {
+                _svc_err "postgres: \`pg_createcluster $ver main --port $TENANTRY_PG_PORT\` failed"
+                return 1
+            }
+            cluster="$ver main"
+        fi
+        # shellcheck disable=SC2086
+        set -- $cluster
+        _svc_log "postgres: starting cluster $1/$2"
+        # pg_ctlcluster (as root) runs the server as the cluster's owner (postgres).
+        _svc_root install -d -o postgres -g postgres -m 2775 /var/run/postgresql || true
+        # (It fails when the cluster is already running, e.g. still starting up: then wait.)
+        _svc_root pg_ctlcluster --skip-systemctl-redirect "$1" "$2" start >&2 ||
+            pg_lsclusters --no-header 2>/dev/null | awk -v v="$1" -v c="$2" '$1 == v && $2 == c && $4 == "online" { found = 1 } END { exit !found }' || {
+            _svc_err "postgres: \`pg_ctlcluster --skip-systemctl-redirect $1 $2 start\` failed (log: /var/log/postgresql/postgresql-$1-$2.log)"
+            return 1
+        }
+        _svc_wait postgres "$TENANTRY_WAIT_SECS" pg_isready -h 127.0.0.1 -p "$TENANTRY_PG_PORT" -t 2 || return 1
+    fi
+
+    if ! _pg_login 2>/dev/null; then
+        # A fresh Debian cluster asks TCP clients for a password. The tests connect as
+        # postgres@127.0.0.1 without one: allow that (local loopback only).
+        _svc_log "postgres: allowing passwordless TCP login for postgres from 127.0.0.1 and ::1"
+        local hba tmp
+        hba=$(_svc_as postgres psql -X -At -p "$TENANTRY_PG_PORT" -d postgres -c 'show hba_file') || {
+            _svc_err "postgres: cannot read hba_file over the local socket as user postgres"
+            return 1
+        }
+        if ! _svc_root grep -q 'tenantry-local' "$hba"; then
+            tmp=$(mktemp)
+            {
+                echo '# tenantry-local: passwordless loopback logins for tests and the demo'
+                echo 'host    all    all    127.0.0.1/32    trust'
+                echo 'host    all    all    ::1/128         trust'
+                _svc_root cat "$hba"
+            } >"$tmp"
+            # Rewrite in place, keeping the file's owner and mode.
+            _svc_root sh -c 'cat "$1" > "$2"' _ "$tmp" "$hba" || {
+                rm -f "$tmp"
+                _svc_err "postgres: could not write $hba"
+                return 1
+            }
+            rm -f "$tmp"
+        fi
+        _svc_as postgres psql -X -q -At -p "$TENANTRY_PG_PORT" -d postgres -c 'select pg_reload_conf()' >/dev/null || {
+            _svc_err "postgres: \`select pg_reload_conf()\` failed"
+            return 1
+        }
+        _svc_wait "postgres login" 10 psql -w -X -q -h 127.0.0.1 -p "$TENANTRY_PG_PORT" -U postgres -d postgres -Atc 'select 1' || return 1
+    fi
+    _svc_log "postgres: ready on 127.0.0.1:$TENANTRY_PG_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# MariaDB
+
+_mysql_client() { if command -v mariadb >/dev/null 2>&1; then echo mariadb; else echo mysql; fi; }
+_mysql_admin() { if command -v mariadb-admin >/dev/null 2>&1; then echo mariadb-admin; else echo mysqladmin; fi; }
+_mysql_ping() { "$(_mysql_admin)" --connect-timeout=2 -h 127.0.0.1 -P "$TENANTRY_MYSQL_PORT" -uroot ping >/dev/null 2>&1; }
+_mysql_login() { "$(_mysql_client)" --connect-timeout=2 -h 127.0.0.1 -P "$TENANTRY_MYSQL_PORT" -uroot -e 'select 1' >/dev/null; }
+
+ensure_mariadb() {
+    # `mariadb-admin ping` succeeds as soon as the server answers, even when access is denied.
+    if ! { command -v "$(_mysql_admin)" >/dev/null 2>&1 && _mysql_ping; }; then
+        local daemon
+        daemon=$(command -v mariadbd || true)
+        [[ -n $daemon ]] || { [[ -x /usr/sbin/mariadbd ]] && daemon=/usr/sbin/mariadbd; } || true
+        [[ -n $daemon ]] || { [[ -x /usr/sbin/mysqld ]] && daemon=/usr/sbin/mysqld; } || true
+        if [[ -z $daemon ]]; then
+            _svc_log "mariadb: not installed, installing"
+            _svc_apt_install mariadb-server mariadb-client || return 1
+            daemon=/usr/sbin/mariadbd
+            [[ -x $daemon ]] || daemon=/usr/sbin/mysqld
+        fi
+        # The package's post-install script may have started it (SysV init, no systemd).
+        if ! _mysql_ping; then
+            _svc_root install -d -o mysql -g mysql -m 755 /run/mysqld || true
+            if [[ ! -d /var/lib/mysql/mysql ]]; then
+                _svc_log "mariadb: initialising /var/lib/mysql"
+                local installdb
+                installdb=$(command -v mariadb-install-db || command -v mysql_install_db || true)
+                _svc_root "${installdb:-mariadb-install-db}" --user=mysql --datadir=/var/lib/mysql >&2 || {
+                    _svc_err "mariadb: \`mariadb-install-db --user=mysql --datadir=/var/lib/mysql\` failed"
+                    return 1
+                }
+            fi
+            _svc_log "mariadb: starting $daemon"
+            _svc_root start-stop-daemon --start --oknodo --background --exec "$daemon" -- --user=mysql >&2 || {
+                _svc_err "mariadb: \`start-stop-daemon --start --oknodo --background --exec $daemon\` failed"
+                return 1
+            }
+            if ! _svc_wait mariadb "$TENANTRY_WAIT_SECS" "$(_mysql_admin)" --connect-timeout=2 -h 127.0.0.1 -P "$TENANTRY_MYSQL_PORT" -uroot ping; then
+                [[ -r /var/log/mysql/error.log ]] && tail -n 20 /var/log/mysql/error.log >&2
+                return 1
+            fi
+        fi
+    fi
+
+    if ! _mysql_login 2>/dev/null; then
+        # A fresh install lets root in through the unix socket only (unix_socket auth). Add an
+        # empty password for root, and root accounts for the loopback addresses (for servers
+        # running with skip-name-resolve).
+        _svc_log "mariadb: allowing root with an empty password over TCP from 127.0.0.1 and ::1"
+        _svc_root "$(_mysql_client)" -uroot <<'SQL' || {
+ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket;
+CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+CREATE USER IF NOT EXISTS 'root'@'::1' IDENTIFIED BY '';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'::1' WITH GRANT OPTION;
+FLUSH PRIVILEGES;
+SQL
+            _svc_err "mariadb: could not change root's authentication through the unix socket (as root)"
+            return 1
+        }
+        _mysql_login || {
+            _svc_err "mariadb: \`$(_mysql_client) -h 127.0.0.1 -uroot -e 'select 1'\` still fails"
+            return 1
+        }
+    fi
+    _svc_log "mariadb: ready on 127.0.0.1:$TENANTRY_MYSQL_PORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+ensure_redis() {
+    local port=${1:-$TENANTRY_REDIS_PORT}
+    if command -v redis-cli >/dev/null 2>&1 &&
+        [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]]; then
+        _svc_log "redis: ready on 127.0.0.1:$port"
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        _svc_log "redis: not installed, installing"
+        _svc_apt_install redis-server redis-tools || return 1
+        # The package may have started one already (SysV init script).
+        if [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]]; then
+            _svc_log "redis: ready on 127.0.0.1:$port"
+            return 0
+        fi
+    fi
+    if _svc_port_open "$port"; then
+        _svc_err "redis: 127.0.0.1:$port is taken by something that does not answer \`redis-cli -p $port ping\`"
+        return 1
+    fi
+    local dir="$TENANTRY_STATE_DIR/redis-$port"
+    mkdir -p "$dir"
+    _svc_log "redis: starting on 127.0.0.1:$port (log: $dir/redis.log)"
+    # No persistence: tests and the demo keep nothing in Redis across restarts.
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid" </dev/null >&2 || {
+        _svc_err "redis: \`redis-server --daemonize yes --port $port ...\` failed"
+        return 1
+    }
+    _svc_wait redis "$TENANTRY_WAIT_SECS" bash -c '[[ $(redis-cli -h 127.0.0.1 -p "$1" ping) == PONG ]]' _ "$port" || {
+        tail -n 20 "$dir/redis.log" >&2 || true
+        return 1
+    }
+    _svc_log "redis: ready on 127.0.0.1:$port"
+}
+
+# ---------------------------------------------------------------------------------------------
+# S3: s3s-fs
+
+_s3s_fs_bin() {
+    local cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+    if [[ -x $cargo_bin ]]; then
+        echo "$cargo_bin"
+    else
+        command -v s3s-fs 2>/dev/null
+    fi
+}
+
+ensure_s3() {
+    local dir="$TENANTRY_STATE_DIR/s3" bin port
+    local pidfile="$dir/s3s-fs.pid" portfile="$dir/s3s-fs.port" logfile="$dir/s3s-fs.log"
+    mkdir -p "$dir/data/$TENANTRY_S3_BUCKET"
+
+    if _svc_pid_alive "$pidfile" s3s-fs && [[ -s $portfile ]] && _svc_port_open "$(<"$portfile")"; then
+        TENANTRY_S3_PORT=$(<"$portfile")
+        _svc_log "s3s-fs: ready on 127.0.0.1:$TENANTRY_S3_PORT (pid $(<"$pidfile"))"
+        return 0
+    fi
+
+    bin=$(_s3s_fs_bin || true)
+    if [[ -z $bin ]] || [[ $("$bin" --version 2>/dev/null) != "s3s-fs $TENANTRY_S3S_FS_VERSION" ]]; then
+        command -v cargo >/dev/null 2>&1 || {
+            _svc_err "s3s-fs: cargo not found (needed for \`cargo install s3s-fs@$TENANTRY_S3S_FS_VERSION\`)"
+            return 1
+        }
+        _svc_log "s3s-fs: installing s3s-fs@$TENANTRY_S3S_FS_VERSION with cargo (takes ~3 minutes)"
+        # Build in cargo's own temporary directory, not in the project's CARGO_TARGET_DIR.
+        env -u CARGO_TARGET_DIR cargo install "s3s-fs@$TENANTRY_S3S_FS_VERSION" --features binary --locked >&2 || {
+            _svc_err "s3s-fs: \`cargo install s3s-fs@$TENANTRY_S3S_FS_VERSION --features binary --locked\` failed"
+            return 1
+        }
+        bin=$(_s3s_fs_bin) || {
+            _svc_err "s3s-fs: installed, but not found in ${CARGO_HOME:-$HOME/.cargo}/bin"
+            return 1
+        }
+    fi
+
+    port=$(_svc_pick_port "$portfile") || return 1
+    _svc_log "s3s-fs: starting on 127.0.0.1:$port (data: $dir/data, log: $logfile)"
+    _svc_spawn "$pidfile" "$logfile" "$bin" --host 127.0.0.1 --port "$port" \
+        --access-key "$TENANTRY_S3_ACCESS_KEY" --secret-key "$TENANTRY_S3_SECRET_KEY" "$dir/data" || return 1
+    _svc_wait_port s3s-fs "$port" "$pidfile" "$logfile" || return 1
+    echo "$port" >"$portfile"
+    TENANTRY_S3_PORT=$port
+    _svc_log "s3s-fs: ready on 127.0.0.1:$port (pid $(<"$pidfile"))"
+}
+
+# ---------------------------------------------------------------------------------------------
+# RDS API: moto
+
+ensure_moto() {
+    local dir="$TENANTRY_STATE_DIR/moto" venv="$TENANTRY_STATE_DIR/venv" port
+    local pidfile="$dir/moto.pid" portfile="$dir/moto.port" logfile="$dir/moto.log"
+    mkdir -p "$dir"
+
+    if _svc_pid_alive "$pidfile" moto_server && [[ -s $portfile ]] && _svc_port_open "$(<"$portfile")"; then
+        TENANTRY_MOTO_PORT=$(<"$portfile")
+        _svc_log "moto: ready on 127.0.0.1:$TENANTRY_MOTO_PORT (pid $(<"$pidfile"))"
+        return 0
+    fi
+
+    if [[ ! -x $venv/bin/moto_server ]]; then
+        command -v python3 >/dev/null 2>&1 || _svc_apt_install python3 || return 1
+        if [[ ! -x $venv/bin/pip ]]; then
+            _svc_log "moto: creating the venv $venv"
+            rm -rf "$venv"
+            if ! python3 -m venv "$venv" >&2; then
+                # Debian's python3 needs the venv module from a separate package.
+                rm -rf "$venv"
+                _svc_apt_install python3-venv || return 1
+                python3 -m venv "$venv" >&2 || {
+                    _svc_err "moto: \`python3 -m venv $venv\` failed"
+                    return 1
+                }
+            fi
+        fi
+        _svc_log "moto: pip install \"$TENANTRY_MOTO_SPEC\""
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "$TENANTRY_MOTO_SPEC" >&2 || {
+            _svc_err "moto: \`$venv/bin/pip install \"$TENANTRY_MOTO_SPEC\"\` failed"
+            return 1
+        }
+    fi
+
+    port=$(_svc_pick_port "$portfile") || return 1
+    _svc_log "moto: starting on 127.0.0.1:$port (log: $logfile)"
+    _svc_spawn "$pidfile" "$logfile" "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" || return 1
+    _svc_wait_port moto_server "$port" "$pidfile" "$logfile" || return 1
+    echo "$port" >"$portfile"
+    TENANTRY_MOTO_PORT=$port
+    _svc_log "moto: ready on 127.0.0.1:$port (pid $(<"$pidfile"))"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+ensure_all() {
+    ensure_postgres && ensure_mariadb && ensure_redis && ensure_s3 && ensure_moto
+}
+
+# Exports the variables the Rust tests read. S3 and RDS ports come from the ensure_s3 /
+# ensure_moto calls of this shell, or from their port files.
+export_test_env() {
+    local s3_port=${TENANTRY_S3_PORT:-} moto_port=${TENANTRY_MOTO_PORT:-}
+    [[ -n $s3_port ]] || s3_port=$(cat "$TENANTRY_STATE_DIR/s3/s3s-fs.port" 2>/dev/null || true)
+    [[ -n $moto_port ]] || moto_port=$(cat "$TENANTRY_STATE_DIR/moto/moto.port" 2>/dev/null || true)
+    export TENANTRY_TEST_PG_URL="postgres://postgres@127.0.0.1:$TENANTRY_PG_PORT/postgres"
+    export TENANTRY_TEST_MYSQL_URL="mysql://root@127.0.0.1:$TENANTRY_MYSQL_PORT/mysql"
+    export TENANTRY_TEST_REDIS_URL="redis://127.0.0.1:$TENANTRY_REDIS_PORT"
+    export TENANTRY_TEST_S3_ACCESS_KEY=$TENANTRY_S3_ACCESS_KEY
+    export TENANTRY_TEST_S3_SECRET_KEY=$TENANTRY_S3_SECRET_KEY
+    export TENANTRY_TEST_S3_BUCKET=$TENANTRY_S3_BUCKET
+    if [[ -n $s3_port ]]; then
+        export TENANTRY_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+    else
+        _svc_err "export_test_env: s3s-fs port unknown (run ensure_s3 first); TENANTRY_TEST_S3_ENDPOINT not set"
+    fi
+    if [[ -n $moto_port ]]; then
+        export TENANTRY_TEST_RDS_ENDPOINT="http://127.0.0.1:$moto_port"
+    else
+        _svc_err "export_test_env: moto port unknown (run ensure_moto first); TENANTRY_TEST_RDS_ENDPOINT not set"
+    fi
+}
+
+print_test_env() {
+    local v
+    for v in TENANTRY_TEST_PG_URL TENANTRY_TEST_MYSQL_URL TENANTRY_TEST_REDIS_URL \
+        TENANTRY_TEST_S3_ENDPOINT TENANTRY_TEST_S3_ACCESS_KEY TENANTRY_TEST_S3_SECRET_KEY \
+        TENANTRY_TEST_S3_BUCKET TENANTRY_TEST_RDS_ENDPOINT CARGO_TARGET_DIR; do
+        [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
+    done
+    return 0
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    set -euo pipefail
+    if [[ $# -eq 0 ]]; then
+        set -- ensure_all
+    fi
+    for _fn in "$@"; do
+        "$_fn"
+    done
+    export_test_env
+    print_test_env
+fi
