@@ -11,6 +11,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod engine;
 pub mod migrations;
+pub mod runtime;
 pub mod secret;
 pub mod source;
 pub mod steps;

@@ -19,7 +19,7 @@ pub struct PlacementSpec {
 }
 
 /// Where a tenant's data of one service lives, with every template rendered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     pub service: String,
     pub engine: Engine,

@@ -113,6 +113,31 @@ impl Context {
         }
     }
 
+    /// The runtime of this process: run store, queue and database pools. Redis being
+    /// unreachable is exit status 3.
+    pub async fn runtime(&self) -> Result<std::sync::Arc<crate::runtime::worker::Runtime>, Failure> {
+        let c = &self.config.config;
+        let problems = self.config_problems();
+        if !problems.is_empty() {
+            return Err(Failure::Invalid(problems));
+        }
+        let store = crate::runtime::store::RunStore::connect(&c.redis.url, &c.redis.prefix)
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let queue = crate::runtime::queue::Queue::connect(c.redis.url.expose(), &c.redis.prefix)
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let per_pool = c.hosts.values().filter_map(|h| h.max_concurrency).max().unwrap_or(c.limits.per_host);
+        let databases = std::sync::Arc::new(crate::engine::pools::Databases::new(c.hosts.clone(), per_pool, 256));
+        Ok(std::sync::Arc::new(crate::runtime::worker::Runtime::new(
+            store,
+            queue,
+            databases,
+            c.runtime.clone(),
+            self.config.base_dir.clone(),
+        )))
+    }
+
     /// Config and catalog, refusing to go on when either has problems.
     pub async fn checked_catalog(&self) -> Result<Catalog, Failure> {
         let mut problems = self.config_problems();

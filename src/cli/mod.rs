@@ -5,6 +5,8 @@
 
 mod context;
 mod plan;
+mod runs;
+mod serve;
 mod tenants;
 mod validate;
 
@@ -46,6 +48,44 @@ pub enum Command {
     },
     /// The catalog as resolved: tenants, their status, labels and placements.
     Tenants,
+    /// Enqueue a one-off run of a workflow.
+    Run {
+        workflow: String,
+        /// Only these tenants (repeatable).
+        #[arg(long = "tenant", value_name = "ID")]
+        tenants: Vec<String>,
+        /// Follow the run with progress bars until it ends; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Recent runs, newest first.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Per-wave, per-tenant progress of a run.
+    Status {
+        run: String,
+        /// Refresh every second until the run ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Let a run waiting in awaiting_approval go on.
+    Approve { run: String },
+    /// Stop dispatching tenants of a run (in-flight tenants finish).
+    Pause { run: String },
+    /// Dispatch again after pause.
+    Resume { run: String },
+    /// Stop a run: no more tenants start; in-flight tenants stop after their current step.
+    Cancel { run: String },
+    /// Re-run only the tenants that failed, as a new run linked to the old one.
+    Retry {
+        run: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Run workers only (scale out: any number of processes on any number of machines).
+    Worker,
 }
 
 /// Parses arguments, runs the command and maps the outcome to the exit status.
@@ -83,6 +123,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate => validate::run(&ctx, cli.json).await,
         Command::Plan { workflow, tenants } => plan::run(&ctx, workflow, tenants, cli.json).await,
         Command::Tenants => tenants::run(&ctx, cli.json).await,
+        Command::Run { workflow, tenants, wait } => runs::run(&ctx, workflow, tenants, *wait, cli.json).await,
+        Command::Runs { limit } => runs::list(&ctx, *limit, cli.json).await,
+        Command::Status { run, watch } => runs::status(&ctx, run, *watch, cli.json).await,
+        Command::Approve { run } => runs::control(&ctx, run, "approve", cli.json).await,
+        Command::Pause { run } => runs::control(&ctx, run, "pause", cli.json).await,
+        Command::Resume { run } => runs::control(&ctx, run, "resume", cli.json).await,
+        Command::Cancel { run } => runs::control(&ctx, run, "cancel", cli.json).await,
+        Command::Retry { run, wait } => runs::retry(&ctx, run, *wait, cli.json).await,
+        Command::Worker => serve::worker(&ctx).await,
     }
 }
 

@@ -23,6 +23,19 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
     if c.limits.per_host == 0 {
         err(path!["limits", "per_host"], "limits.per_host must be at least 1".into());
     }
+    let rt = &c.runtime;
+    if rt.worker_concurrency == 0 {
+        err(path!["runtime", "worker_concurrency"], "runtime.worker_concurrency must be at least 1".into());
+    }
+    if rt.lease.0 < std::time::Duration::from_secs(2) {
+        err(
+            path!["runtime", "lease"],
+            format!("runtime.lease {} is too short; leases are renewed every third of it (use 2s or more)", rt.lease),
+        );
+    }
+    if rt.sweep_interval.0.is_zero() || rt.dispatch_grace.0.is_zero() {
+        err(path!["runtime"], "runtime.sweep_interval and runtime.dispatch_grace must be longer than zero".into());
+    }
     if c.limits.plan_connections == 0 {
         err(path!["limits", "plan_connections"], "limits.plan_connections must be at least 1".into());
     }

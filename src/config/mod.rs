@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogSpec, HostSpec, ServiceSpec};
 use crate::secret::{Secret, SecretUrl};
+use crate::units::HumanDuration;
 
 pub use check::check;
 pub use load::{ConfigError, EnvOverride, LoadedConfig, Overrides, load};
@@ -31,6 +32,8 @@ pub struct Config {
     pub paths: PathsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     #[serde(default)]
     pub storage: Option<StorageConfig>,
     #[serde(default)]
@@ -102,6 +105,36 @@ fn default_per_host() -> u32 {
 
 fn default_plan_connections() -> u32 {
     4
+}
+
+/// `[runtime]`: how workers hold, renew and give back work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Tenants one worker process runs at a time.
+    pub worker_concurrency: u32,
+    /// How long a worker's claim on a tenant lasts without renewal. A worker that dies
+    /// loses its tenants after this long; they are then dispatched again.
+    pub lease: HumanDuration,
+    /// How long a dispatched tenant may wait in the queue before it is dispatched again.
+    pub dispatch_grace: HumanDuration,
+    /// How often each process checks active runs for expired leases, soaks and approvals.
+    pub sweep_interval: HumanDuration,
+    /// On SIGTERM: how long in-flight tenants may take to finish before their leases are
+    /// given up (and another worker resumes them from their checkpoint).
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_concurrency: 16,
+            lease: HumanDuration(std::time::Duration::from_secs(15)),
+            dispatch_grace: HumanDuration(std::time::Duration::from_secs(30)),
+            sweep_interval: HumanDuration(std::time::Duration::from_secs(1)),
+            drain_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

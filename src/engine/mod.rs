@@ -1,3 +1,4 @@
 //! What differs between database engines: connecting, quoting, and the queries each step needs.
 
+pub mod pools;
 pub mod postgres;

@@ -1,8 +1,15 @@
 //! Step kinds (SPEC §4): what each kind accepts in a workflow file, where it fits, and (one file per kind) what it does per tenant.
 
+mod context;
+mod error;
+pub mod health;
 mod kind;
 pub mod migrate;
+pub mod receipt;
 mod spec;
+pub mod sql;
 
+pub use context::{StepContext, execute};
+pub use error::{Retry, StepError};
 pub use kind::StepKind;
 pub use spec::{COMMON_OPTIONS, StepSpec};

@@ -93,7 +93,7 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
     let mut sets: BTreeMap<String, Result<MigrationSet, String>> = BTreeMap::new();
     let mut to_read: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for step in spec.steps.iter().filter(|s| s.kind == StepKind::Migrate) {
-        for service in step_services(step, &services, catalog) {
+        for service in target::step_services(step, &services, catalog) {
             let Some(service_spec) = catalog.services.get(service) else {
                 continue;
             };
@@ -123,7 +123,7 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
                     let tenant = by_id[id];
                     let mut steps = Vec::new();
                     for step in &spec.steps {
-                        for service in step_services(step, &services, catalog) {
+                        for service in target::step_services(step, &services, catalog) {
                             let Some(placement) = tenant.placements.get(service) else {
                                 continue;
                             };
@@ -152,18 +152,6 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
         })
         .collect();
     Plan { workflow: workflow.name.clone(), tenants: tenants.len(), waves }
-}
-
-/// The services a step runs on: its explicit list, or the target's services it fits.
-fn step_services<'a>(step: &'a crate::steps::StepSpec, target_services: &[&'a str], catalog: &Catalog) -> Vec<&'a str> {
-    match &step.services {
-        Some(list) => list.iter().map(String::as_str).collect(),
-        None => target_services
-            .iter()
-            .copied()
-            .filter(|s| catalog.services.get(*s).is_some_and(|spec| step.kind.fits(spec).is_ok()))
-            .collect(),
-    }
 }
 
 fn migrate_action(

@@ -34,3 +34,19 @@ pub fn select<'a>(target: &Target, catalog: &'a Catalog, only: &[String]) -> Vec
 pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
+
+/// The services a step runs on: its explicit list, or the target's services it fits.
+pub fn step_services<'a>(
+    step: &'a crate::steps::StepSpec,
+    target_services: &[&'a str],
+    catalog: &Catalog,
+) -> Vec<&'a str> {
+    match &step.services {
+        Some(list) => list.iter().map(String::as_str).collect(),
+        None => target_services
+            .iter()
+            .copied()
+            .filter(|s| catalog.services.get(*s).is_some_and(|spec| step.kind.fits(spec).is_ok()))
+            .collect(),
+    }
+}

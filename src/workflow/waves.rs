@@ -1,13 +1,13 @@
 //! Wave assignment: splitting a run's tenants into ordered waves by ids, labels or a deterministic percentage of those left.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{WaveSpec, target::labels_match};
 use crate::catalog::{Tenant, TenantId};
 
 /// The tenants of one wave, with the wave's settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Wave {
     pub index: usize,
     pub name: String,

@@ -90,3 +90,78 @@ pub async fn exec(conn: &mut sqlx::PgConnection, sql: &str) {
         .await
         .unwrap_or_else(|e| panic!("fixture SQL failed: {e}\n{sql}"));
 }
+
+/// The Redis URL of the test server.
+pub fn redis_url() -> String {
+    std::env::var("TENANTRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+/// Deletes every Redis key under `prefix:` (each test uses its own prefix).
+pub async fn clear_redis(prefix: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap_or_else(|e| {
+        panic!("Redis is not reachable at {} ({e}). Start it with `bash deploy/local/test.sh`.", redis_url())
+    });
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+    for chunk in keys.chunks(500) {
+        let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
+    }
+}
+
+/// A `tenantry worker` child process (killed on drop).
+pub struct WorkerProcess(pub std::process::Child);
+
+impl WorkerProcess {
+    pub fn spawn(cwd: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .current_dir(cwd)
+            .args(["worker"])
+            .env("TENANTRY_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn tenantry worker");
+        Self(child)
+    }
+
+    /// SIGKILL: no chance to finish or give anything back.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        self.0.wait().expect("wait for worker")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `status RUN --json`, parsed.
+pub fn status(cwd: &Path, run: &str) -> serde_json::Value {
+    let out = tenantry(cwd, &["status", run, "--json"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    serde_json::from_str(&out.stdout()).expect("status json")
+}
+
+/// Polls `status` until the run is in one of `states`, or panics after `timeout`.
+pub fn wait_for_state(cwd: &Path, run: &str, states: &[&str], timeout: std::time::Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let s = status(cwd, run);
+        if states.iter().any(|st| s["run"]["state"] == *st) {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("run {run} did not reach {states:?} within {timeout:?}; last status: {s:#}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,310 @@
+//! Operator commands on runs: `run`, `runs`, `status`, `approve`, `pause`, `resume`, `cancel`, `retry`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::{Context, Failure};
+use crate::runtime::launch;
+use crate::runtime::model::{Checkpoint, RunRecord, RunSpec, RunState, TenantState, Trigger};
+use crate::runtime::worker::Runtime;
+use crate::workflow::{self, CheckContext};
+
+/// `tenantry run WORKFLOW`: snapshot, write and dispatch a run; with `--wait`, follow it.
+pub async fn run(ctx: &Context, name: &str, only: &[String], wait: bool, json: bool) -> Result<(), Failure> {
+    let catalog = ctx.checked_catalog().await?;
+    let loaded = &ctx.config;
+    let wf = workflow::find(&loaded.workflows_dir(), name).map_err(|d| Failure::Invalid(vec![d]))?;
+    let problems = workflow::check(
+        &wf.spec,
+        &wf.name,
+        &wf.source,
+        &CheckContext { services: &loaded.config.services, catalog: Some(&catalog) },
+    );
+    if !problems.is_empty() {
+        return Err(Failure::Invalid(problems));
+    }
+    for id in only {
+        if catalog.tenant(id).is_none() {
+            return Err(Failure::Failed(format!("--tenant {id:?}: no such tenant in the catalog")));
+        }
+    }
+    let spec = launch::snapshot(&wf, &catalog, loaded, only);
+    if spec.tenants.is_empty() {
+        return Err(Failure::Failed(format!(
+            "workflow {} selects no tenant: nothing to run (see `tenantry plan {}`)",
+            wf.name, wf.name
+        )));
+    }
+    let runtime = ctx.runtime().await?;
+    let id = runtime.start(spec, &Trigger::Operator).await.map_err(store_failure)?;
+    report_started(&runtime, &id, json).await?;
+    if wait { follow(&runtime, &id, json).await } else { Ok(()) }
+}
+
+async fn report_started(runtime: &Runtime, id: &str, json: bool) -> Result<(), Failure> {
+    let record = runtime.store.record(id).await.map_err(store_failure)?;
+    if json {
+        println!("{}", serde_json::to_string(&record).expect("serialises"));
+    } else {
+        println!("{id}");
+        eprintln!("run {id} of {}: {} tenant(s), {}", record.workflow, record.tenants, record.state);
+    }
+    Ok(())
+}
+
+/// Follows a run until it ends, with a progress bar per wave on stderr. Exit 1 unless it
+/// succeeded.
+async fn follow(runtime: &Runtime, id: &str, json: bool) -> Result<(), Failure> {
+    let spec = runtime.store.spec(id).await.map_err(store_failure)?;
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {msg}")
+        .expect("static template")
+        .progress_chars("=> ");
+    let wave_bars: Vec<ProgressBar> = spec
+        .waves
+        .iter()
+        .map(|w| {
+            let bar = bars.add(ProgressBar::new(w.tenants.len() as u64));
+            bar.set_style(style.clone());
+            bar.set_prefix(w.name.clone());
+            bar
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let record = loop {
+        let record = runtime.store.record(id).await.map_err(store_failure)?;
+        for (i, bar) in wave_bars.iter().enumerate() {
+            let counts = runtime.store.wave_counts(id, i).await.map_err(store_failure)?;
+            let done: u64 = counts.values().sum();
+            bar.set_position(done);
+            let failed = counts.get("failed").copied().unwrap_or(0);
+            bar.set_message(if failed > 0 { format!("{failed} failed") } else { String::new() });
+        }
+        if record.state.is_terminal() {
+            break record;
+        }
+        if record.state == RunState::AwaitingApproval {
+            if let Some(b) = wave_bars.get(record.wave) {
+                b.set_message(format!("awaiting approval: tenantry approve {id}"));
+            }
+        } else if record.succeeded + record.failed == 0
+            && started.elapsed() > Duration::from_secs(10)
+            && let Some(b) = wave_bars.first()
+        {
+            b.set_message("waiting for workers (start `tenantry worker` or `tenantry serve`)");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for bar in &wave_bars {
+        bar.finish();
+    }
+    if json {
+        println!("{}", serde_json::to_string(&record).expect("serialises"));
+    } else {
+        eprintln!("run {id} {}: {}", record.state, record.reason.clone().unwrap_or_default());
+    }
+    if record.state == RunState::Succeeded { Ok(()) } else { Err(Failure::Reported) }
+}
+
+/// `tenantry runs`: recent runs, newest first.
+pub async fn list(ctx: &Context, limit: usize, json: bool) -> Result<(), Failure> {
+    let runtime = ctx.runtime().await?;
+    let runs = runtime.store.list(limit).await.map_err(store_failure)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs).expect("serialises"));
+        return Ok(());
+    }
+    println!("{:24} {:16} {:18} {:>7} {:>7} {:>7}  CREATED", "RUN", "WORKFLOW", "STATE", "TENANTS", "DONE", "FAILED");
+    for r in runs {
+        println!(
+            "{:24} {:16} {:18} {:>7} {:>7} {:>7}  {}",
+            r.id,
+            r.workflow,
+            r.state.as_str(),
+            r.tenants,
+            r.succeeded,
+            r.failed,
+            time(r.created_ms)
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Status {
+    run: RunRecord,
+    waves: Vec<WaveStatus>,
+    tenants: BTreeMap<String, Checkpoint>,
+    events: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct WaveStatus {
+    index: usize,
+    name: String,
+    tenants: usize,
+    counts: BTreeMap<&'static str, usize>,
+}
+
+/// `tenantry status RUN [--watch]`: per wave and per tenant, which are done, failed,
+/// running, not started, and why.
+pub async fn status(ctx: &Context, id: &str, watch: bool, json: bool) -> Result<(), Failure> {
+    let runtime = ctx.runtime().await?;
+    loop {
+        let status = load_status(&runtime, id).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&status).expect("serialises"));
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print_status(&status);
+        }
+        if !watch || status.run.state.is_terminal() {
+            return match status.run.state {
+                RunState::Failed | RunState::Cancelled if !watch => Ok(()),
+                RunState::Failed | RunState::Cancelled => Err(Failure::Reported),
+                _ => Ok(()),
+            };
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn load_status(runtime: &Runtime, id: &str) -> Result<Status, Failure> {
+    let run = runtime.store.record(id).await.map_err(store_failure)?;
+    let spec = runtime.store.spec(id).await.map_err(store_failure)?;
+    let tenants = runtime.store.checkpoints(id).await.map_err(store_failure)?;
+    let events = runtime.store.events(id).await.map_err(store_failure)?;
+    let waves = spec
+        .waves
+        .iter()
+        .map(|w| {
+            let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+            for t in &w.tenants {
+                if let Some(cp) = tenants.get(t.as_str()) {
+                    *counts.entry(cp.state.as_str()).or_default() += 1;
+                }
+            }
+            WaveStatus { index: w.index, name: w.name.clone(), tenants: w.tenants.len(), counts }
+        })
+        .collect();
+    Ok(Status { run, waves, tenants, events })
+}
+
+fn print_status(s: &Status) {
+    let r = &s.run;
+    println!("run {}  workflow {}  trigger {}", r.id, r.workflow, r.trigger);
+    println!("state {}{}", r.state, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default());
+    if let Some(parent) = &r.parent {
+        println!("retry of {parent}");
+    }
+    println!(
+        "tenants {}: {} succeeded, {} failed, {} in flight, {} cancelled, {} skipped; created {}",
+        r.tenants,
+        r.succeeded,
+        r.failed,
+        r.inflight,
+        r.cancelled,
+        r.skipped,
+        time(r.created_ms)
+    );
+    for w in &s.waves {
+        let marker = if w.index == r.wave && !r.state.is_terminal() { "->" } else { "  " };
+        let counts: Vec<String> = w.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!("{marker} wave {} {}: {} tenant(s): {}", w.index + 1, w.name, w.tenants, counts.join(", "));
+    }
+    let notable: Vec<(&String, &Checkpoint)> =
+        s.tenants.iter().filter(|(_, c)| !matches!(c.state, TenantState::Succeeded | TenantState::Pending)).collect();
+    if !notable.is_empty() {
+        println!("\n{:24} {:10} {:>4} {:>7}  DETAIL", "TENANT", "STATE", "STEP", "ATTEMPT");
+        for (t, c) in notable.iter().take(200) {
+            let detail = match c.state {
+                TenantState::Running | TenantState::Queued => c.worker.clone().unwrap_or_default(),
+                _ => c.last_error.clone().unwrap_or_default(),
+            };
+            println!("{:24} {:10} {:>4} {:>7}  {}", t, c.state.as_str(), c.unit, c.attempt, detail);
+        }
+        if notable.len() > 200 {
+            println!("... {} more (use --json)", notable.len() - 200);
+        }
+    }
+}
+
+/// `approve`, `pause`, `resume`, `cancel`.
+pub async fn control(ctx: &Context, id: &str, action: &'static str, json: bool) -> Result<(), Failure> {
+    let runtime = ctx.runtime().await?;
+    let record = runtime.store.record(id).await.map_err(store_failure)?;
+    let (from, to, fields): (&[RunState], RunState, Vec<(String, String)>) = match action {
+        // The approval is for the wave the run waits at; advance checks this marker.
+        "approve" => (
+            &[RunState::AwaitingApproval],
+            RunState::Running,
+            vec![(format!("approved:{}", record.wave), "1".to_string())],
+        ),
+        "pause" => (&[RunState::Running, RunState::AwaitingApproval], RunState::Paused, vec![]),
+        "resume" => (&[RunState::Paused], RunState::Running, vec![]),
+        "cancel" => (
+            &[RunState::Queued, RunState::Running, RunState::AwaitingApproval, RunState::Paused],
+            RunState::Cancelled,
+            vec![("reason".to_string(), "cancelled by an operator".to_string())],
+        ),
+        _ => unreachable!("control actions are fixed by the CLI"),
+    };
+    runtime.store.transition(id, action, from, to, &fields).await.map_err(store_failure)?;
+    if to == RunState::Running {
+        let spec = runtime.store.spec(id).await.map_err(store_failure)?;
+        runtime.advance(&spec).await.map_err(store_failure)?;
+    }
+    let record = runtime.store.record(id).await.map_err(store_failure)?;
+    if json {
+        println!("{}", serde_json::to_string(&record).expect("serialises"));
+    } else {
+        println!("run {id}: {}", record.state);
+    }
+    Ok(())
+}
+
+/// `tenantry retry RUN`: a new run of only the tenants that failed, linked to the old one.
+pub async fn retry(ctx: &Context, id: &str, wait: bool, json: bool) -> Result<(), Failure> {
+    let runtime = ctx.runtime().await?;
+    let record = runtime.store.record(id).await.map_err(store_failure)?;
+    if !record.state.is_terminal() {
+        return Err(Failure::Failed(format!(
+            "run {id} is {}; retry it once it has ended (or cancel it)",
+            record.state
+        )));
+    }
+    let failed: BTreeSet<String> = runtime
+        .store
+        .checkpoints(id)
+        .await
+        .map_err(store_failure)?
+        .into_iter()
+        .filter(|(_, c)| c.state == TenantState::Failed)
+        .map(|(t, _)| t)
+        .collect();
+    if failed.is_empty() {
+        return Err(Failure::Failed(format!("run {id} has no failed tenants to retry")));
+    }
+    let parent: RunSpec = runtime.store.spec(id).await.map_err(store_failure)?;
+    let spec = launch::retry_snapshot(&parent, &failed);
+    let new_id = runtime.start(spec, &Trigger::Retry { parent: id.to_string() }).await.map_err(store_failure)?;
+    report_started(&runtime, &new_id, json).await?;
+    if wait { follow(&runtime, &new_id, json).await } else { Ok(()) }
+}
+
+pub(super) fn store_failure(e: crate::runtime::store::StoreError) -> Failure {
+    use crate::runtime::store::StoreError;
+    match e {
+        StoreError::Unreachable { .. } | StoreError::Redis(_) => Failure::Unreachable(e.to_string()),
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
+}

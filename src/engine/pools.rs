@@ -1,0 +1,59 @@
+//! Connection pools per (host, database), bounded in number and size, shared by every step a worker runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::catalog::HostSpec;
+
+/// Pools are kept for the databases in use; beyond `max_pools` the least recently used
+/// one is closed, so a worker walking 10,000 tenant databases does not hold 10,000 pools.
+pub struct Databases {
+    hosts: BTreeMap<String, HostSpec>,
+    per_pool: u32,
+    max_pools: usize,
+    pools: Mutex<HashMap<(String, String), (PgPool, Instant)>>,
+}
+
+impl Databases {
+    pub fn new(hosts: BTreeMap<String, HostSpec>, per_pool: u32, max_pools: usize) -> Self {
+        Self { hosts, per_pool: per_pool.max(1), max_pools: max_pools.max(1), pools: Mutex::new(HashMap::new()) }
+    }
+
+    /// A pool for `database` on `host` (connections are opened lazily).
+    pub fn postgres(&self, host: &str, database: &str) -> Result<PgPool, String> {
+        let spec =
+            self.hosts.get(host).ok_or_else(|| format!("host {host:?} is not in this worker's configuration"))?;
+        let key = (host.to_string(), database.to_string());
+        let mut pools = self.pools.lock().expect("pool map lock");
+        if let Some((pool, used)) = pools.get_mut(&key) {
+            *used = Instant::now();
+            return Ok(pool.clone());
+        }
+        if pools.len() >= self.max_pools
+            && let Some(oldest) = pools.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone())
+            && let Some((pool, _)) = pools.remove(&oldest)
+        {
+            tokio::spawn(async move { pool.close().await });
+        }
+        let options = super::postgres::options(&spec.url.with_database(database))
+            .map_err(|e| format!("invalid URL for host {host}: {e}"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(self.per_pool)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .connect_lazy_with(options);
+        pools.insert(key, (pool.clone(), Instant::now()));
+        Ok(pool)
+    }
+
+    pub async fn close(&self) {
+        let pools: Vec<PgPool> = self.pools.lock().expect("pool map lock").drain().map(|(_, (p, _))| p).collect();
+        for p in pools {
+            p.close().await;
+        }
+    }
+}

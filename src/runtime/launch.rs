@@ -1,0 +1,85 @@
+//! Starting runs: snapshot the workflow and the selected tenants into a run spec, write it, and dispatch the first tenants.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::model::{RunSpec, TenantSnapshot, Unit};
+use super::store::new_run_id;
+use crate::catalog::Catalog;
+use crate::config::LoadedConfig;
+use crate::workflow::{Wave, Workflow, assign, target};
+
+/// Builds the immutable snapshot of a run of `workflow` over the tenants it targets
+/// (narrowed to `only`). Tenants for which no step applies are left out.
+pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, only: &[String]) -> RunSpec {
+    let spec = &workflow.spec;
+    let tenants = target::select(&spec.target, catalog, only);
+    let services = target::target_services(&spec.target, catalog);
+    let mut snapshots = BTreeMap::new();
+    for tenant in &tenants {
+        let mut units = Vec::new();
+        let mut placements = BTreeMap::new();
+        for (i, step) in spec.steps.iter().enumerate() {
+            for service in target::step_services(step, &services, catalog) {
+                if let Some(p) = tenant.placements.get(service) {
+                    units.push(Unit { step: i, service: service.to_string() });
+                    placements.insert(service.to_string(), p.clone());
+                }
+            }
+        }
+        if units.is_empty() {
+            continue;
+        }
+        let hosts: BTreeSet<&str> = placements.values().map(|p| p.host.as_str()).collect();
+        let group = hosts.into_iter().collect::<Vec<_>>().join("+");
+        snapshots.insert(tenant.id.to_string(), TenantSnapshot { wave: 0, placements, units, group });
+    }
+    let included: Vec<&crate::catalog::Tenant> =
+        tenants.iter().copied().filter(|t| snapshots.contains_key(t.id.as_str())).collect();
+    let waves = assign(&spec.waves, &included, &workflow.name);
+    for wave in &waves {
+        for id in &wave.tenants {
+            if let Some(s) = snapshots.get_mut(id.as_str()) {
+                s.wave = wave.index;
+            }
+        }
+    }
+    RunSpec {
+        id: new_run_id(),
+        workflow: workflow.name.clone(),
+        steps: spec.steps.clone(),
+        retry: spec.retry.clone(),
+        timeout: spec.timeout,
+        run_concurrency: spec.concurrency.run,
+        host_limits: host_limits(catalog, config, spec.concurrency.per_host),
+        waves,
+        tenants: snapshots,
+    }
+}
+
+/// Per host: the workflow's `per_host`, else the host's `max_concurrency`, else the default.
+fn host_limits(catalog: &Catalog, config: &LoadedConfig, per_host: Option<u32>) -> BTreeMap<String, u32> {
+    catalog
+        .hosts
+        .iter()
+        .map(|(name, host)| {
+            let limit = per_host.or(host.max_concurrency).unwrap_or(config.config.limits.per_host).max(1);
+            (name.clone(), limit)
+        })
+        .collect()
+}
+
+/// A retry run: the failed tenants of `parent`, with the same steps and their original
+/// waves (so budgets still apply), as a new run linked to the old one.
+pub fn retry_snapshot(parent: &RunSpec, failed: &BTreeSet<String>) -> RunSpec {
+    let tenants: BTreeMap<String, TenantSnapshot> =
+        parent.tenants.iter().filter(|(id, _)| failed.contains(*id)).map(|(id, t)| (id.clone(), t.clone())).collect();
+    let waves: Vec<Wave> = parent
+        .waves
+        .iter()
+        .map(|w| Wave {
+            tenants: w.tenants.iter().filter(|t| failed.contains(t.as_str())).cloned().collect(),
+            ..w.clone()
+        })
+        .collect();
+    RunSpec { id: new_run_id(), tenants, waves, ..parent.clone() }
+}

@@ -1,0 +1,110 @@
+-- Moves a run forward, atomically: checks the current wave's failure budget, dispatches
+-- pending tenants within the run's and each host's concurrency limits, and when a wave is
+-- complete moves to the next one (waiting for approval or soak where the workflow asks) or
+-- finishes the run.
+--
+-- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] hosts hash, KEYS[4] inflight zset,
+-- KEYS[5] events list, KEYS[6] active runs set
+-- ARGV[1] key stem of the run ("{prefix}:run:{id}"), ARGV[2] now (ms),
+-- ARGV[3] run concurrency, ARGV[4] host limits (JSON object host -> n),
+-- ARGV[5] waves (JSON array of {size, max_failures, max_failure_rate, approval, soak_ms, name}),
+-- ARGV[6] dispatch grace (ms): how long a dispatched task may wait for a worker.
+-- Returns {state, tenant|dispatch, ...}.
+local run, tenants, hosts, inflight_z, events, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local stem, now = ARGV[1], tonumber(ARGV[2])
+local run_limit = tonumber(ARGV[3])
+local host_limits = cjson.decode(ARGV[4])
+local waves = cjson.decode(ARGV[5])
+local grace = tonumber(ARGV[6])
+
+local function event(text)
+  redis.call('RPUSH', events, cjson.encode({at = now, event = text}))
+  redis.call('LTRIM', events, -1000, -1)
+end
+
+local function finish(state, reason)
+  redis.call('HSET', run, 'state', state, 'reason', reason, 'finished_ms', now, 'updated_ms', now)
+  redis.call('SREM', active, string.match(stem, ':run:(.*)$'))
+  event('run ' .. state .. ': ' .. reason)
+  return {state}
+end
+
+local state = redis.call('HGET', run, 'state')
+if state ~= 'running' then return {state or 'missing'} end
+local soak_until = tonumber(redis.call('HGET', run, 'soak_until_ms') or '0')
+if soak_until > now then return {'soaking', tostring(soak_until)} end
+
+local wave = tonumber(redis.call('HGET', run, 'wave'))
+while true do
+  local w = waves[wave + 1]
+  local failed = tonumber(redis.call('HGET', run, 'w' .. wave .. ':failed') or '0')
+  -- The budget: more failures than max_failures, or a larger share than max_failure_rate
+  -- of the wave, halts the run. Later waves stay untouched.
+  local over = false
+  if w.max_failures ~= cjson.null and failed > w.max_failures then over = true end
+  if w.max_failure_rate ~= cjson.null and w.size > 0 and failed / w.size > w.max_failure_rate then over = true end
+  if over then
+    return finish('failed', string.format('halted: wave %s exceeded its failure budget (%d of %d tenants failed); later waves were not started',
+      w.name, failed, w.size))
+  end
+
+  -- Dispatch within the limits.
+  local inflight = tonumber(redis.call('HGET', run, 'inflight') or '0')
+  local out = {'running'}
+  local groups_key = stem .. ':groups:' .. wave
+  for _, group in ipairs(redis.call('SMEMBERS', groups_key)) do
+    local group_hosts = {}
+    for h in string.gmatch(group, '[^+]+') do table.insert(group_hosts, h) end
+    local pending_key = stem .. ':pending:' .. wave .. ':' .. group
+    while inflight < run_limit do
+      local room = true
+      for _, h in ipairs(group_hosts) do
+        local used = tonumber(redis.call('HGET', hosts, h) or '0')
+        local limit = host_limits[h] or run_limit
+        if used >= limit then room = false end
+      end
+      if not room then break end
+      local tenant = redis.call('LPOP', pending_key)
+      if not tenant then
+        redis.call('SREM', groups_key, group)
+        break
+      end
+      local cp = cjson.decode(redis.call('HGET', tenants, tenant))
+      cp.state = 'queued'
+      cp.dispatch = (cp.dispatch or 0) + 1
+      cp.queued_ms = now
+      redis.call('HSET', tenants, tenant, cjson.encode(cp))
+      redis.call('ZADD', inflight_z, now + grace, tenant)
+      for _, h in ipairs(group_hosts) do redis.call('HINCRBY', hosts, h, 1) end
+      inflight = inflight + 1
+      table.insert(out, tenant .. '|' .. cp.dispatch)
+    end
+  end
+  redis.call('HSET', run, 'inflight', inflight, 'updated_ms', now)
+  if #out > 1 then return out end
+  if inflight > 0 or redis.call('SCARD', groups_key) > 0 then return out end
+
+  -- The wave is complete.
+  event('wave ' .. w.name .. ' complete')
+  if wave + 1 >= #waves then
+    local total_failed = tonumber(redis.call('HGET', run, 'failed') or '0')
+    if total_failed > 0 then
+      return finish('failed', string.format('completed: %d tenant(s) failed, within the failure budgets; `tenantry retry` re-runs them', total_failed))
+    end
+    return finish('succeeded', 'completed: every tenant succeeded')
+  end
+  wave = wave + 1
+  redis.call('HSET', run, 'wave', wave)
+  local nw = waves[wave + 1]
+  event('wave ' .. nw.name .. ' is next')
+  if w.soak_ms > 0 then
+    redis.call('HSET', run, 'soak_until_ms', now + w.soak_ms)
+    event('soaking ' .. w.soak_ms .. ' ms after wave ' .. w.name)
+    return {'soaking', tostring(now + w.soak_ms)}
+  end
+  if nw.approval and redis.call('HGET', run, 'approved:' .. wave) ~= '1' then
+    redis.call('HSET', run, 'state', 'awaiting_approval')
+    event('waiting for approval of wave ' .. nw.name)
+    return {'awaiting_approval'}
+  end
+end

@@ -1,0 +1,246 @@
+//! What a run is: its state machine, its immutable snapshot, and the per-tenant checkpoint kept in Redis.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Placement;
+use crate::steps::StepSpec;
+use crate::units::HumanDuration;
+use crate::workflow::{RetrySpec, Wave};
+
+/// The life of a run (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Running,
+    AwaitingApproval,
+    Paused,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Paused => "paused",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a tenant is in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantState {
+    /// Not dispatched yet.
+    Pending,
+    /// Handed to the queue, waiting for a worker.
+    Queued,
+    /// A worker holds its lease.
+    Running,
+    Succeeded,
+    Failed,
+    /// Its run was cancelled before or while it ran.
+    Cancelled,
+    /// Its run stopped (halted by a budget) after it was dispatched, before it started.
+    Skipped,
+}
+
+impl TenantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Skipped)
+    }
+}
+
+/// One step on one service: the unit of checkpointing. A tenant's units run in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unit {
+    /// Index into [`RunSpec::steps`].
+    pub step: usize,
+    pub service: String,
+}
+
+/// A tenant as snapshotted when the run was created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantSnapshot {
+    pub wave: usize,
+    /// Placements of the services the run touches, by service.
+    pub placements: BTreeMap<String, Placement>,
+    pub units: Vec<Unit>,
+    /// The hosts the tenant's units touch, sorted, joined by '+': its concurrency group.
+    pub group: String,
+}
+
+/// Everything a worker needs to run a tenant of this run, fixed when the run is created so
+/// that the run is reproducible whatever happens to the catalog or the workflow file later.
+/// Host URLs are not in it: secrets stay out of Redis, and each worker resolves host names
+/// against its own configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub id: String,
+    pub workflow: String,
+    pub steps: Vec<StepSpec>,
+    pub retry: RetrySpec,
+    pub timeout: HumanDuration,
+    pub run_concurrency: u32,
+    /// Tenants in flight per host for this run.
+    pub host_limits: BTreeMap<String, u32>,
+    pub waves: Vec<Wave>,
+    pub tenants: BTreeMap<String, TenantSnapshot>,
+}
+
+impl RunSpec {
+    /// The per-wave settings the advance script needs, as JSON.
+    pub fn waves_json(&self) -> String {
+        let waves: Vec<serde_json::Value> = self
+            .waves
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "name": w.name,
+                    "size": w.tenants.len(),
+                    "max_failures": w.max_failures,
+                    "max_failure_rate": w.max_failure_rate,
+                    "approval": w.approval,
+                    "soak_ms": w.soak.map_or(0, |s| s.0.as_millis() as u64),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(waves).to_string()
+    }
+}
+
+/// A tenant's checkpoint in a run, as stored in the run's tenants hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub state: TenantState,
+    pub wave: usize,
+    /// Index of the next unit to run.
+    #[serde(default)]
+    pub unit: usize,
+    /// Attempts made at the current unit.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Dispatch number: bumped on every (re-)dispatch, so stale queue entries are refused.
+    #[serde(default)]
+    pub dispatch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// How often a worker died (lost its lease) while running this tenant.
+    #[serde(default)]
+    pub lost: u32,
+    /// Per unit (`step/service`), what the step reported.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, serde_json::Value>,
+}
+
+impl Checkpoint {
+    pub fn pending(wave: usize) -> Self {
+        Self {
+            state: TenantState::Pending,
+            wave,
+            unit: 0,
+            attempt: 0,
+            dispatch: 0,
+            worker: None,
+            fence: None,
+            queued_ms: None,
+            claimed_ms: None,
+            started_ms: None,
+            finished_ms: None,
+            last_error: None,
+            lost: 0,
+            outputs: BTreeMap::new(),
+        }
+    }
+}
+
+/// How a run was started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Trigger {
+    Schedule { tick_ms: i64 },
+    Operator,
+    Api,
+    Retry { parent: String },
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Schedule { tick_ms } => write!(f, "schedule@{tick_ms}"),
+            Self::Operator => f.write_str("operator"),
+            Self::Api => f.write_str("api"),
+            Self::Retry { parent } => write!(f, "retry of {parent}"),
+        }
+    }
+}
+
+/// The run record as shown by `runs` and `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub workflow: String,
+    pub trigger: String,
+    pub parent: Option<String>,
+    pub state: RunState,
+    pub reason: Option<String>,
+    pub wave: usize,
+    pub tenants: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub skipped: u64,
+    pub inflight: u64,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub soak_until_ms: Option<i64>,
+}

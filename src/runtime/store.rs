@@ -1,0 +1,518 @@
+//! The run store: runs, checkpoints, leases and dispatch state in Redis, every transition one atomic Lua script.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::keys::Keys;
+use super::model::{Checkpoint, RunRecord, RunSpec, RunState, Trigger};
+use crate::secret::SecretUrl;
+
+/// Errors of the run store. Redis errors are transient (the caller waits and retries);
+/// the others are the operator's or a bug's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach Redis at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("no run {0:?} (see `tenantry runs`)")]
+    NoSuchRun(String),
+    #[error("run {run} is {state}; {action} needs a run that is {allowed}")]
+    Refused { run: String, state: String, action: &'static str, allowed: String },
+    #[error("corrupt run data for {run}: {message}")]
+    Corrupt { run: String, message: String },
+}
+
+/// What a claim attempt found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The lease is ours; run from this checkpoint.
+    Ok { holder: String, checkpoint: Box<Checkpoint> },
+    /// Nothing to do (finished, superseded by a newer dispatch, leased by someone else).
+    Skip(String),
+    /// The run stopped; the tenant must be released with this outcome.
+    Stopped(RunState),
+}
+
+/// The run store of one installation (one Redis, one key prefix).
+#[derive(Clone)]
+pub struct RunStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Scripts,
+}
+
+#[derive(Clone)]
+struct Scripts {
+    advance: redis::Script,
+    claim: redis::Script,
+    renew: redis::Script,
+    progress: redis::Script,
+    finish: redis::Script,
+    sweep: redis::Script,
+    transition: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            advance: redis::Script::new(include_str!("lua/advance.lua")),
+            claim: redis::Script::new(include_str!("lua/claim.lua")),
+            renew: redis::Script::new(include_str!("lua/renew.lua")),
+            progress: redis::Script::new(include_str!("lua/progress.lua")),
+            finish: redis::Script::new(include_str!("lua/finish.lua")),
+            sweep: redis::Script::new(include_str!("lua/sweep.lua")),
+            transition: redis::Script::new(include_str!("lua/transition.lua")),
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A new run id: sortable by time, unique across processes (`20261124-230501-3fa9c1`).
+pub fn new_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = chrono::Utc::now();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_i64(now.timestamp_nanos_opt().unwrap_or_default());
+    format!("{}-{:06x}", now.format("%Y%m%d-%H%M%S"), h.finish() & 0xff_ffff)
+}
+
+impl RunStore {
+    /// Connects (with a bounded wait); an unreachable Redis is reported with the URL
+    /// redacted. The connection manager reconnects by itself afterwards.
+    pub async fn connect(url: &SecretUrl, prefix: &str) -> Result<Self, StoreError> {
+        let unreachable = |source| StoreError::Unreachable { url: url.redacted(), source };
+        let client = redis::Client::open(url.expose()).map_err(unreachable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(6);
+        let conn = tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| unreachable(redis::RedisError::from((redis::ErrorKind::Io, "connection timed out"))))?
+            .map_err(unreachable)?;
+        Ok(Self { conn, keys: Keys::new(prefix), scripts: Scripts::new() })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Writes a new run in one MULTI/EXEC: record, snapshot, checkpoints, pending lists.
+    /// The run starts `running` (or `awaiting_approval` when its first wave asks for it).
+    pub async fn create(&self, spec: &RunSpec, trigger: &Trigger) -> Result<(), StoreError> {
+        let k = &self.keys;
+        let now = now_ms();
+        let parent = match trigger {
+            Trigger::Retry { parent } => parent.clone(),
+            _ => String::new(),
+        };
+        let first_needs_approval = spec.waves.first().is_some_and(|w| w.approval);
+        let state = if first_needs_approval { RunState::AwaitingApproval } else { RunState::Running };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.hset_multiple(
+            k.run(&spec.id),
+            &[
+                ("id", spec.id.clone()),
+                ("workflow", spec.workflow.clone()),
+                ("trigger", trigger.to_string()),
+                ("parent", parent),
+                ("state", state.as_str().to_string()),
+                ("wave", "0".to_string()),
+                ("tenants", spec.tenants.len().to_string()),
+                ("inflight", "0".to_string()),
+                ("created_ms", now.to_string()),
+                ("started_ms", now.to_string()),
+                ("updated_ms", now.to_string()),
+            ],
+        );
+        pipe.set(k.run_spec(&spec.id), serde_json::to_string(spec).expect("spec serialises"));
+        let checkpoints: Vec<(String, String)> = spec
+            .tenants
+            .iter()
+            .map(|(id, t)| (id.clone(), serde_json::to_string(&Checkpoint::pending(t.wave)).expect("serialises")))
+            .collect();
+        for chunk in checkpoints.chunks(1000) {
+            pipe.hset_multiple(k.run_tenants(&spec.id), chunk);
+        }
+        // Pending lists per wave and host group, in the wave's (id) order.
+        let mut lists: BTreeMap<(usize, &str), Vec<&str>> = BTreeMap::new();
+        for wave in &spec.waves {
+            for id in &wave.tenants {
+                if let Some(t) = spec.tenants.get(id.as_str()) {
+                    lists.entry((wave.index, t.group.as_str())).or_default().push(id.as_str());
+                }
+            }
+        }
+        for ((wave, group), ids) in &lists {
+            for chunk in ids.chunks(1000) {
+                pipe.rpush(k.run_pending(&spec.id, *wave, group), chunk);
+            }
+            pipe.sadd(k.run_groups(&spec.id, *wave), *group);
+        }
+        pipe.zadd(k.runs(), &spec.id, now);
+        pipe.sadd(k.active_runs(), &spec.id);
+        let created = serde_json::json!({"at": now, "event": format!("run created by {trigger}: {} tenant(s) in {} wave(s)", spec.tenants.len(), spec.waves.len())});
+        pipe.rpush(k.run_events(&spec.id), created.to_string());
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Moves the run forward; returns the tenants (with dispatch numbers) to push to the queue.
+    pub async fn advance(
+        &self,
+        spec: &RunSpec,
+        dispatch_grace: Duration,
+    ) -> Result<(String, Vec<(String, u64)>), StoreError> {
+        let k = &self.keys;
+        let limits = serde_json::to_string(&spec.host_limits).expect("serialises");
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .advance
+            .key(k.run(&spec.id))
+            .key(k.run_tenants(&spec.id))
+            .key(k.run_hosts(&spec.id))
+            .key(k.run_inflight(&spec.id))
+            .key(k.run_events(&spec.id))
+            .key(k.active_runs())
+            .arg(k.run(&spec.id))
+            .arg(now_ms())
+            .arg(spec.run_concurrency)
+            .arg(limits)
+            .arg(spec.waves_json())
+            .arg(dispatch_grace.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        let mut it = out.into_iter();
+        let state = it.next().unwrap_or_default();
+        Ok((state, it.filter_map(|s| parse_dispatch(&s)).collect()))
+    }
+
+    pub async fn claim(
+        &self,
+        run: &str,
+        tenant: &str,
+        worker: &str,
+        dispatch: u64,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .claim
+            .key(k.run(run))
+            .key(k.run_tenants(run))
+            .key(k.lease(run, tenant))
+            .key(k.fence(run))
+            .key(k.run_inflight(run))
+            .arg(tenant)
+            .arg(worker)
+            .arg(dispatch)
+            .arg(lease.as_millis() as u64)
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        match out.first().map(String::as_str) {
+            Some("ok") => {
+                let fence = out.get(1).cloned().unwrap_or_default();
+                let checkpoint: Checkpoint =
+                    serde_json::from_str(out.get(2).map_or("", String::as_str)).map_err(|e| StoreError::Corrupt {
+                        run: run.into(),
+                        message: format!("checkpoint of {tenant}: {e}"),
+                    })?;
+                Ok(Claim::Ok { holder: format!("{worker}|{fence}"), checkpoint: Box::new(checkpoint) })
+            }
+            Some("stopped") => {
+                Ok(Claim::Stopped(out.get(1).and_then(|s| RunState::parse(s)).unwrap_or(RunState::Cancelled)))
+            }
+            other => Ok(Claim::Skip(other.unwrap_or("unknown").to_string())),
+        }
+    }
+
+    /// Extends the lease; false when it was lost (another worker may have taken over).
+    pub async fn renew(&self, run: &str, tenant: &str, holder: &str, lease: Duration) -> Result<bool, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let ok: i64 = self
+            .scripts
+            .renew
+            .key(k.lease(run, tenant))
+            .key(k.run_inflight(run))
+            .arg(holder)
+            .arg(lease.as_millis() as u64)
+            .arg(tenant)
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(ok == 1)
+    }
+
+    /// Records progress; `None` when the lease is no longer ours (fenced), else the run's state.
+    pub async fn progress(
+        &self,
+        run: &str,
+        tenant: &str,
+        holder: &str,
+        patch: &serde_json::Value,
+    ) -> Result<Option<RunState>, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .progress
+            .key(k.run(run))
+            .key(k.run_tenants(run))
+            .key(k.lease(run, tenant))
+            .arg(tenant)
+            .arg(holder)
+            .arg(patch.to_string())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match out.first().map(String::as_str) {
+            Some("ok") => Some(out.get(1).and_then(|s| RunState::parse(s)).unwrap_or(RunState::Cancelled)),
+            _ => None,
+        })
+    }
+
+    /// Ends a tenant's work; false when fenced (someone else owns the tenant now).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish(
+        &self,
+        run: &str,
+        tenant: &str,
+        holder: Option<&str>,
+        outcome: super::model::TenantState,
+        error: Option<&str>,
+        group: &str,
+        patch: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .finish
+            .key(k.run(run))
+            .key(k.run_tenants(run))
+            .key(k.lease(run, tenant))
+            .key(k.run_hosts(run))
+            .key(k.run_inflight(run))
+            .arg(tenant)
+            .arg(holder.unwrap_or(""))
+            .arg(outcome.as_str())
+            .arg(error.unwrap_or(""))
+            .arg(now_ms())
+            .arg(group)
+            .arg(patch.to_string())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(out.first().map(String::as_str) == Some("ok"))
+    }
+
+    /// Re-dispatches tenants whose queue entry or lease expired.
+    pub async fn sweep(&self, run: &str, dispatch_grace: Duration) -> Result<Vec<(String, u64)>, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .sweep
+            .key(k.run_tenants(run))
+            .key(k.run_inflight(run))
+            .key(k.lease(run, ""))
+            .arg(now_ms())
+            .arg(dispatch_grace.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(out.iter().filter_map(|s| parse_dispatch(s)).collect())
+    }
+
+    /// An operator's state change, refused unless the run is in one of `from`.
+    pub async fn transition(
+        &self,
+        run: &str,
+        action: &'static str,
+        from: &[RunState],
+        to: RunState,
+        fields: &[(String, String)],
+    ) -> Result<RunState, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let from_list: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let mut invocation = self.scripts.transition.prepare_invoke();
+        invocation
+            .key(k.run(run))
+            .key(k.run_events(run))
+            .key(k.active_runs())
+            .arg(run)
+            .arg(from_list.join(","))
+            .arg(to.as_str())
+            .arg(now_ms())
+            .arg(format!("{action}: run is now {to}"));
+        for (f, v) in fields {
+            invocation.arg(f).arg(v);
+        }
+        let out: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        match out.first().map(String::as_str) {
+            Some("ok") => Ok(out.get(1).and_then(|s| RunState::parse(s)).unwrap_or(to)),
+            _ => match out.get(1).map(String::as_str) {
+                Some("missing") | None => Err(StoreError::NoSuchRun(run.to_string())),
+                Some(state) => Err(StoreError::Refused {
+                    run: run.to_string(),
+                    state: state.to_string(),
+                    action,
+                    allowed: from_list.join(" or "),
+                }),
+            },
+        }
+    }
+
+    pub async fn spec(&self, run: &str) -> Result<RunSpec, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = conn.get(self.keys.run_spec(run)).await?;
+        let raw = raw.ok_or_else(|| StoreError::NoSuchRun(run.to_string()))?;
+        serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt { run: run.to_string(), message: e.to_string() })
+    }
+
+    pub async fn record(&self, run: &str) -> Result<RunRecord, StoreError> {
+        let mut conn = self.conn.clone();
+        let h: HashMap<String, String> = conn.hgetall(self.keys.run(run)).await?;
+        if h.is_empty() {
+            return Err(StoreError::NoSuchRun(run.to_string()));
+        }
+        let num = |f: &str| h.get(f).and_then(|v| v.parse::<i64>().ok());
+        let count = |f: &str| num(f).unwrap_or(0).max(0) as u64;
+        Ok(RunRecord {
+            id: run.to_string(),
+            workflow: h.get("workflow").cloned().unwrap_or_default(),
+            trigger: h.get("trigger").cloned().unwrap_or_default(),
+            parent: h.get("parent").filter(|p| !p.is_empty()).cloned(),
+            state: h
+                .get("state")
+                .and_then(|s| RunState::parse(s))
+                .ok_or_else(|| StoreError::Corrupt { run: run.to_string(), message: "no state".to_string() })?,
+            reason: h.get("reason").filter(|r| !r.is_empty()).cloned(),
+            wave: count("wave") as usize,
+            tenants: count("tenants"),
+            succeeded: count("succeeded"),
+            failed: count("failed"),
+            cancelled: count("cancelled"),
+            skipped: count("skipped"),
+            inflight: count("inflight"),
+            created_ms: num("created_ms").unwrap_or(0),
+            started_ms: num("started_ms"),
+            finished_ms: num("finished_ms"),
+            soak_until_ms: num("soak_until_ms").filter(|s| *s > 0),
+        })
+    }
+
+    /// Per-wave counters of a run (`w{n}:{outcome}` fields).
+    pub async fn wave_counts(&self, run: &str, wave: usize) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let h: HashMap<String, String> = conn.hgetall(self.keys.run(run)).await?;
+        let prefix = format!("w{wave}:");
+        Ok(h.into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|o| (o.to_string(), v.parse().unwrap_or(0))))
+            .collect())
+    }
+
+    pub async fn checkpoints(&self, run: &str) -> Result<BTreeMap<String, Checkpoint>, StoreError> {
+        let mut conn = self.conn.clone();
+        let h: HashMap<String, String> = conn.hgetall(self.keys.run_tenants(run)).await?;
+        h.into_iter()
+            .map(|(t, raw)| {
+                serde_json::from_str(&raw).map(|c| (t.clone(), c)).map_err(|e| StoreError::Corrupt {
+                    run: run.to_string(),
+                    message: format!("checkpoint of {t}: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// The newest `limit` runs, newest first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn.zrevrange(self.keys.runs(), 0, limit.saturating_sub(1) as isize).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.record(&id).await {
+                Ok(r) => out.push(r),
+                Err(StoreError::NoSuchRun(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn active(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.smembers(self.keys.active_runs()).await?)
+    }
+
+    pub async fn events(&self, run: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = conn.lrange(self.keys.run_events(run), 0, -1).await?;
+        Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+    }
+
+    /// SET NX with a TTL: true for the first caller only. Used to enqueue a schedule tick once.
+    pub async fn set_once(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(key).await?)
+    }
+
+    pub async fn set_string(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.set::<_, _, ()>(key, value).await?;
+        Ok(())
+    }
+
+    /// Deletes every key under the prefix (tests and `tenantry` housekeeping only).
+    pub async fn delete_all(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.keys.prefix());
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+            let mut keys = Vec::new();
+            while let Some(k) = futures::StreamExt::next(&mut iter).await {
+                keys.push(k?);
+            }
+            keys
+        };
+        for chunk in keys.chunks(500) {
+            conn.del::<_, ()>(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_dispatch(s: &str) -> Option<(String, u64)> {
+    let (tenant, dispatch) = s.rsplit_once('|')?;
+    Some((tenant.to_string(), dispatch.parse().ok()?))
+}

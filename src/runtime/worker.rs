@@ -1,0 +1,326 @@
+//! The worker: claims dispatched tenants, runs their remaining steps from the checkpoint with retries and timeouts, and keeps every active run moving.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::model::{RunSpec, RunState, TenantState, Trigger};
+use super::queue::{Queue, TenantTask};
+use super::retry::{backoff, jitter_unit};
+use super::store::{Claim, RunStore, StoreError, now_ms};
+use crate::config::RuntimeConfig;
+use crate::engine::pools::Databases;
+use crate::steps::{StepContext, StepError, execute};
+
+/// Run specs cached per process; specs never change once written.
+const SPEC_CACHE: usize = 256;
+
+/// One process's runtime: the store, the queue, the database pools and its identity.
+pub struct Runtime {
+    pub store: RunStore,
+    pub queue: Queue,
+    pub databases: Arc<Databases>,
+    pub settings: RuntimeConfig,
+    pub base_dir: PathBuf,
+    pub worker_id: String,
+    specs: Mutex<HashMap<String, Arc<RunSpec>>>,
+}
+
+/// A process-unique worker id: host, pid and a random part. Replicas must never share one.
+pub fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "host".to_string());
+    format!("{host}-{}-{:06x}", std::process::id(), (jitter_unit() * 16_777_216.0) as u64)
+}
+
+impl Runtime {
+    pub fn new(
+        store: RunStore,
+        queue: Queue,
+        databases: Arc<Databases>,
+        settings: RuntimeConfig,
+        base_dir: PathBuf,
+    ) -> Self {
+        Self { store, queue, databases, settings, base_dir, worker_id: worker_id(), specs: Mutex::new(HashMap::new()) }
+    }
+
+    fn grace(&self) -> Duration {
+        self.settings.dispatch_grace.0
+    }
+
+    async fn spec(&self, run: &str) -> Result<Arc<RunSpec>, StoreError> {
+        if let Some(s) = self.specs.lock().expect("spec cache").get(run) {
+            return Ok(s.clone());
+        }
+        let spec = Arc::new(self.store.spec(run).await?);
+        let mut cache = self.specs.lock().expect("spec cache");
+        if cache.len() >= SPEC_CACHE {
+            cache.clear();
+        }
+        cache.insert(run.to_string(), spec.clone());
+        Ok(spec)
+    }
+
+    /// Writes a new run and dispatches its first tenants.
+    pub async fn start(&self, spec: RunSpec, trigger: &Trigger) -> Result<String, StoreError> {
+        self.store.create(&spec, trigger).await?;
+        let id = spec.id.clone();
+        let spec = Arc::new(spec);
+        self.specs.lock().expect("spec cache").insert(id.clone(), spec.clone());
+        self.advance(&spec).await?;
+        info!(run = %id, workflow = %spec.workflow, tenants = spec.tenants.len(), "run started");
+        Ok(id)
+    }
+
+    /// Moves a run forward and pushes what it dispatched.
+    pub async fn advance(&self, spec: &RunSpec) -> Result<String, StoreError> {
+        let (state, dispatched) = self.store.advance(spec, self.grace()).await?;
+        self.push(&spec.id, dispatched).await;
+        Ok(state)
+    }
+
+    /// Pushes dispatched tenants to the queue. A failed push is not lost: the tenant is
+    /// `queued` in its checkpoint and the sweep dispatches it again after the grace period.
+    async fn push(&self, run: &str, dispatched: Vec<(String, u64)>) {
+        if dispatched.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let tasks = dispatched
+            .into_iter()
+            .map(|(tenant, dispatch)| TenantTask { run_id: run.to_string(), tenant, dispatch, queued_at_ms: now })
+            .collect();
+        if let Err(e) = self.queue.push_many(tasks).await {
+            warn!(run, error = %e, "could not push dispatched tenants; the sweep will dispatch them again");
+        }
+    }
+
+    /// One pass over every active run: re-dispatch expired work, then advance (ends soaks,
+    /// continues approved runs, finishes runs whose last tenants completed).
+    pub async fn maintain(&self) -> Result<(), StoreError> {
+        for run in self.store.active().await? {
+            let spec = match self.spec(&run).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(run, error = %e, "cannot load run");
+                    continue;
+                }
+            };
+            let again = self.store.sweep(&run, self.grace()).await?;
+            if !again.is_empty() {
+                info!(run, tenants = again.len(), "dispatching again: lease or queue entry expired");
+            }
+            self.push(&run, again).await;
+            self.advance(&spec).await?;
+        }
+        Ok(())
+    }
+
+    /// The queue handler: work on one tenant of one run. Never fails: outcomes are
+    /// recorded in the checkpoint, and infrastructure trouble leaves the tenant for the sweep.
+    pub async fn handle(self: Arc<Self>, task: TenantTask) {
+        if let Err(e) = self.handle_inner(&task).await {
+            warn!(run = %task.run_id, tenant = %task.tenant, error = %e, "tenant left for the sweep");
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(run = %task.run_id, tenant = %task.tenant))]
+    async fn handle_inner(&self, task: &TenantTask) -> Result<(), StoreError> {
+        let spec = self.spec(&task.run_id).await?;
+        let Some(snapshot) = spec.tenants.get(&task.tenant) else { return Ok(()) };
+        let lease = self.settings.lease.0;
+        let claim = self.store.claim(&task.run_id, &task.tenant, &self.worker_id, task.dispatch, lease).await?;
+        let (holder, checkpoint) = match claim {
+            Claim::Ok { holder, checkpoint } => (holder, checkpoint),
+            Claim::Skip(why) => {
+                debug!(why, "nothing to do");
+                return Ok(());
+            }
+            Claim::Stopped(state) => {
+                let outcome = if state == RunState::Cancelled { TenantState::Cancelled } else { TenantState::Skipped };
+                let patch = serde_json::json!({});
+                self.store.finish(&task.run_id, &task.tenant, None, outcome, None, &snapshot.group, &patch).await?;
+                return Ok(());
+            }
+        };
+
+        // Renew the lease while we work; losing it means another worker may take over, so
+        // everything this worker does from then on is refused by the fencing token.
+        let lost = CancellationToken::new();
+        let heartbeat = {
+            let store = self.store.clone();
+            let (run, tenant, holder, lost) = (task.run_id.clone(), task.tenant.clone(), holder.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match store.renew(&run, &tenant, &holder, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.cancel();
+                            break;
+                        }
+                        Err(e) => debug!(error = %e, "lease renewal failed; retrying"),
+                    }
+                }
+            })
+        };
+        let result = self.run_units(&spec, task, &holder, *checkpoint, &lost).await;
+        heartbeat.abort();
+        let outcome = result?;
+        if let Some((state, error, patch)) = outcome
+            && self.finish_retrying(task, &holder, state, error.as_deref(), &snapshot.group, &patch).await?
+        {
+            self.advance(&spec).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the tenant's units from the checkpoint. Returns the outcome to record, or None
+    /// when the lease was lost (another worker owns the tenant now).
+    async fn run_units(
+        &self,
+        spec: &RunSpec,
+        task: &TenantTask,
+        holder: &str,
+        checkpoint: super::model::Checkpoint,
+        lost: &CancellationToken,
+    ) -> Result<Option<(TenantState, Option<String>, serde_json::Value)>, StoreError> {
+        let snapshot = &spec.tenants[&task.tenant];
+        let max_attempts = spec.retry.attempts.max(1);
+        if checkpoint.lost >= max_attempts {
+            let error = format!("worker lost {} times while running this tenant; giving up", checkpoint.lost);
+            return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
+        }
+        let mut unit = checkpoint.unit;
+        let mut attempt = checkpoint.attempt;
+        while unit < snapshot.units.len() {
+            let u = &snapshot.units[unit];
+            let step = &spec.steps[u.step];
+            let label = format!("{}/{}", step.label(), u.service);
+            let Some(placement) = snapshot.placements.get(&u.service) else {
+                let error = format!("step {label}: no placement for service {}", u.service);
+                return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
+            };
+            attempt += 1;
+            let ctx = StepContext {
+                run: &spec.id,
+                tenant: &task.tenant,
+                unit: &label,
+                step,
+                placement,
+                databases: &self.databases,
+                base_dir: &self.base_dir,
+            };
+            let timeout = step.timeout.unwrap_or(spec.timeout).0;
+            let result = tokio::select! {
+                r = tokio::time::timeout(timeout, execute(&ctx)) => r
+                    .unwrap_or_else(|_| Err(StepError::transient(format!("timed out after {}", humantime::format_duration(timeout))))),
+                () = lost.cancelled() => return Ok(None),
+            };
+            match result {
+                Ok(output) => {
+                    let last = unit + 1 == snapshot.units.len();
+                    let patch =
+                        serde_json::json!({ "unit": unit + 1, "attempt": 0, "outputs": { label.clone(): output } });
+                    if last {
+                        return Ok(Some((TenantState::Succeeded, None, patch)));
+                    }
+                    match self.store.progress(&task.run_id, &task.tenant, holder, &patch).await? {
+                        None => return Ok(None),
+                        Some(RunState::Cancelled) => {
+                            return Ok(Some((TenantState::Cancelled, None, serde_json::json!({}))));
+                        }
+                        Some(_) => {}
+                    }
+                    unit += 1;
+                    attempt = 0;
+                }
+                Err(e) if e.is_transient() && attempt < max_attempts => {
+                    let delay = backoff(&spec.retry, attempt + 1, jitter_unit());
+                    let message =
+                        format!("step {label}, attempt {attempt} of {max_attempts}: {e}; retrying in {delay:.1?}");
+                    info!(%message);
+                    let patch = serde_json::json!({ "attempt": attempt, "last_error": message });
+                    if self.store.progress(&task.run_id, &task.tenant, holder, &patch).await?.is_none() {
+                        return Ok(None);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = lost.cancelled() => return Ok(None),
+                    }
+                }
+                Err(e) => {
+                    let kind = if e.is_transient() { "gave up" } else { "permanent error" };
+                    let error = format!("step {label}, attempt {attempt} of {max_attempts} ({kind}): {e}");
+                    return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({ "attempt": attempt }))));
+                }
+            }
+        }
+        Ok(Some((TenantState::Succeeded, None, serde_json::json!({}))))
+    }
+
+    /// Records the outcome, retrying while Redis is unreachable (up to the lease: after
+    /// that another worker owns the tenant and the receipt makes its retry a no-op).
+    async fn finish_retrying(
+        &self,
+        task: &TenantTask,
+        holder: &str,
+        state: TenantState,
+        error: Option<&str>,
+        group: &str,
+        patch: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.settings.lease.0;
+        loop {
+            match self.store.finish(&task.run_id, &task.tenant, Some(holder), state, error, group, patch).await {
+                Ok(ok) => return Ok(ok),
+                Err(StoreError::Redis(e)) if tokio::time::Instant::now() < deadline => {
+                    debug!(error = %e, "finish failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs the worker until `shutdown`: the queue consumer and the maintenance loop.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), super::queue::QueueError> {
+        let maintenance = {
+            let rt = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(rt.settings.sweep_interval.0);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                    if let Err(e) = rt.maintain().await {
+                        warn!(error = %e, "maintenance pass failed; retrying");
+                    }
+                }
+            })
+        };
+        let rt = self.clone();
+        let handler = move |task: TenantTask| {
+            let rt = rt.clone();
+            async move { rt.handle(task).await }
+        };
+        let result = super::queue::run_worker(
+            &self.queue,
+            &self.worker_id,
+            self.settings.worker_concurrency as usize,
+            handler,
+            shutdown.clone(),
+            self.settings.drain_timeout.0,
+        )
+        .await;
+        shutdown.cancel();
+        let _ = maintenance.await;
+        result
+    }
+}

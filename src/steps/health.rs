@@ -1,0 +1,67 @@
+//! The `health` step: connectivity, size, long transactions, transaction-id age and connections of a tenant's database.
+//!
+//! It changes nothing. A tenant whose database is unreachable fails (after retries); one
+//! with a transaction open longer than `long_transaction` or a transaction-id age over
+//! `max_xid_age` fails permanently with the numbers, so unhealthy tenants stand out in the run.
+
+use std::time::{Duration, Instant};
+
+use super::{StepContext, StepError};
+use crate::catalog::Isolation;
+
+/// Transaction-id age at which PostgreSQL starts warning is 1.4 billion (autovacuum
+/// emergencies start at 200 million by default); 1 billion leaves room to act.
+const DEFAULT_MAX_XID_AGE: u64 = 1_000_000_000;
+const DEFAULT_LONG_TRANSACTION: Duration = Duration::from_secs(5 * 60);
+
+pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+    let pool = ctx.pool()?;
+    let started = Instant::now();
+    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
+    let connect_ms = started.elapsed().as_millis() as u64;
+    let long = ctx.step.long_transaction.map_or(DEFAULT_LONG_TRANSACTION, |d| d.0);
+    let max_xid_age = ctx.step.max_xid_age.unwrap_or(DEFAULT_MAX_XID_AGE);
+
+    let (database_bytes, xid_age, connections, long_transactions, oldest_s): (i64, i64, i64, i64, Option<f64>) =
+        sqlx::query_as(include_str!("health_database.sql"))
+            .bind(long.as_secs_f64())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| StepError::from_sqlx("reading database health", &e))?;
+    // For schema isolation the tenant's own footprint is its schema, not the shared database.
+    let schema_bytes: Option<i64> = if ctx.placement.isolation == Isolation::Schema {
+        let bytes: Option<i64> = sqlx::query_scalar(include_str!("health_schema.sql"))
+            .bind(&ctx.placement.schema)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| StepError::from_sqlx("reading schema size", &e))?;
+        Some(bytes.unwrap_or(0))
+    } else {
+        None
+    };
+    let report = serde_json::json!({
+        "connect_ms": connect_ms,
+        "database_bytes": database_bytes,
+        "schema_bytes": schema_bytes,
+        "xid_age": xid_age,
+        "connections": connections,
+        "long_transactions": long_transactions,
+        "oldest_transaction_s": oldest_s,
+    });
+    let mut problems = Vec::new();
+    if long_transactions > 0 {
+        problems.push(format!(
+            "{long_transactions} transaction(s) open longer than {}s (oldest {:.0}s)",
+            long.as_secs(),
+            oldest_s.unwrap_or_default()
+        ));
+    }
+    if xid_age as u64 > max_xid_age {
+        problems.push(format!("transaction-id age {xid_age} exceeds {max_xid_age}: vacuum (freeze) this database"));
+    }
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(StepError::permanent(format!("unhealthy: {} ({report})", problems.join("; "))))
+    }
+}
