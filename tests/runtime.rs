@@ -294,3 +294,40 @@ async fn an_unreachable_redis_is_exit_3_without_the_password() {
     assert!(!out.all().contains("topsecret"), "{}", out.all());
     setup.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_serve_processes_enqueue_each_tick_once() {
+    let setup = Setup::new(2, |_| "all").await;
+    setup.workflow(
+        "tick",
+        "schedule = \"*/2 * * * * *\"\noverlap = \"queue\"\n\n[[steps]]\nkind = \"sql\"\n\
+         sql = \"INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant'))\"\n",
+    );
+    let mut a = WorkerProcess::spawn_command(setup.path(), "serve");
+    let mut b = WorkerProcess::spawn_command(setup.path(), "serve");
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(a.terminate().success(), "serve drains and exits 0 on SIGTERM");
+    assert!(b.terminate().success(), "serve drains and exits 0 on SIGTERM");
+
+    let out = tenantry(setup.path(), &["runs", "--limit", "100", "--json"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout()).unwrap();
+    let mut ticks: Vec<i64> = runs
+        .iter()
+        .map(|r| r["trigger"].as_str().unwrap().strip_prefix("schedule@").expect("scheduled").parse().unwrap())
+        .collect();
+    ticks.sort();
+    let distinct: std::collections::BTreeSet<i64> = ticks.iter().copied().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick was enqueued twice: {ticks:?}");
+    assert!(ticks.len() >= 8, "about 10 ticks in 20 s, got {}", ticks.len());
+    assert!(ticks.windows(2).all(|w| w[1] - w[0] == 2000), "no tick was missed: {ticks:?}");
+    // Every run that finished ran each tenant once.
+    let finished = runs.iter().filter(|r| r["state"] == "succeeded").count() as i64;
+    let hits = setup.hits().await;
+    assert!(finished >= 7, "{runs:#?}");
+    assert_eq!(
+        hits.values().sum::<i64>(),
+        2 * finished + 2 * runs.iter().filter(|r| r["state"] == "running").count() as i64
+    );
+    setup.drop().await;
+}

@@ -43,6 +43,16 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(d) => write!(f, "{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+            Self::Failed(m) | Self::Unreachable(m) => f.write_str(m),
+            Self::Reported => f.write_str("failed"),
+        }
+    }
+}
+
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
         match e {

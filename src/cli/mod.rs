@@ -86,6 +86,9 @@ pub enum Command {
     },
     /// Run workers only (scale out: any number of processes on any number of machines).
     Worker,
+    /// Scheduler and worker in one process (run any number of replicas: each tick is
+    /// enqueued once).
+    Serve,
 }
 
 /// Parses arguments, runs the command and maps the outcome to the exit status.
@@ -132,6 +135,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cancel { run } => runs::control(&ctx, run, "cancel", cli.json).await,
         Command::Retry { run, wait } => runs::retry(&ctx, run, *wait, cli.json).await,
         Command::Worker => serve::worker(&ctx).await,
+        Command::Serve => serve::serve(ctx).await,
     }
 }
 

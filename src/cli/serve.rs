@@ -41,3 +41,35 @@ pub async fn worker(ctx: &Context) -> Result<(), Failure> {
     runtime.databases.close().await;
     result.map_err(|e| Failure::Unreachable(e.to_string()))
 }
+
+/// `tenantry serve`: the scheduler and a worker in one process.
+pub async fn serve(ctx: Context) -> Result<(), Failure> {
+    let ctx = Arc::new(ctx);
+    let runtime = ctx.runtime().await?;
+    // Fail fast on a broken catalog or workflows: a scheduler that cannot plan is no use.
+    ctx.checked_catalog().await?;
+    let (workflows, problems) = crate::workflow::read_all(&ctx.config.workflows_dir());
+    if !problems.is_empty() {
+        return Err(Failure::Invalid(problems));
+    }
+    let loader_ctx = ctx.clone();
+    let loader: crate::runtime::scheduler::CatalogLoader = Arc::new(move || {
+        let ctx = loader_ctx.clone();
+        Box::pin(async move { ctx.checked_catalog().await.map_err(|f| f.to_string()) })
+    });
+    let sched_ctx = crate::runtime::scheduler::Context { config: Arc::new(ctx.config.clone()), catalog: loader };
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+    let scheduled = workflows.iter().filter(|w| w.schedule.is_some()).count();
+    eprintln!(
+        "serve {}: {scheduled} scheduled workflow(s), worker concurrency {}",
+        runtime.worker_id, runtime.settings.worker_concurrency
+    );
+    let scheduler =
+        tokio::spawn(crate::runtime::scheduler::run(runtime.clone(), sched_ctx, workflows, shutdown.clone()));
+    let result = Arc::clone(&runtime).run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = scheduler.await;
+    runtime.databases.close().await;
+    result.map_err(|e| Failure::Unreachable(e.to_string()))
+}

@@ -11,5 +11,6 @@ pub mod launch;
 pub mod model;
 pub mod queue;
 pub mod retry;
+pub mod scheduler;
 pub mod store;
 pub mod worker;

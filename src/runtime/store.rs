@@ -110,8 +110,9 @@ impl RunStore {
     }
 
     /// Writes a new run in one MULTI/EXEC: record, snapshot, checkpoints, pending lists.
-    /// The run starts `running` (or `awaiting_approval` when its first wave asks for it).
-    pub async fn create(&self, spec: &RunSpec, trigger: &Trigger) -> Result<(), StoreError> {
+    /// The run starts `running` (or `awaiting_approval` when its first wave asks for it),
+    /// or `queued` behind a previous run of its workflow.
+    pub async fn create(&self, spec: &RunSpec, trigger: &Trigger, queued: bool) -> Result<(), StoreError> {
         let k = &self.keys;
         let now = now_ms();
         let parent = match trigger {
@@ -119,7 +120,11 @@ impl RunStore {
             _ => String::new(),
         };
         let first_needs_approval = spec.waves.first().is_some_and(|w| w.approval);
-        let state = if first_needs_approval { RunState::AwaitingApproval } else { RunState::Running };
+        let state = match (queued, first_needs_approval) {
+            (true, _) => RunState::Queued,
+            (false, true) => RunState::AwaitingApproval,
+            (false, false) => RunState::Running,
+        };
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hset_multiple(

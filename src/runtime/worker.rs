@@ -66,7 +66,7 @@ impl Runtime {
 
     /// Writes a new run and dispatches its first tenants.
     pub async fn start(&self, spec: RunSpec, trigger: &Trigger) -> Result<String, StoreError> {
-        self.store.create(&spec, trigger).await?;
+        self.store.create(&spec, trigger, false).await?;
         let id = spec.id.clone();
         let spec = Arc::new(spec);
         self.specs.lock().expect("spec cache").insert(id.clone(), spec.clone());
@@ -101,7 +101,17 @@ impl Runtime {
     /// One pass over every active run: re-dispatch expired work, then advance (ends soaks,
     /// continues approved runs, finishes runs whose last tenants completed).
     pub async fn maintain(&self) -> Result<(), StoreError> {
-        for run in self.store.active().await? {
+        let active = self.store.active().await?;
+        let mut records = Vec::with_capacity(active.len());
+        for run in &active {
+            match self.store.record(run).await {
+                Ok(r) => records.push(r),
+                Err(StoreError::NoSuchRun(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.promote_queued(&records).await?;
+        for run in active {
             let spec = match self.spec(&run).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -115,6 +125,37 @@ impl Runtime {
             }
             self.push(&run, again).await;
             self.advance(&spec).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts runs that were queued behind an earlier run of their workflow (overlap =
+    /// "queue") once no earlier run of that workflow is still going.
+    async fn promote_queued(&self, records: &[super::model::RunRecord]) -> Result<(), StoreError> {
+        for queued in records.iter().filter(|r| r.state == RunState::Queued) {
+            let blocked = records.iter().any(|r| {
+                r.workflow == queued.workflow
+                    && r.id != queued.id
+                    && !r.state.is_terminal()
+                    && (r.state != RunState::Queued || r.created_ms < queued.created_ms)
+            });
+            if blocked {
+                continue;
+            }
+            let spec = self.spec(&queued.id).await?;
+            let to = if spec.waves.first().is_some_and(|w| w.approval) {
+                RunState::AwaitingApproval
+            } else {
+                RunState::Running
+            };
+            match self.store.transition(&queued.id, "start", &[RunState::Queued], to, &[]).await {
+                Ok(_) => {
+                    info!(run = %queued.id, "queued run started: the previous run of its workflow ended");
+                    self.advance(&spec).await?;
+                }
+                Err(StoreError::Refused { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

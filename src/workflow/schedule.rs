@@ -1,6 +1,6 @@
 //! Cron schedules in a time zone: parsing (seconds optional), impossible expressions, next fire times.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -41,8 +41,10 @@ impl Schedule {
         Ok(schedule)
     }
 
-    /// The first fire time strictly after `after`.
+    /// The first fire time strictly after `after`, on a whole second (cron has no finer
+    /// resolution; every replica must compute the same tick for the same schedule).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let after = after.with_nanosecond(0)?;
         let local = self.timezone.from_utc_datetime(&after.naive_utc());
         self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
     }
@@ -94,6 +96,15 @@ mod tests {
         assert_eq!(s.six_fields(), "0 30 2 * * *");
         let s = Schedule::parse("*/2 * * * * *", None).unwrap();
         assert_eq!(s.next_after(utc("2026-01-01T00:00:00Z")), Some(utc("2026-01-01T00:00:02Z")));
+    }
+
+    #[test]
+    fn ticks_fall_on_whole_seconds_whatever_the_start() {
+        let s = Schedule::parse("*/2 * * * * *", None).unwrap();
+        let a = s.next_after(utc("2026-01-01T00:00:00.705Z")).unwrap();
+        let b = s.next_after(utc("2026-01-01T00:00:00.748Z")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, utc("2026-01-01T00:00:02Z"));
     }
 
     #[test]

@@ -113,9 +113,14 @@ pub struct WorkerProcess(pub std::process::Child);
 
 impl WorkerProcess {
     pub fn spawn(cwd: &Path) -> Self {
+        Self::spawn_command(cwd, "worker")
+    }
+
+    /// `tenantry serve` (scheduler and worker).
+    pub fn spawn_command(cwd: &Path, command: &str) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
             .current_dir(cwd)
-            .args(["worker"])
+            .args([command])
             .env("TENANTRY_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
