@@ -4,7 +4,8 @@
 #   2. builds tenantry,
 #   3. seeds a demo fleet of 200 tenants into the local PostgreSQL (seed-demo.sh),
 #   4. writes deploy/local/tenantry.toml for that fleet,
-#   5. runs `tenantry validate`, `tenantry tenants` and `tenantry plan <workflow>` on it.
+#   5. runs `tenantry validate`, `tenantry tenants` and `tenantry plan <workflow>` on it,
+#   6. runs the health workflow over the whole fleet with two workers, with progress bars.
 #
 # Usage: deploy/local/demo.sh [--keep-data]
 #   --keep-data   keep an existing demo fleet instead of seeding it afresh
@@ -172,6 +173,27 @@ if ((built)); then
         header "tenantry plan: skipped"
         note "there is no workflow in workflows/ yet (a workflow is a workflows/NAME.toml file)"
     fi
+
+    header "tenantry run health --wait: the health workflow over the whole fleet, two workers"
+    note "workers are separate processes (tenantry worker); any number can share one Redis"
+    worker_pids=()
+    for n in 1 2; do
+        "$bin" --config "$config" worker >"$out_dir/worker-$n.log" 2>&1 </dev/null &
+        worker_pids+=($!)
+    done
+    printf '    $ tenantry --config %s run health --wait\n\n' "${config#"$root"/}" >&2
+    rc=0
+    run_id=$("$bin" --config "$config" run health --wait </dev/null) || rc=$?
+    # A failed tenant is the health check doing its job (e.g. a long transaction); show it.
+    if [[ -n $run_id ]]; then
+        run_tenantry "status-health" 30 status "$run_id"
+    fi
+    if ((rc == 3 || rc == 2)) || [[ -z $run_id ]]; then
+        note "!! tenantry run health failed with exit status $rc"
+        failures+=("tenantry run health")
+    fi
+    kill -TERM "${worker_pids[@]}" 2>/dev/null || true
+    wait "${worker_pids[@]}" 2>/dev/null || true
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +212,8 @@ cat >&2 <<EOF
     Next, try:
       $bin --config deploy/local/tenantry.toml tenants --json
       $bin --config deploy/local/tenantry.toml plan ${workflow:-nightly} --tenant acme-insurance
+      $bin --config deploy/local/tenantry.toml runs
+      $bin --config deploy/local/tenantry.toml serve        # scheduler + worker; Ctrl-C drains
       psql postgres://postgres@127.0.0.1:$TENANTRY_PG_PORT/tenantry_demo_system -c 'select * from tenants limit 5'
       psql 'postgres://postgres@127.0.0.1:$TENANTRY_PG_PORT/tenantry_demo_acme-insurance_core' -c 'table tenantry_migrations'
       deploy/local/seed-demo.sh      # reset the demo fleet
