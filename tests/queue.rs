@@ -157,8 +157,8 @@ async fn throughput_latency_and_bounded_memory() {
     assert!(all_in, "only {} of {N} tasks handled within 60 s", receipts.lock().unwrap().len());
 
     // Single entries into an idle worker: pickup latency.
-    for t in tasks("r2", "idle", 200) {
-        queue.push(t).await.unwrap();
+    for i in 0..200 {
+        queue.push(TenantTask::new("r2", format!("idle{i:05}"), 1)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(eventually(Duration::from_secs(10), || async { receipts.lock().unwrap().len() >= N + 200 }).await);
@@ -642,4 +642,40 @@ async fn a_worker_survives_a_redis_outage() {
     let seen = counts(receipts.lock().unwrap().iter().map(|(t, _)| t.tenant.as_str()));
     assert_eq!(seen.len(), 22);
     assert!(seen.iter().all(|(t, n)| *n == 1 || t.starts_with("slow")), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xp_heartbeat_starvation() {
+    let prefix = Prefix::new("xp");
+    let queue = connect(&redis_url(), &prefix.0).await;
+    let mut conn = redis_conn(&redis_url()).await;
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn({
+        let (queue, shutdown) = (queue.clone(), shutdown.clone());
+        async move {
+            run_worker(
+                &queue,
+                "xp",
+                2,
+                |_t: TenantTask| async { tokio::time::sleep(Duration::from_secs(16)).await },
+                shutdown,
+                Duration::from_secs(1),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    queue.push_many(tasks("r", "t", 6)).await.unwrap();
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let score: Option<f64> = conn.zscore(queue.apalis_config().workers_set(), "xp").await.unwrap();
+        eprintln!(
+            "now {} heartbeat score {:?} held {}",
+            now_ms() / 1000,
+            score,
+            held_by(&queue, &mut conn, "xp").await
+        );
+    }
+    shutdown.cancel();
+    let _ = worker.await;
 }

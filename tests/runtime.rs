@@ -331,3 +331,42 @@ async fn two_serve_processes_enqueue_each_tick_once() {
     );
     setup.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_tenants_and_another_worker_finishes_the_run() {
+    let setup = Setup::new(12, |_| "all").await;
+    setup.workflow(
+        "slow",
+        "[concurrency]\nrun = 4\n\n[[steps]]\nkind = \"sql\"\n\
+         sql = \"SELECT pg_sleep(1); INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant'))\"\n",
+    );
+    let mut first = WorkerProcess::spawn(setup.path());
+    let run = setup.run("slow");
+    // Wait until tenants are running, then ask the worker to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !tenant_states(&status(setup.path(), &run)).values().any(|s| s == "running") {
+        assert!(std::time::Instant::now() < deadline, "no tenant started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = std::time::Instant::now();
+    assert!(first.terminate().success(), "a drained worker exits 0");
+    assert!(stopped.elapsed() < Duration::from_secs(8), "drain took {:?}", stopped.elapsed());
+    // What was in flight finished; nothing is left running or half-done.
+    let s = status(setup.path(), &run);
+    let states = tenant_states(&s);
+    assert!(!states.values().any(|s| s == "running"), "{states:?}");
+    let done = states.values().filter(|s| *s == "succeeded").count();
+    assert!(done >= 1, "{states:?}");
+    assert_eq!(setup.hits().await.len(), done, "every finished tenant has its row, no other tenant does");
+    assert_eq!(s["run"]["state"], "running", "the run goes on without workers");
+
+    let _second = WorkerProcess::spawn(setup.path());
+    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let hits = setup.hits().await;
+    assert_eq!(hits.len(), 12);
+    assert!(hits.values().all(|n| *n == 1), "{hits:?}");
+    let lost: u64 = s["tenants"].as_object().unwrap().values().map(|c| c["lost"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(lost, 0, "a drained worker loses no lease");
+    setup.drop().await;
+}

@@ -58,6 +58,7 @@ struct Scripts {
     finish: redis::Script,
     sweep: redis::Script,
     transition: redis::Script,
+    release: redis::Script,
 }
 
 impl Scripts {
@@ -70,6 +71,7 @@ impl Scripts {
             finish: redis::Script::new(include_str!("lua/finish.lua")),
             sweep: redis::Script::new(include_str!("lua/sweep.lua")),
             transition: redis::Script::new(include_str!("lua/transition.lua")),
+            release: redis::Script::new(include_str!("lua/release.lua")),
         }
     }
 }
@@ -326,6 +328,24 @@ impl RunStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(out.first().map(String::as_str) == Some("ok"))
+    }
+
+    /// Gives a lease back so the tenant is dispatched again at once (not after the lease
+    /// expires); false when it was no longer ours.
+    pub async fn release(&self, run: &str, tenant: &str, holder: &str) -> Result<bool, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let ok: i64 = self
+            .scripts
+            .release
+            .key(k.lease(run, tenant))
+            .key(k.run_inflight(run))
+            .arg(holder)
+            .arg(tenant)
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(ok == 1)
     }
 
     /// Re-dispatches tenants whose queue entry or lease expired.

@@ -28,6 +28,43 @@ pub struct Runtime {
     pub base_dir: PathBuf,
     pub worker_id: String,
     specs: Mutex<HashMap<String, Arc<RunSpec>>>,
+    /// Leases this process holds, and those whose handler was dropped (drain timeout)
+    /// before it could finish: they are given back on the way out.
+    leases: Arc<Mutex<Leases>>,
+}
+
+#[derive(Default)]
+struct Leases {
+    held: HashMap<(String, String), String>,
+    abandoned: Vec<(String, String, String)>,
+}
+
+/// Stops the lease heartbeat however the handler ends (finished, fenced, or dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Removes a lease from the held set when the handler ends; if the handler was dropped
+/// mid-step (drain timeout), remembers it as abandoned.
+struct LeaseGuard {
+    leases: Arc<Mutex<Leases>>,
+    key: (String, String),
+    done: bool,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let mut leases = self.leases.lock().expect("lease registry");
+        if let Some(holder) = leases.held.remove(&self.key)
+            && !self.done
+        {
+            leases.abandoned.push((self.key.0.clone(), self.key.1.clone(), holder));
+        }
+    }
 }
 
 /// A process-unique worker id: host, pid and a random part. Replicas must never share one.
@@ -44,7 +81,16 @@ impl Runtime {
         settings: RuntimeConfig,
         base_dir: PathBuf,
     ) -> Self {
-        Self { store, queue, databases, settings, base_dir, worker_id: worker_id(), specs: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            queue,
+            databases,
+            settings,
+            base_dir,
+            worker_id: worker_id(),
+            specs: Mutex::new(HashMap::new()),
+            leases: Arc::new(Mutex::new(Leases::default())),
+        }
     }
 
     fn grace(&self) -> Duration {
@@ -188,13 +234,17 @@ impl Runtime {
             }
         };
 
+        let key = (task.run_id.clone(), task.tenant.clone());
+        self.leases.lock().expect("lease registry").held.insert(key.clone(), holder.clone());
+        let mut guard = LeaseGuard { leases: self.leases.clone(), key, done: false };
+
         // Renew the lease while we work; losing it means another worker may take over, so
         // everything this worker does from then on is refused by the fencing token.
         let lost = CancellationToken::new();
-        let heartbeat = {
+        let _heartbeat = {
             let store = self.store.clone();
             let (run, tenant, holder, lost) = (task.run_id.clone(), task.tenant.clone(), holder.clone(), lost.clone());
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     match store.renew(&run, &tenant, &holder, lease).await {
@@ -206,10 +256,10 @@ impl Runtime {
                         Err(e) => debug!(error = %e, "lease renewal failed; retrying"),
                     }
                 }
-            })
+            }))
         };
         let result = self.run_units(&spec, task, &holder, *checkpoint, &lost).await;
-        heartbeat.abort();
+        guard.done = true;
         let outcome = result?;
         if let Some((state, error, patch)) = outcome
             && self.finish_retrying(task, &holder, state, error.as_deref(), &snapshot.group, &patch).await?
@@ -362,6 +412,20 @@ impl Runtime {
         .await;
         shutdown.cancel();
         let _ = maintenance.await;
+        self.give_back_leases().await;
         result
+    }
+
+    /// Gives back the leases of handlers dropped at the drain timeout, so other workers
+    /// resume those tenants now instead of after the lease expires.
+    async fn give_back_leases(&self) {
+        let abandoned = std::mem::take(&mut self.leases.lock().expect("lease registry").abandoned);
+        for (run, tenant, holder) in abandoned {
+            match self.store.release(&run, &tenant, &holder).await {
+                Ok(true) => info!(run, tenant, "lease given back at shutdown; another worker resumes the tenant"),
+                Ok(false) => {}
+                Err(e) => warn!(run, tenant, error = %e, "could not give the lease back; it expires by itself"),
+            }
+        }
     }
 }
