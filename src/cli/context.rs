@@ -145,7 +145,8 @@ impl Context {
             databases,
             c.runtime.clone(),
             self.config.base_dir.clone(),
-        )))
+        )
+        .with_services(c.services.clone())))
     }
 
     /// Config and catalog, refusing to go on when either has problems.

@@ -43,8 +43,21 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
             }
         }
     }
+    let mut migrations = BTreeMap::new();
+    for t in snapshots.values() {
+        for u in &t.units {
+            if spec.steps[u.step].kind == crate::steps::StepKind::Migrate && !migrations.contains_key(&u.service) {
+                let set = catalog.services.get(&u.service).and_then(|s| s.migrations.as_ref()).map(|dir| {
+                    let (set, _) = crate::migrations::MigrationSet::scan(&config.resolve_path(dir));
+                    set.migrations.iter().map(|m| (m.version.to_string(), m.up.checksum.clone())).collect::<Vec<_>>()
+                });
+                migrations.insert(u.service.clone(), set.unwrap_or_default());
+            }
+        }
+    }
     RunSpec {
         id: new_run_id(),
+        migrations,
         workflow: workflow.name.clone(),
         steps: spec.steps.clone(),
         retry: spec.retry.clone(),

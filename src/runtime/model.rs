@@ -122,6 +122,11 @@ pub struct RunSpec {
     pub host_limits: BTreeMap<String, u32>,
     pub waves: Vec<Wave>,
     pub tenants: BTreeMap<String, TenantSnapshot>,
+    /// For services with a `migrate` step: the (version, checksum) of every migration file
+    /// when the run was created. A worker whose files differ refuses to migrate, so one run
+    /// never applies two versions of the truth.
+    #[serde(default)]
+    pub migrations: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl RunSpec {

@@ -166,11 +166,7 @@ impl Queue {
     /// Connects to Redis; all apalis keys live under `{prefix}:queue` (the queue name), so
     /// installations or tests with different prefixes never see each other's tasks.
     pub async fn connect(redis_url: &str, prefix: &str) -> Result<Self, QueueError> {
-        let mut s = QueueSettings::default();
-        if let Ok(b) = std::env::var("XP_BATCH") {
-            s.fetch_batch = b.parse().unwrap();
-        }
-        Self::connect_with(redis_url, prefix, s).await
+        Self::connect_with(redis_url, prefix, QueueSettings::default()).await
     }
 
     pub async fn connect_with(redis_url: &str, prefix: &str, settings: QueueSettings) -> Result<Self, QueueError> {
@@ -195,7 +191,7 @@ impl Queue {
             .batch_size(settings.fetch_batch)
             .heartbeat_interval(settings.heartbeat_interval)
             .missed_heartbeats(settings.missed_heartbeats)
-            .lock_tasks(std::env::var("XP_LOCK").is_ok())
+            .lock_tasks(false)
             .persist_results(true)
             .emit_events(false);
         Ok(Self { conn, config, settings })

@@ -31,6 +31,10 @@ pub struct Runtime {
     /// Leases this process holds, and those whose handler was dropped (drain timeout)
     /// before it could finish: they are given back on the way out.
     leases: Arc<Mutex<Leases>>,
+    /// Service definitions, for the steps that need more than the placement (migrations).
+    services: std::collections::BTreeMap<String, crate::catalog::ServiceSpec>,
+    /// Migration sets loaded per (run, service), checked against the run's snapshot.
+    migration_sets: Mutex<HashMap<(String, String), Arc<crate::migrations::MigrationSet>>>,
 }
 
 #[derive(Default)]
@@ -90,7 +94,47 @@ impl Runtime {
             worker_id: worker_id(),
             specs: Mutex::new(HashMap::new()),
             leases: Arc::new(Mutex::new(Leases::default())),
+            services: Default::default(),
+            migration_sets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The service definitions of this process's configuration.
+    pub fn with_services(mut self, services: std::collections::BTreeMap<String, crate::catalog::ServiceSpec>) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// The migrations of `service` for `spec`'s run, loaded from this worker's files and
+    /// checked against the run's snapshot.
+    fn migration_set(&self, spec: &RunSpec, service: &str) -> Result<Arc<crate::migrations::MigrationSet>, StepError> {
+        let key = (spec.id.clone(), service.to_string());
+        if let Some(set) = self.migration_sets.lock().expect("migration cache").get(&key) {
+            return Ok(set.clone());
+        }
+        let dir = self
+            .services
+            .get(service)
+            .and_then(|s| s.migrations.as_ref())
+            .ok_or_else(|| StepError::permanent(format!("service {service} has no migrations directory in this worker's configuration")))?;
+        let dir = if dir.is_absolute() { dir.clone() } else { self.base_dir.join(dir) };
+        let set = crate::migrations::MigrationSet::load(&dir).map_err(|e| StepError::permanent(e.to_string()))?;
+        let local: Vec<(String, String)> = set.migrations.iter().map(|m| (m.version.to_string(), m.up.checksum.clone())).collect();
+        if let Some(expected) = spec.migrations.get(service)
+            && expected != &local
+        {
+            return Err(StepError::permanent(format!(
+                "this worker's migrations for service {service} ({}) differ from the ones the run was created with; deploy the same files to every worker and retry",
+                dir.display()
+            )));
+        }
+        let set = Arc::new(set);
+        let mut cache = self.migration_sets.lock().expect("migration cache");
+        if cache.len() >= SPEC_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, set.clone());
+        Ok(set)
     }
 
     fn grace(&self) -> Duration {
@@ -296,7 +340,19 @@ impl Runtime {
                 return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
             };
             attempt += 1;
+            let migrations = if step.kind == crate::steps::StepKind::Migrate {
+                match self.migration_set(spec, &u.service) {
+                    Ok(set) => Some(set),
+                    Err(e) => {
+                        let error = format!("step {label}: {e}");
+                        return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
+                    }
+                }
+            } else {
+                None
+            };
             let ctx = StepContext {
+                migrations: migrations.as_deref(),
                 run: &spec.id,
                 tenant: &task.tenant,
                 unit: &label,

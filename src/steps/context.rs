@@ -16,6 +16,8 @@ pub struct StepContext<'a> {
     pub databases: &'a Databases,
     /// Directory of the config file, for relative paths in step options (`sql.file`).
     pub base_dir: &'a Path,
+    /// The service's migrations, as loaded for this run (migrate).
+    pub migrations: Option<&'a crate::migrations::MigrationSet>,
 }
 
 impl StepContext<'_> {
@@ -35,6 +37,7 @@ pub async fn execute(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepErr
     match ctx.step.kind {
         StepKind::Sql => super::sql::run(ctx).await,
         StepKind::Health => super::health::run(ctx).await,
+        StepKind::Migrate => super::migrate::run(ctx).await,
         other => Err(StepError::permanent(format!(
             "step kind {other} cannot run yet in this version of tenantry (it is accepted by validate and plan)"
         ))),

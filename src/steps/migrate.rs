@@ -209,3 +209,262 @@ mod tests {
         assert_eq!(s.pending, vec!["1_a", "2_b"]);
     }
 }
+
+/// The advisory lock key of a target: one lock per database+schema, shared by every
+/// tenantry process (and run) that migrates it.
+fn lock_key(placement: &crate::catalog::Placement) -> String {
+    format!("tenantry:migrate:{}/{}", placement.database, placement.schema)
+}
+
+/// How long to wait for another migrate of the same target before calling it transient.
+const LOCK_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Applies the pending migrations of one target (or reverts to `to`), one transaction per
+/// migration with its history row, under the target's advisory lock.
+pub async fn run(ctx: &super::StepContext<'_>) -> Result<serde_json::Value, super::StepError> {
+    use super::StepError;
+    let set = ctx.migrations.ok_or_else(|| StepError::permanent("the service has no migrations directory"))?;
+    let pool = ctx.pool()?;
+    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
+    let schema = ctx.placement.schema.clone();
+    let lock = lock_key(ctx.placement);
+
+    // Another run (or process) migrating the same target holds the lock: wait for it
+    // rather than fail; when it is done there is usually nothing left to apply.
+    let started = std::time::Instant::now();
+    let mut waited = false;
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&lock)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| StepError::from_sqlx("taking the migration lock", &e))?;
+        if got {
+            break;
+        }
+        if !waited {
+            tracing::info!(tenant = ctx.tenant, target = %ctx.placement.target_key(), "target locked by another migrate; waiting");
+            waited = true;
+        }
+        tokio::time::sleep(LOCK_WAIT_POLL).await;
+    }
+    let result = apply_locked(ctx, set, &mut conn, &schema).await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&lock).execute(&mut *conn).await;
+    if unlock.is_err() {
+        // A connection whose unlock failed may still hold the lock: do not return it to the pool.
+        conn.detach();
+    }
+    result.map(|mut v| {
+        v["waited_for_lock_ms"] = serde_json::json!(if waited { started.elapsed().as_millis() as u64 } else { 0 });
+        v
+    })
+}
+
+async fn apply_locked(
+    ctx: &super::StepContext<'_>,
+    set: &MigrationSet,
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<serde_json::Value, super::StepError> {
+    use super::StepError;
+    let history_ddl = format!("SET search_path TO {}; {}", quote_ident(schema), HISTORY_DDL);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(history_ddl))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| StepError::from_sqlx("creating the migration history table", &e))?;
+    let histories = read_histories(&mut *conn, &[schema.to_string()])
+        .await
+        .map_err(|e| StepError::from_sqlx("reading the migration history", &e))?;
+    let history = histories.get(schema).cloned().unwrap_or_default();
+    let allow_out_of_order = ctx.step.allow_out_of_order.unwrap_or(false);
+    let status = compare(set, &history, allow_out_of_order);
+    let target = ctx.placement.target_key();
+    if !status.problems.is_empty() {
+        return Err(StepError::permanent(format!(
+            "migrate refuses to run on tenant {} ({target}): {}",
+            ctx.tenant,
+            status.problems.join("; ")
+        )));
+    }
+    let to: Option<Version> = match &ctx.step.to {
+        Some(v) => Some(v.parse().map_err(|_| StepError::permanent(format!("invalid `to` version {v:?}")))?),
+        None => None,
+    };
+    let applied_versions: Vec<Version> = {
+        let mut v: Vec<Version> = history.iter().filter_map(|h| h.version.parse().ok()).collect();
+        v.sort();
+        v
+    };
+    let lock_timeout = ctx.step.lock_timeout.map_or(std::time::Duration::from_secs(5), |d| d.0);
+    let statement_timeout = ctx.step.statement_timeout.map(|d| d.0);
+    let mut done = Vec::new();
+
+    // Down: revert applied versions newer than `to`, newest first.
+    if let Some(to) = &to {
+        for version in applied_versions.iter().rev().filter(|v| *v > to) {
+            let m = set.get(version).ok_or_else(|| StepError::permanent(format!("version {version} has no file")))?;
+            let down = m.down.as_ref().ok_or_else(|| {
+                StepError::permanent(format!(
+                    "cannot revert tenant {} to {to}: version {version} ({}) has no down migration",
+                    ctx.tenant,
+                    m.up.path.display()
+                ))
+            })?;
+            apply_script(ctx, conn, schema, &down.sql, m.no_transaction, lock_timeout, statement_timeout, Change::Down(m))
+                .await
+                .map_err(|e| StepError { retry: e.retry, message: format!("reverting version {version} ({}): {}", down.path.display(), e.message) })?;
+            done.push(format!("-{}_{}", m.version, m.name));
+        }
+    }
+    // Up: pending versions (up to `to`).
+    for m in &set.migrations {
+        if applied_versions.contains(&m.version) || to.as_ref().is_some_and(|to| &m.version > to) {
+            continue;
+        }
+        apply_script(ctx, conn, schema, &m.up.sql, m.no_transaction, lock_timeout, statement_timeout, Change::Up(m))
+            .await
+            .map_err(|e| StepError {
+                retry: e.retry,
+                message: format!("applying version {} ({}) to tenant {}: {}", m.version, m.up.path.display(), ctx.tenant, e.message),
+            })?;
+        done.push(format!("{}_{}", m.version, m.name));
+    }
+    Ok(serde_json::json!({ "changed": done, "up_to_date": done.is_empty() }))
+}
+
+enum Change<'a> {
+    Up(&'a crate::migrations::Migration),
+    Down(&'a crate::migrations::Migration),
+}
+
+impl Change<'_> {
+    fn migration(&self) -> &crate::migrations::Migration {
+        match self {
+            Self::Up(m) | Self::Down(m) => m,
+        }
+    }
+}
+
+/// Writes the history change of a migration: the row (`started` or `applied`) for an up
+/// migration, its removal for a revert.
+async fn record_history(
+    conn: &mut PgConnection,
+    schema: &str,
+    change: &Change<'_>,
+    state: &str,
+    duration_ms: i64,
+    run: &str,
+) -> Result<(), super::StepError> {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident(HISTORY_TABLE));
+    let m = change.migration();
+    let result = match change {
+        Change::Up(_) => {
+            let sql = format!(
+                "INSERT INTO {table} (version, name, checksum, state, started_at, finished_at, duration_ms, run_id) \
+                 VALUES ($1, $2, $3, $4, now(), CASE WHEN $4 = 'applied' THEN now() END, $5, $6) \
+                 ON CONFLICT (version) DO UPDATE SET state = EXCLUDED.state, finished_at = EXCLUDED.finished_at, \
+                 duration_ms = EXCLUDED.duration_ms, run_id = EXCLUDED.run_id"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(m.version.to_string())
+                .bind(&m.name)
+                .bind(&m.up.checksum)
+                .bind(state)
+                .bind(duration_ms)
+                .bind(run)
+                .execute(conn)
+                .await
+        }
+        Change::Down(_) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE version = $1")))
+                .bind(m.version.to_string())
+                .execute(conn)
+                .await
+        }
+    };
+    result.map(|_| ()).map_err(|e| super::StepError::from_sqlx("recording the migration history", &e))
+}
+
+/// One migration (or its revert): in a transaction with its history change, or, for
+/// no-transaction files, statement by statement between a `started` and an `applied` mark.
+#[allow(clippy::too_many_arguments)]
+async fn apply_script(
+    ctx: &super::StepContext<'_>,
+    conn: &mut PgConnection,
+    schema: &str,
+    sql: &str,
+    no_transaction: bool,
+    lock_timeout: std::time::Duration,
+    statement_timeout: Option<std::time::Duration>,
+    change: Change<'_>,
+) -> Result<(), super::StepError> {
+    use sqlx::Connection;
+
+    use super::StepError;
+    let settings = format!(
+        "SET {scope}search_path TO {schema}; SET {scope}lock_timeout = {lock}; SET {scope}statement_timeout = {stmt}",
+        scope = if no_transaction { "" } else { "LOCAL " },
+        schema = quote_ident(schema),
+        lock = lock_timeout.as_millis(),
+        stmt = statement_timeout.map_or(0, |d| d.as_millis()),
+    );
+    let started = std::time::Instant::now();
+    let elapsed = || started.elapsed().as_millis() as i64;
+    if !no_transaction {
+        let mut tx = conn.begin().await.map_err(|e| StepError::from_sqlx("starting the transaction", &e))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(settings))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StepError::from_sqlx("setting timeouts", &e))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StepError::from_sqlx("running", &e))?;
+        record_history(&mut tx, schema, &change, "applied", elapsed(), ctx.run).await?;
+        tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
+        return Ok(());
+    }
+    // Outside a transaction a failure half-way leaves the target changed: the history row
+    // says `started` until the end, so the next run refuses it as dirty instead of guessing.
+    let up = matches!(change, Change::Up(_));
+    if up {
+        record_history(conn, schema, &change, "started", 0, ctx.run).await?;
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(settings))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| StepError::from_sqlx("setting timeouts", &e))?;
+    let mut executed = 0;
+    let mut failure = None;
+    for statement in crate::engine::split::statements(sql) {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await {
+            Ok(_) => executed += 1,
+            Err(e) => {
+                failure = Some(StepError::from_sqlx("running", &e));
+                break;
+            }
+        }
+    }
+    // Session settings must not leak to the next user of this pooled connection.
+    let _ = sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout; RESET search_path").execute(&mut *conn).await;
+    match failure {
+        None => record_history(conn, schema, &change, "applied", elapsed(), ctx.run).await,
+        // Nothing changed yet (e.g. the first statement timed out on a lock): undo the
+        // mark, and let the runtime retry.
+        Some(e) if executed == 0 => {
+            if up {
+                let table = format!("{}.{}", quote_ident(schema), quote_ident(HISTORY_TABLE));
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE version = $1 AND state = 'started'")))
+                    .bind(change.migration().version.to_string())
+                    .execute(&mut *conn)
+                    .await;
+            }
+            Err(e)
+        }
+        Some(e) => Err(StepError::permanent(format!(
+            "{} (after {executed} statement(s)): the migration ran outside a transaction and stopped half-way; version {} is now marked dirty: check the target, then fix or delete its row in {HISTORY_TABLE}",
+            e.message,
+            change.migration().version
+        ))),
+    }
+}
