@@ -139,14 +139,16 @@ impl Context {
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
         let per_pool = c.hosts.values().filter_map(|h| h.max_concurrency).max().unwrap_or(c.limits.per_host);
         let databases = std::sync::Arc::new(crate::engine::pools::Databases::new(c.hosts.clone(), per_pool, 256));
-        Ok(std::sync::Arc::new(crate::runtime::worker::Runtime::new(
-            store,
-            queue,
-            databases,
-            c.runtime.clone(),
-            self.config.base_dir.clone(),
-        )
-        .with_services(c.services.clone())))
+        Ok(std::sync::Arc::new(
+            crate::runtime::worker::Runtime::new(
+                store,
+                queue,
+                databases,
+                c.runtime.clone(),
+                self.config.base_dir.clone(),
+            )
+            .with_services(c.services.clone()),
+        ))
     }
 
     /// Config and catalog, refusing to go on when either has problems.

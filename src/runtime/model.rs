@@ -181,9 +181,32 @@ pub struct Checkpoint {
     /// How often a worker died (lost its lease) while running this tenant.
     #[serde(default)]
     pub lost: u32,
-    /// Per unit (`step/service`), what the step reported.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Per unit (`step/service`), what the step reported. Stored as JSON text inside the
+    /// checkpoint so the Lua scripts pass it through untouched (cjson would turn an empty
+    /// array into an empty object).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "outputs_from_text")]
     pub outputs: BTreeMap<String, serde_json::Value>,
+}
+
+/// Encodes one unit's output for a checkpoint patch (see [`Checkpoint::outputs`]).
+pub fn output_text(output: &serde_json::Value) -> serde_json::Value {
+    serde_json::Value::String(output.to_string())
+}
+
+fn outputs_from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, serde_json::Value>, D::Error> {
+    let raw: BTreeMap<String, serde_json::Value> = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(text) => {
+                (k, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+            }
+            other => (k, other),
+        })
+        .collect())
 }
 
 impl Checkpoint {

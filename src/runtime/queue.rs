@@ -21,6 +21,9 @@
 //!   the worker stops heartbeating, is declared dead, and everything it holds is delivered
 //!   again. One task per fetch still moves several thousand tasks a second.
 //! - `emit_events(false)`: no `PUBLISH` per task; nothing subscribes.
+//! - Entries are written straight onto apalis's pending list, not through its push script,
+//!   which parks them in a "scheduled" set that its fetch script cannot empty once it holds
+//!   more than about 8,000 entries (see [`Queue::push_many`]).
 //! - An idle worker polls every 50 ms (apalis otherwise only looks again at the next
 //!   heartbeat).
 //! - Heartbeat every 2 s; a worker silent for 5 heartbeats (10 s) is dead, and the next
@@ -35,8 +38,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::layers::WorkerBuilderExt;
-use apalis::prelude::{BackendExt, TaskBuilder, WorkerBuilder, WorkerContext};
-use apalis_redis::{Config, ConnectionManager, RedisStorage, RedisTask};
+use apalis::prelude::{BackendExt, WorkerBuilder, WorkerContext};
+use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -61,7 +64,12 @@ pub struct TenantTask {
 impl TenantTask {
     /// An entry stamped with the current time.
     pub fn new(run_id: impl Into<String>, tenant: impl Into<String>, dispatch: u64) -> Self {
-        Self { run_id: run_id.into(), tenant: tenant.into(), dispatch, queued_at_ms: super::store::now_ms() }
+        Self {
+            run_id: run_id.into(),
+            tenant: tenant.into(),
+            dispatch,
+            queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        }
     }
 }
 
@@ -99,9 +107,9 @@ pub enum QueueError {
 
 impl QueueError {
     /// Whether trying again later can help (Redis was unreachable or failed), as opposed to
-    /// a bug or a configuration mistake.
+    /// a bug, a configuration mistake or the report of a shutdown.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Redis { .. } | Self::DrainTimedOut { .. })
+        matches!(self, Self::Unreachable { .. } | Self::Redis { .. })
     }
 
     fn redis(action: &'static str, queue: &str, source: impl Into<apalis_redis::Error>) -> Self {
@@ -135,8 +143,8 @@ impl Default for QueueSettings {
     }
 }
 
-/// Entries per push script: one round trip each, short enough not to stall Redis.
-const PUSH_CHUNK: usize = 500;
+/// Entries per push transaction: one round trip each, short enough not to stall Redis.
+const PUSH_CHUNK: usize = 1000;
 /// Finished entries deleted per round trip by [`Queue::reap_finished`].
 const REAP_CHUNK: usize = 1000;
 /// How often a worker deletes finished entries.
@@ -170,9 +178,10 @@ impl Queue {
     }
 
     pub async fn connect_with(redis_url: &str, prefix: &str, settings: QueueSettings) -> Result<Self, QueueError> {
-        if settings.fetch_batch == 0 || settings.missed_heartbeats == 0 || settings.heartbeat_interval.is_zero() {
+        // apalis compares heartbeats in whole seconds: below 1 s every worker looks dead.
+        if settings.fetch_batch == 0 || settings.missed_heartbeats == 0 || settings.heartbeat_interval.as_secs() == 0 {
             return Err(QueueError::Invalid(format!(
-                "{settings:?}: batch, heartbeat and missed heartbeats must be > 0"
+                "{settings:?}: the fetch batch and missed heartbeats must be at least 1, the heartbeat interval at least 1s"
             )));
         }
         let unreachable = |source| QueueError::Unreachable { url: redact_url_str(redis_url), source };
@@ -211,34 +220,49 @@ impl Queue {
         self.push_many(vec![task]).await
     }
 
-    /// Pushes in chunks of 500 entries, one Lua script (one round trip) per chunk. Not
+    /// Pushes in chunks of 1,000 entries, one MULTI/EXEC (one round trip) per chunk. Not
     /// atomic across chunks: after an error some entries may be queued and others not;
     /// pushing them all again is harmless (stale dispatch numbers are dropped).
+    ///
+    /// This writes apalis-redis 1.0's layout itself (payload in the data hash, a metadata
+    /// hash, the id on the pending list) instead of calling its push script, which puts
+    /// every entry in the scheduled set. apalis's fetch script moves all due scheduled
+    /// entries to the pending list with one `unpack`, which Lua refuses beyond about 8,000
+    /// values: with that many entries pushed between two fetches (a large run dispatched
+    /// while workers are down or busy) every fetch fails and the queue never moves again.
+    /// The integration tests push here and fetch with apalis, so a layout change in an
+    /// apalis update fails them.
     pub async fn push_many(&self, tasks: Vec<TenantTask>) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
+        let config = &self.config;
         for chunk in tasks.chunks(PUSH_CHUNK) {
-            let mut encoded = Vec::with_capacity(chunk.len());
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let mut ids = Vec::with_capacity(chunk.len());
+            let mut payloads = Vec::with_capacity(chunk.len());
             for task in chunk {
-                let bytes = serde_json::to_vec(task).map_err(|source| QueueError::Encode {
+                let payload = serde_json::to_vec(task).map_err(|source| QueueError::Encode {
                     run: task.run_id.clone(),
                     tenant: task.tenant.clone(),
                     source,
                 })?;
-                // max_attempts is informational (apalis-redis hard-codes 25); 1 says "no retries".
-                let entry: RedisTask = TaskBuilder::new(bytes).max_attempts(1).build();
-                encoded.push(entry);
+                let id = new_task_id();
+                // The fields apalis's push script writes. max_attempts is informational
+                // (apalis-redis hard-codes 25 retries); 1 says "no retries".
+                pipe.hset_multiple(
+                    self.meta_key(&id),
+                    &[("attempts", "0"), ("max_attempts", "1"), ("status", "Pending"), ("idempotency_key", "")],
+                )
+                .ignore();
+                payloads.push((id.clone(), payload));
+                ids.push(id);
             }
-            let (queued, _scheduled) = apalis_redis::queries::push_tasks(&mut conn, &self.config, &encoded)
-                .await
-                .map_err(|e| QueueError::redis("pushing tasks", self.name(), e))?;
-            if queued as usize != encoded.len() {
-                tracing::warn!(
-                    queue = self.name(),
-                    queued,
-                    pushed = encoded.len(),
-                    "apalis queued fewer entries than pushed"
-                );
-            }
+            pipe.hset_multiple(config.job_data_hash(), &payloads).ignore();
+            pipe.rpush(config.active_jobs_list(), &ids).ignore();
+            // apalis's "tasks available" signal, as its push script sets it.
+            pipe.del(config.signal_list()).ignore();
+            pipe.lpush(config.signal_list(), 1).ignore();
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| QueueError::redis("pushing tasks", self.name(), e))?;
         }
         Ok(())
     }
@@ -319,6 +343,19 @@ impl Queue {
     }
 }
 
+/// A task id unique across processes: milliseconds (so ids sort by push time) and 64
+/// random bits. apalis accepts any non-empty string as an id.
+fn new_task_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded from the OS once per thread and varies per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("{:011x}{:016x}", chrono::Utc::now().timestamp_millis(), h.finish())
+}
+
 /// Hands decoded entries to the user handler, each in its own tokio task.
 struct Dispatcher<F> {
     handler: F,
@@ -377,8 +414,8 @@ where
 
 /// How one apalis worker generation ended.
 enum Generation {
-    /// Shut down and drained.
-    Stopped,
+    /// Shut down and drained; handlers of earlier generations get until `deadline`.
+    Stopped { deadline: Instant },
     /// Shut down, but handlers were still running at the deadline.
     DrainTimedOut,
     /// apalis stopped on a Redis error.
@@ -430,16 +467,24 @@ where
 
     let mut generation = 0u32;
     let mut backoff = RESTART_MIN;
+    // Set when the shutdown is seen: the drain timeout counts from then, for all generations.
+    let mut deadline = None;
     let mut timed_out = false;
     while !shutdown.is_cancelled() {
         let name = if generation == 0 { worker_id.to_string() } else { format!("{worker_id}.{generation}") };
         let started = Instant::now();
         let outcome = run_generation(queue, &name, concurrency, &dispatcher, &shutdown, drain_timeout).await;
-        if let Err(e) = queue.forget_worker(&name).await {
-            tracing::debug!(worker = %name, error = %e, "could not clean up the worker's apalis entries");
+        // Bounded: during an outage the connection manager may wait for a reconnection.
+        match tokio::time::timeout(Duration::from_secs(2), queue.forget_worker(&name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(worker = %name, error = %e, "could not clean up the worker's apalis entries"),
+            Err(_) => tracing::debug!(worker = %name, "timed out cleaning up the worker's apalis entries"),
         }
         match outcome {
-            Generation::Stopped => break,
+            Generation::Stopped { deadline: at } => {
+                deadline = Some(at);
+                break;
+            }
             Generation::DrainTimedOut => {
                 timed_out = true;
                 break;
@@ -465,7 +510,8 @@ where
     let tracker = &dispatcher.tracker;
     tracker.close();
     if !timed_out {
-        timed_out = tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err();
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + drain_timeout);
+        timed_out = tokio::time::timeout_at(deadline, tracker.wait()).await.is_err();
     }
     if timed_out {
         let abandoned = tracker.len();
@@ -509,23 +555,24 @@ where
         biased;
         result = &mut run => {
             return match result {
-                Ok(()) if shutdown.is_cancelled() => Generation::Stopped,
+                Ok(()) if shutdown.is_cancelled() => Generation::Stopped { deadline: Instant::now() + drain_timeout },
                 Ok(()) => Generation::Failed("the apalis worker stopped by itself".into()),
                 Err(e) => Generation::Failed(e.to_string()),
             };
         }
         _ = shutdown.cancelled() => {}
     }
+    let deadline = Instant::now() + drain_timeout;
     if let Err(e) = ctx.stop() {
         tracing::warn!(worker = %name, error = %e, "could not stop the apalis worker");
     }
-    match tokio::time::timeout(drain_timeout, &mut run).await {
-        Ok(Ok(())) => Generation::Stopped,
+    match tokio::time::timeout_at(deadline, &mut run).await {
+        Ok(Ok(())) => Generation::Stopped { deadline },
         Ok(Err(e)) => {
             // Draining finished but the final acknowledgements failed: the entries come
             // back through orphan recovery. Nothing else to do at shutdown.
             tracing::warn!(worker = %name, error = %e, "queue worker could not acknowledge its last tasks at shutdown");
-            Generation::Stopped
+            Generation::Stopped { deadline }
         }
         Err(_) => Generation::DrainTimedOut,
     }
@@ -564,5 +611,15 @@ mod tests {
         };
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_urls_and_settings_are_refused_without_the_password() {
+        let err = Queue::connect("redis://:hunter2@[not-a-host/0", "t").await.unwrap_err();
+        assert!(matches!(err, QueueError::Unreachable { .. }), "{err:?}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+        let sub_second = QueueSettings { heartbeat_interval: Duration::from_millis(500), ..QueueSettings::default() };
+        let err = Queue::connect_with("redis://127.0.0.1:1", "t", sub_second).await.unwrap_err();
+        assert!(matches!(err, QueueError::Invalid(_)), "{err:?}");
     }
 }

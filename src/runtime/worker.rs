@@ -112,14 +112,15 @@ impl Runtime {
         if let Some(set) = self.migration_sets.lock().expect("migration cache").get(&key) {
             return Ok(set.clone());
         }
-        let dir = self
-            .services
-            .get(service)
-            .and_then(|s| s.migrations.as_ref())
-            .ok_or_else(|| StepError::permanent(format!("service {service} has no migrations directory in this worker's configuration")))?;
+        let dir = self.services.get(service).and_then(|s| s.migrations.as_ref()).ok_or_else(|| {
+            StepError::permanent(format!(
+                "service {service} has no migrations directory in this worker's configuration"
+            ))
+        })?;
         let dir = if dir.is_absolute() { dir.clone() } else { self.base_dir.join(dir) };
         let set = crate::migrations::MigrationSet::load(&dir).map_err(|e| StepError::permanent(e.to_string()))?;
-        let local: Vec<(String, String)> = set.migrations.iter().map(|m| (m.version.to_string(), m.up.checksum.clone())).collect();
+        let local: Vec<(String, String)> =
+            set.migrations.iter().map(|m| (m.version.to_string(), m.up.checksum.clone())).collect();
         if let Some(expected) = spec.migrations.get(service)
             && expected != &local
         {
@@ -370,8 +371,7 @@ impl Runtime {
             match result {
                 Ok(output) => {
                     let last = unit + 1 == snapshot.units.len();
-                    let patch =
-                        serde_json::json!({ "unit": unit + 1, "attempt": 0, "outputs": { label.clone(): output } });
+                    let patch = serde_json::json!({ "unit": unit + 1, "attempt": 0, "outputs": { label.clone(): super::model::output_text(&output) } });
                     if last {
                         return Ok(Some((TenantState::Succeeded, None, patch)));
                     }

@@ -153,63 +153,6 @@ pub async fn read_histories(
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set_with(dir: &std::path::Path, files: &[(&str, &str)]) -> MigrationSet {
-        for (name, sql) in files {
-            std::fs::write(dir.join(name), sql).unwrap();
-        }
-        MigrationSet::load(dir).unwrap()
-    }
-
-    fn row(set: &MigrationSet, v: &str, state: &str) -> AppliedMigration {
-        let m = set.get(&v.parse().unwrap()).unwrap();
-        AppliedMigration {
-            version: v.into(),
-            name: m.name.clone(),
-            checksum: m.up.checksum.clone(),
-            state: state.into(),
-        }
-    }
-
-    #[test]
-    fn pending_after_applied() {
-        let dir = tempfile::tempdir().unwrap();
-        let set =
-            set_with(dir.path(), &[("1_a.sql", "select 1;"), ("2_b.sql", "select 2;"), ("10_c.sql", "select 10;")]);
-        let s = compare(&set, &[row(&set, "1", "applied")], false);
-        assert_eq!(s.applied, 1);
-        assert_eq!(s.pending, vec!["2_b", "10_c"]);
-        assert!(s.problems.is_empty());
-    }
-
-    #[test]
-    fn refusals_name_version_and_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let set = set_with(dir.path(), &[("1_a.sql", "select 1;"), ("2_b.sql", "select 2;"), ("3_c.sql", "select 3;")]);
-        let mut drifted = row(&set, "1", "applied");
-        drifted.checksum = "0".repeat(64);
-        let dirty = row(&set, "3", "started");
-        let missing = AppliedMigration {
-            version: "4".into(),
-            name: "gone".into(),
-            checksum: "x".into(),
-            state: "applied".into(),
-        };
-        let s = compare(&set, &[drifted, dirty, missing], false);
-        let all = s.problems.join("\n");
-        assert!(all.contains("version 1 was changed after it was applied (drift)") && all.contains("1_a.sql"), "{all}");
-        assert!(all.contains("version 3 is dirty") && all.contains("3_c.sql"), "{all}");
-        assert!(all.contains("version 4 (gone) is recorded as applied but its file is missing"), "{all}");
-        assert!(all.contains("version 2 (") && all.contains("out of order"), "{all}");
-        let s = compare(&set, &[row(&set, "3", "applied")], true);
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
-        assert_eq!(s.pending, vec!["1_a", "2_b"]);
-    }
-}
-
 /// The advisory lock key of a target: one lock per database+schema, shared by every
 /// tenantry process (and run) that migrates it.
 fn lock_key(placement: &crate::catalog::Placement) -> String {
@@ -249,7 +192,8 @@ pub async fn run(ctx: &super::StepContext<'_>) -> Result<serde_json::Value, supe
         tokio::time::sleep(LOCK_WAIT_POLL).await;
     }
     let result = apply_locked(ctx, set, &mut conn, &schema).await;
-    let unlock = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&lock).execute(&mut *conn).await;
+    let unlock =
+        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&lock).execute(&mut *conn).await;
     if unlock.is_err() {
         // A connection whose unlock failed may still hold the lock: do not return it to the pool.
         conn.detach();
@@ -310,9 +254,21 @@ async fn apply_locked(
                     m.up.path.display()
                 ))
             })?;
-            apply_script(ctx, conn, schema, &down.sql, m.no_transaction, lock_timeout, statement_timeout, Change::Down(m))
-                .await
-                .map_err(|e| StepError { retry: e.retry, message: format!("reverting version {version} ({}): {}", down.path.display(), e.message) })?;
+            apply_script(
+                ctx,
+                conn,
+                schema,
+                &down.sql,
+                m.no_transaction,
+                lock_timeout,
+                statement_timeout,
+                Change::Down(m),
+            )
+            .await
+            .map_err(|e| StepError {
+                retry: e.retry,
+                message: format!("reverting version {version} ({}): {}", down.path.display(), e.message),
+            })?;
             done.push(format!("-{}_{}", m.version, m.name));
         }
     }
@@ -325,7 +281,13 @@ async fn apply_locked(
             .await
             .map_err(|e| StepError {
                 retry: e.retry,
-                message: format!("applying version {} ({}) to tenant {}: {}", m.version, m.up.path.display(), ctx.tenant, e.message),
+                message: format!(
+                    "applying version {} ({}) to tenant {}: {}",
+                    m.version,
+                    m.up.path.display(),
+                    ctx.tenant,
+                    e.message
+                ),
             })?;
         done.push(format!("{}_{}", m.version, m.name));
     }
@@ -454,10 +416,12 @@ async fn apply_script(
         Some(e) if executed == 0 => {
             if up {
                 let table = format!("{}.{}", quote_ident(schema), quote_ident(HISTORY_TABLE));
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE version = $1 AND state = 'started'")))
-                    .bind(change.migration().version.to_string())
-                    .execute(&mut *conn)
-                    .await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE version = $1 AND state = 'started'"
+                )))
+                .bind(change.migration().version.to_string())
+                .execute(&mut *conn)
+                .await;
             }
             Err(e)
         }
@@ -466,5 +430,62 @@ async fn apply_script(
             e.message,
             change.migration().version
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_with(dir: &std::path::Path, files: &[(&str, &str)]) -> MigrationSet {
+        for (name, sql) in files {
+            std::fs::write(dir.join(name), sql).unwrap();
+        }
+        MigrationSet::load(dir).unwrap()
+    }
+
+    fn row(set: &MigrationSet, v: &str, state: &str) -> AppliedMigration {
+        let m = set.get(&v.parse().unwrap()).unwrap();
+        AppliedMigration {
+            version: v.into(),
+            name: m.name.clone(),
+            checksum: m.up.checksum.clone(),
+            state: state.into(),
+        }
+    }
+
+    #[test]
+    fn pending_after_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let set =
+            set_with(dir.path(), &[("1_a.sql", "select 1;"), ("2_b.sql", "select 2;"), ("10_c.sql", "select 10;")]);
+        let s = compare(&set, &[row(&set, "1", "applied")], false);
+        assert_eq!(s.applied, 1);
+        assert_eq!(s.pending, vec!["2_b", "10_c"]);
+        assert!(s.problems.is_empty());
+    }
+
+    #[test]
+    fn refusals_name_version_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_with(dir.path(), &[("1_a.sql", "select 1;"), ("2_b.sql", "select 2;"), ("3_c.sql", "select 3;")]);
+        let mut drifted = row(&set, "1", "applied");
+        drifted.checksum = "0".repeat(64);
+        let dirty = row(&set, "3", "started");
+        let missing = AppliedMigration {
+            version: "4".into(),
+            name: "gone".into(),
+            checksum: "x".into(),
+            state: "applied".into(),
+        };
+        let s = compare(&set, &[drifted, dirty, missing], false);
+        let all = s.problems.join("\n");
+        assert!(all.contains("version 1 was changed after it was applied (drift)") && all.contains("1_a.sql"), "{all}");
+        assert!(all.contains("version 3 is dirty") && all.contains("3_c.sql"), "{all}");
+        assert!(all.contains("version 4 (gone) is recorded as applied but its file is missing"), "{all}");
+        assert!(all.contains("version 2 (") && all.contains("out of order"), "{all}");
+        let s = compare(&set, &[row(&set, "3", "applied")], true);
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.pending, vec!["1_a", "2_b"]);
     }
 }
