@@ -5,7 +5,8 @@
 #   3. seeds a demo fleet of 200 tenants into the local PostgreSQL (seed-demo.sh),
 #   4. writes deploy/local/tenantry.toml for that fleet,
 #   5. runs `tenantry validate`, `tenantry tenants` and `tenantry plan <workflow>` on it,
-#   6. runs the health workflow over the whole fleet with two workers, with progress bars.
+#   6. runs the health workflow over the whole fleet with two workers, with progress bars,
+#   7. rolls the new migrations out in waves: canaries, an approval gate, then 10 %.
 #
 # Usage: deploy/local/demo.sh [--keep-data]
 #   --keep-data   keep an existing demo fleet instead of seeding it afresh
@@ -191,6 +192,34 @@ if ((built)); then
     if ((rc == 3 || rc == 2)) || [[ -z $run_id ]]; then
         note "!! tenantry run health failed with exit status $rc"
         failures+=("tenantry run health")
+    fi
+
+    header "tenantry run rollout: the pending migrations, in waves (canaries, approval, 10 %, the rest)"
+    note "migrations/ has one new migration per service that the seeded fleet has not applied yet"
+    run_tenantry "plan-rollout" 12 plan rollout
+    rc=0
+    rollout=$("$bin" --config "$config" run rollout </dev/null) || rc=$?
+    if [[ -n $rollout ]]; then
+        for _ in $(seq 1 120); do
+            state=$("$bin" --config "$config" status "$rollout" --json </dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["run"]["state"])' 2>/dev/null || echo unknown)
+            [[ $state == awaiting_approval || $state == succeeded || $state == failed || $state == cancelled ]] && break
+            sleep 0.5
+        done
+        note "the canary wave is done; the run waits for a person:"
+        run_tenantry "status-rollout-gate" 12 status "$rollout"
+        printf '    $ tenantry approve %s\n' "$rollout" >&2
+        "$bin" --config "$config" approve "$rollout" >/dev/null </dev/null || true
+        note "(the 10 % wave soaks 10m before the rest in workflows/rollout.toml; the demo approves and cancels after the soak starts)"
+        for _ in $(seq 1 120); do
+            state=$("$bin" --config "$config" status "$rollout" --json </dev/null | python3 -c 'import json,sys; r=json.load(sys.stdin)["run"]; print("soaking" if r.get("soak_until_ms") else r["state"])' 2>/dev/null || echo unknown)
+            [[ $state == soaking || $state == succeeded || $state == failed || $state == cancelled ]] && break
+            sleep 0.5
+        done
+        run_tenantry "status-rollout" 16 status "$rollout"
+        "$bin" --config "$config" cancel "$rollout" >/dev/null </dev/null || true
+    else
+        note "!! tenantry run rollout failed with exit status $rc"
+        failures+=("tenantry run rollout")
     fi
     kill -TERM "${worker_pids[@]}" 2>/dev/null || true
     wait "${worker_pids[@]}" 2>/dev/null || true
