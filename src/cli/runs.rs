@@ -199,6 +199,9 @@ fn print_status(s: &Status) {
     let r = &s.run;
     println!("run {}  workflow {}  trigger {}", r.id, r.workflow, r.trigger);
     println!("state {}{}", r.state, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default());
+    if let Some(until) = r.soak_until_ms.filter(|u| *u > chrono::Utc::now().timestamp_millis() && !r.state.is_terminal()) {
+        println!("soaking until {} (the next wave starts then)", time(until));
+    }
     if let Some(parent) = &r.parent {
         println!("retry of {parent}");
     }
