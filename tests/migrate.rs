@@ -387,3 +387,39 @@ async fn drift_dirty_missing_and_out_of_order_are_refused_with_clear_messages() 
     assert!(!fleet.clinic_history(2).await.contains_key("2"));
     fleet.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revert_undoes_only_what_a_given_run_changed() {
+    let fleet = Fleet::new(6).await;
+    let _worker = WorkerProcess::spawn(fleet.path());
+    assert_eq!(fleet.run("rollout")["run"]["state"], "succeeded");
+    fleet.migration("clinic", "V2__name.sql", "ALTER TABLE patients ADD COLUMN name text;\n");
+    fleet.migration("clinic", "U2__name.sql", "ALTER TABLE patients DROP COLUMN name;\n");
+    fleet.workflow("clinic-only", "[target]\nservices = [\"clinic\"]\n\n[[steps]]\nkind = \"migrate\"\n");
+    fleet.workflow("clinic-revert", "[target]\nservices = [\"clinic\"]\n\n[[steps]]\nkind = \"migrate\"\nto = \"1\"\n");
+    // An earlier run already took t04 and t05 to version 2...
+    let out = tenantry(fleet.path(), &["run", "clinic-only", "--tenant", "t04", "--tenant", "t05", "--wait"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    // ...then run A takes the rest.
+    let a = fleet.run("clinic-only");
+    assert_eq!(a["run"]["state"], "succeeded");
+    // Undo only what A did.
+    let out = tenantry(
+        fleet.path(),
+        &["run", "clinic-revert", "--changed-by", a["run"]["id"].as_str().unwrap(), "--wait"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let revert = status(fleet.path(), out.stdout().lines().next().unwrap().trim());
+    assert_eq!(revert["run"]["tenants"], 4, "{revert:#}");
+    for i in 0..6 {
+        let at_two = i >= 4;
+        assert_eq!(fleet.column_exists(i, "patients", "name").await, at_two, "t{i:02}");
+        assert_eq!(fleet.clinic_history(i).await.contains_key("2"), at_two, "t{i:02}");
+    }
+    // Nothing to undo for a run that changed nothing.
+    let out =
+        tenantry(fleet.path(), &["run", "clinic-revert", "--changed-by", revert["run"]["id"].as_str().unwrap()], &[]);
+    assert_eq!(out.code(), 0, "the revert changed tenants, so undoing it is possible: {}", out.all());
+    fleet.drop().await;
+}

@@ -57,6 +57,10 @@ pub enum Command {
         /// Follow the run with progress bars until it ends; exit 1 unless it succeeded.
         #[arg(long)]
         wait: bool,
+        /// Only the tenants whose migrations RUN changed ("undo only what we did", with a
+        /// workflow whose migrate step has `to = VERSION`).
+        #[arg(long, value_name = "RUN")]
+        changed_by: Option<String>,
     },
     /// Recent runs, newest first.
     Runs {
@@ -126,7 +130,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate => validate::run(&ctx, cli.json).await,
         Command::Plan { workflow, tenants } => plan::run(&ctx, workflow, tenants, cli.json).await,
         Command::Tenants => tenants::run(&ctx, cli.json).await,
-        Command::Run { workflow, tenants, wait } => runs::run(&ctx, workflow, tenants, *wait, cli.json).await,
+        Command::Run { workflow, tenants, wait, changed_by } => {
+            runs::run(&ctx, workflow, tenants, changed_by.as_deref(), *wait, cli.json).await
+        }
         Command::Runs { limit } => runs::list(&ctx, *limit, cli.json).await,
         Command::Status { run, watch } => runs::status(&ctx, run, *watch, cli.json).await,
         Command::Approve { run } => runs::control(&ctx, run, "approve", cli.json).await,

@@ -13,7 +13,14 @@ use crate::runtime::worker::Runtime;
 use crate::workflow::{self, CheckContext};
 
 /// `tenantry run WORKFLOW`: snapshot, write and dispatch a run; with `--wait`, follow it.
-pub async fn run(ctx: &Context, name: &str, only: &[String], wait: bool, json: bool) -> Result<(), Failure> {
+pub async fn run(
+    ctx: &Context,
+    name: &str,
+    only: &[String],
+    changed_by: Option<&str>,
+    wait: bool,
+    json: bool,
+) -> Result<(), Failure> {
     let catalog = ctx.checked_catalog().await?;
     let loaded = &ctx.config;
     let wf = workflow::find(&loaded.workflows_dir(), name).map_err(|d| Failure::Invalid(vec![d]))?;
@@ -31,17 +38,37 @@ pub async fn run(ctx: &Context, name: &str, only: &[String], wait: bool, json: b
             return Err(Failure::Failed(format!("--tenant {id:?}: no such tenant in the catalog")));
         }
     }
-    let spec = launch::snapshot(&wf, &catalog, loaded, only);
+    let runtime = ctx.runtime().await?;
+    let mut only = only.to_vec();
+    if let Some(previous) = changed_by {
+        let changed = changed_tenants(&runtime, previous).await?;
+        if changed.is_empty() {
+            return Err(Failure::Failed(format!("run {previous} changed no tenant's migrations: nothing to undo")));
+        }
+        only = if only.is_empty() { changed } else { only.into_iter().filter(|t| changed.contains(t)).collect() };
+    }
+    let spec = launch::snapshot(&wf, &catalog, loaded, &only);
     if spec.tenants.is_empty() {
         return Err(Failure::Failed(format!(
             "workflow {} selects no tenant: nothing to run (see `tenantry plan {}`)",
             wf.name, wf.name
         )));
     }
-    let runtime = ctx.runtime().await?;
     let id = runtime.start(spec, &Trigger::Operator).await.map_err(store_failure)?;
     report_started(&runtime, &id, json).await?;
     if wait { follow(&runtime, &id, json).await } else { Ok(()) }
+}
+
+/// Tenants for which a `migrate` step of `run` applied or reverted something.
+async fn changed_tenants(runtime: &Runtime, run: &str) -> Result<Vec<String>, Failure> {
+    let checkpoints = runtime.store.checkpoints(run).await.map_err(store_failure)?;
+    Ok(checkpoints
+        .into_iter()
+        .filter(|(_, c)| {
+            c.outputs.iter().any(|(unit, out)| out["changed"].as_array().is_some_and(|changed| !changed.is_empty()))
+        })
+        .map(|(t, _)| t)
+        .collect())
 }
 
 async fn report_started(runtime: &Runtime, id: &str, json: bool) -> Result<(), Failure> {
@@ -199,7 +226,9 @@ fn print_status(s: &Status) {
     let r = &s.run;
     println!("run {}  workflow {}  trigger {}", r.id, r.workflow, r.trigger);
     println!("state {}{}", r.state, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default());
-    if let Some(until) = r.soak_until_ms.filter(|u| *u > chrono::Utc::now().timestamp_millis() && !r.state.is_terminal()) {
+    if let Some(until) =
+        r.soak_until_ms.filter(|u| *u > chrono::Utc::now().timestamp_millis() && !r.state.is_terminal())
+    {
         println!("soaking until {} (the next wave starts then)", time(until));
     }
     if let Some(parent) = &r.parent {
