@@ -423,3 +423,54 @@ async fn revert_undoes_only_what_a_given_run_changed() {
     assert_eq!(out.code(), 0, "the revert changed tenants, so undoing it is possible: {}", out.all());
     fleet.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_creates_migrates_and_seeds_a_new_tenant_and_is_safe_to_repeat() {
+    let fleet = Fleet::new(2).await;
+    std::fs::create_dir_all(fleet.path().join("seeds/clinic")).unwrap();
+    std::fs::write(
+        fleet.path().join("seeds/clinic/01_patients.sql"),
+        "INSERT INTO patients (id, age) VALUES (0, 0) ON CONFLICT (id) DO NOTHING;\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(fleet.path().join("tenantry.toml")).unwrap();
+    let config = config
+        .replace("migrations = \"migrations/clinic\"", "migrations = \"migrations/clinic\"\nseeds = \"seeds/clinic\"");
+    std::fs::write(fleet.path().join("tenantry.toml"), config).unwrap();
+    // t01 has nothing yet: provision creates its database and schema (and skips `events`,
+    // a row-isolation service where there is nothing to create).
+    let mut admin = pg_admin().await;
+    exec(&mut admin, &format!("DROP DATABASE {}_core_t01", fleet.name)).await;
+    let mut clinic = connect(&format!("{}_clinic", fleet.name)).await;
+    exec(&mut clinic, "DROP SCHEMA tenant_t01").await;
+    fleet.workflow("provision", &std::fs::read_to_string(support::repo().join("workflows/provision.toml")).unwrap());
+
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let out = tenantry(fleet.path(), &["run", "provision", "--tenant", "t01", "--wait"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let s = status(fleet.path(), out.stdout().lines().next().unwrap().trim());
+    let outputs = &s["tenants"]["t01"]["outputs"];
+    assert_eq!(outputs["provision/clinic"]["created"], true, "{outputs:#}");
+    assert_eq!(outputs["provision/core"]["created"], true, "{outputs:#}");
+    assert_eq!(outputs["provision/clinic"]["seed"]["seeded"], serde_json::json!(["01_patients.sql"]));
+    assert_eq!(fleet.clinic_history(1).await.get("1").map(String::as_str), Some("applied"));
+    let mut core = connect(&format!("{}_core_t01", fleet.name)).await;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenantry_migrations").fetch_one(&mut core).await.unwrap();
+    assert_eq!(n, 1);
+    let (patients,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM tenant_t01.patients").fetch_one(&mut clinic).await.unwrap();
+    assert_eq!(patients, 1);
+
+    // Again: nothing is created, nothing is pending, the idempotent seed changes nothing.
+    let out = tenantry(fleet.path(), &["run", "provision", "--tenant", "t01", "--wait"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let s = status(fleet.path(), out.stdout().lines().next().unwrap().trim());
+    let outputs = &s["tenants"]["t01"]["outputs"];
+    assert_eq!(outputs["provision/clinic"]["created"], false);
+    assert_eq!(outputs["provision/clinic"]["migrate"]["up_to_date"], true);
+    let (patients,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM tenant_t01.patients").fetch_one(&mut clinic).await.unwrap();
+    assert_eq!(patients, 1);
+    drop(core);
+    fleet.drop().await;
+}

@@ -65,7 +65,7 @@ async fn changed_tenants(runtime: &Runtime, run: &str) -> Result<Vec<String>, Fa
     Ok(checkpoints
         .into_iter()
         .filter(|(_, c)| {
-            c.outputs.iter().any(|(unit, out)| out["changed"].as_array().is_some_and(|changed| !changed.is_empty()))
+            c.outputs.values().any(|out| out["changed"].as_array().is_some_and(|changed| !changed.is_empty()))
         })
         .map(|(t, _)| t)
         .collect())

@@ -50,6 +50,15 @@ impl Databases {
         Ok(pool)
     }
 
+    /// A pool on the host's administrative database (the one its URL names), for
+    /// statements such as CREATE DATABASE.
+    pub fn admin(&self, host: &str) -> Result<PgPool, String> {
+        let spec =
+            self.hosts.get(host).ok_or_else(|| format!("host {host:?} is not in this worker's configuration"))?;
+        let database = spec.url.database().unwrap_or_else(|| "postgres".to_string());
+        self.postgres(host, &database)
+    }
+
     pub async fn close(&self) {
         let pools: Vec<PgPool> = self.pools.lock().expect("pool map lock").drain().map(|(_, (p, _))| p).collect();
         for p in pools {

@@ -46,7 +46,9 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
     let mut migrations = BTreeMap::new();
     for t in snapshots.values() {
         for u in &t.units {
-            if spec.steps[u.step].kind == crate::steps::StepKind::Migrate && !migrations.contains_key(&u.service) {
+            let kind = spec.steps[u.step].kind;
+            let migrates = matches!(kind, crate::steps::StepKind::Migrate | crate::steps::StepKind::Provision);
+            if migrates && !migrations.contains_key(&u.service) {
                 let set = catalog.services.get(&u.service).and_then(|s| s.migrations.as_ref()).map(|dir| {
                     let (set, _) = crate::migrations::MigrationSet::scan(&config.resolve_path(dir));
                     set.migrations.iter().map(|m| (m.version.to_string(), m.up.checksum.clone())).collect::<Vec<_>>()

@@ -341,7 +341,8 @@ impl Runtime {
                 return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
             };
             attempt += 1;
-            let migrations = if step.kind == crate::steps::StepKind::Migrate {
+            let migrations = if matches!(step.kind, crate::steps::StepKind::Migrate | crate::steps::StepKind::Provision)
+            {
                 match self.migration_set(spec, &u.service) {
                     Ok(set) => Some(set),
                     Err(e) => {
@@ -354,6 +355,7 @@ impl Runtime {
             };
             let ctx = StepContext {
                 migrations: migrations.as_deref(),
+                service: self.services.get(&u.service),
                 run: &spec.id,
                 tenant: &task.tenant,
                 unit: &label,

@@ -16,8 +16,10 @@ pub struct StepContext<'a> {
     pub databases: &'a Databases,
     /// Directory of the config file, for relative paths in step options (`sql.file`).
     pub base_dir: &'a Path,
-    /// The service's migrations, as loaded for this run (migrate).
+    /// The service's migrations, as loaded for this run (migrate, provision).
     pub migrations: Option<&'a crate::migrations::MigrationSet>,
+    /// The service's definition in this worker's configuration (seeds directory).
+    pub service: Option<&'a crate::catalog::ServiceSpec>,
 }
 
 impl StepContext<'_> {
@@ -38,6 +40,8 @@ pub async fn execute(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepErr
         StepKind::Sql => super::sql::run(ctx).await,
         StepKind::Health => super::health::run(ctx).await,
         StepKind::Migrate => super::migrate::run(ctx).await,
+        StepKind::Seed => super::seed::run(ctx).await,
+        StepKind::Provision => super::provision::run(ctx).await,
         other => Err(StepError::permanent(format!(
             "step kind {other} cannot run yet in this version of tenantry (it is accepted by validate and plan)"
         ))),

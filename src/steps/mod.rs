@@ -5,7 +5,9 @@ mod error;
 pub mod health;
 mod kind;
 pub mod migrate;
+pub mod provision;
 pub mod receipt;
+pub mod seed;
 mod spec;
 pub mod sql;
 

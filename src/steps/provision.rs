@@ -1,0 +1,65 @@
+//! The `provision` step: onboarding a tenant — create its database or schema when missing, apply every migration, then the service's seeds.
+
+use super::{StepContext, StepError};
+use crate::catalog::Isolation;
+use crate::engine::postgres::quote_ident;
+
+pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+    let created = match ctx.placement.isolation {
+        Isolation::Database => create_database(ctx).await?,
+        Isolation::Schema => create_schema(ctx).await?,
+        Isolation::Row => {
+            return Err(StepError::permanent(
+                "provision does not apply to row isolation (the tenant lives in shared tables)",
+            ));
+        }
+    };
+    let migrated = super::migrate::run(ctx).await?;
+    let seeded = match ctx.service.and_then(|s| s.seeds.as_ref()) {
+        Some(_) if ctx.step.seed.unwrap_or(true) => {
+            let files = super::seed::seed_files(ctx)?;
+            super::seed::apply(ctx, &files).await?
+        }
+        _ => serde_json::Value::Null,
+    };
+    Ok(serde_json::json!({ "created": created, "migrate": migrated, "seed": seeded }))
+}
+
+/// CREATE DATABASE when missing. It cannot run in a transaction and has no IF NOT EXISTS,
+/// so a concurrent creator is recognised by its error (42P04 duplicate_database).
+async fn create_database(ctx: &StepContext<'_>) -> Result<bool, StepError> {
+    let admin = ctx.databases.admin(&ctx.placement.host).map_err(StepError::permanent)?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&ctx.placement.database)
+        .fetch_one(&admin)
+        .await
+        .map_err(|e| StepError::from_sqlx("looking up the database", &e))?;
+    if exists {
+        return Ok(false);
+    }
+    let sql = format!("CREATE DATABASE {}", quote_ident(&ctx.placement.database));
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&admin).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(StepError::from_sqlx(&format!("creating database {}", ctx.placement.database), &e)),
+    }
+}
+
+async fn create_schema(ctx: &StepContext<'_>) -> Result<bool, StepError> {
+    let pool = ctx.pool()?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(&ctx.placement.schema)
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| StepError::from_sqlx("looking up the schema", &e))?;
+    if exists {
+        return Ok(false);
+    }
+    let sql = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&ctx.placement.schema));
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+        Ok(_) => Ok(true),
+        // Two concurrent creators can still collide on the catalog's unique index.
+        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505") => Ok(false),
+        Err(e) => Err(StepError::from_sqlx(&format!("creating schema {}", ctx.placement.schema), &e)),
+    }
+}

@@ -1,0 +1,61 @@
+//! The `seed` step: the service's idempotent reference-data SQL files, in file-name order, in one transaction with a receipt.
+
+use std::path::PathBuf;
+
+use sqlx::Connection;
+
+use super::{StepContext, StepError, receipt};
+use crate::engine::postgres::quote_ident;
+
+/// The `*.sql` files of the service's seeds directory, sorted by name.
+pub fn seed_files(ctx: &StepContext<'_>) -> Result<Vec<PathBuf>, StepError> {
+    let dir = ctx
+        .service
+        .and_then(|s| s.seeds.as_ref())
+        .ok_or_else(|| StepError::permanent("the service has no `seeds` directory"))?;
+    let dir = if dir.is_absolute() { dir.clone() } else { ctx.base_dir.join(dir) };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| StepError::permanent(format!("cannot read seeds directory {}: {e}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+    let files = seed_files(ctx)?;
+    apply(ctx, &files).await
+}
+
+/// Applies seed files in one transaction (all or nothing) with the run's receipt.
+pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_json::Value, StepError> {
+    let pool = ctx.pool()?;
+    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
+    let schema = &ctx.placement.schema;
+    receipt::ensure_table(&mut conn, &ctx.placement.target_key(), schema).await?;
+    let mut tx = conn.begin().await.map_err(|e| StepError::from_sqlx("starting the transaction", &e))?;
+    let set = format!("SET LOCAL search_path TO {}", quote_ident(schema));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StepError::from_sqlx("setting search_path", &e))?;
+    let unit = format!("{}#seed", ctx.unit);
+    if receipt::exists(&mut tx, schema, ctx.run, ctx.tenant, &unit).await? {
+        return Ok(serde_json::json!({ "skipped": "already seeded in this run (receipt found)" }));
+    }
+    let mut applied = Vec::new();
+    for file in files {
+        let sql = std::fs::read_to_string(file)
+            .map_err(|e| StepError::permanent(format!("cannot read seed file {}: {e}", file.display())))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StepError::from_sqlx(&format!("applying seed file {}", file.display()), &e))?;
+        applied.push(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    }
+    receipt::write(&mut tx, schema, ctx.run, ctx.tenant, &unit).await?;
+    tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
+    Ok(serde_json::json!({ "seeded": applied }))
+}
