@@ -96,7 +96,7 @@ fn the_base_fixture_itself_is_valid() {
 fn shipped_config_and_workflows_are_valid() {
     let run = tenantry(&repo(), &["--config", "deploy/reference.toml", "validate"], &[]);
     assert_eq!(run.code(), 0, "{}", run.all());
-    assert!(run.stdout().contains("3 workflow(s)"), "{}", run.all());
+    assert!(run.stdout().contains("4 workflow(s)"), "{}", run.all());
     let run = tenantry(&repo(), &["--config", "deploy/reference.toml", "validate", "--json"], &[]);
     let report: serde_json::Value = serde_json::from_str(&run.stdout()).expect("json");
     assert_eq!(report["ok"], true);
