@@ -4,6 +4,7 @@
 //! 0 done; 1 the run or validation failed; 2 usage error; 3 a required service is unreachable.
 
 mod context;
+mod drift;
 mod plan;
 mod runs;
 mod serve;
@@ -48,6 +49,17 @@ pub enum Command {
     },
     /// The catalog as resolved: tenants, their status, labels and placements.
     Tenants,
+    /// Compare every tenant's schema of a service with a reference (a named tenant, or the
+    /// majority) and show how each differing tenant differs; exit 1 when any does.
+    Drift {
+        service: String,
+        /// Compare with this tenant instead of the majority.
+        #[arg(long, value_name = "TENANT")]
+        reference: Option<String>,
+        /// Only these tenants (repeatable).
+        #[arg(long = "tenant", value_name = "ID")]
+        tenants: Vec<String>,
+    },
     /// Enqueue a one-off run of a workflow.
     Run {
         workflow: String,
@@ -130,6 +142,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate => validate::run(&ctx, cli.json).await,
         Command::Plan { workflow, tenants } => plan::run(&ctx, workflow, tenants, cli.json).await,
         Command::Tenants => tenants::run(&ctx, cli.json).await,
+        Command::Drift { service, reference, tenants } => {
+            drift::run(&ctx, service, reference.as_deref(), tenants, cli.json).await
+        }
         Command::Run { workflow, tenants, wait, changed_by } => {
             runs::run(&ctx, workflow, tenants, changed_by.as_deref(), *wait, cli.json).await
         }

@@ -47,7 +47,11 @@ pub async fn run(
         }
         only = if only.is_empty() { changed } else { only.into_iter().filter(|t| changed.contains(t)).collect() };
     }
-    let spec = launch::snapshot(&wf, &catalog, loaded, &only);
+    let mut spec = launch::snapshot(&wf, &catalog, loaded, &only);
+    let up_to_date = launch::skip_up_to_date(&mut spec, &catalog, loaded).await;
+    if up_to_date > 0 && !json {
+        eprintln!("{up_to_date} tenant(s) have nothing pending: recorded as done without dispatching them");
+    }
     if spec.tenants.is_empty() {
         return Err(Failure::Failed(format!(
             "workflow {} selects no tenant: nothing to run (see `tenantry plan {}`)",
@@ -230,6 +234,9 @@ fn print_status(s: &Status) {
         r.soak_until_ms.filter(|u| *u > chrono::Utc::now().timestamp_millis() && !r.state.is_terminal())
     {
         println!("soaking until {} (the next wave starts then)", time(until));
+    }
+    if let (Some(halting), false) = (&r.halting, r.state.is_terminal()) {
+        println!("{halting}; waiting for the tenants in flight");
     }
     if let Some(parent) = &r.parent {
         println!("retry of {parent}");

@@ -98,3 +98,63 @@ pub fn retry_snapshot(parent: &RunSpec, failed: &BTreeSet<String>) -> RunSpec {
         .collect();
     RunSpec { id: new_run_id(), tenants, waves, ..parent.clone() }
 }
+
+/// The fast path for rollouts: reads the migration histories of the run's targets in bulk
+/// (a few queries per database, like `plan`) and drops `migrate` units whose target has
+/// nothing pending and nothing wrong. A tenant left with no unit is recorded as succeeded
+/// when the run is created, without being dispatched, so a rollout over a fleet that is
+/// already up to date costs a handful of queries instead of a task per tenant. Targets
+/// whose history cannot be read, or that `migrate` would refuse, keep their unit: the step
+/// reports them. Returns how many tenants need no work.
+pub async fn skip_up_to_date(spec: &mut RunSpec, catalog: &Catalog, config: &LoadedConfig) -> usize {
+    use crate::steps::StepKind;
+    use crate::steps::migrate::compare;
+    let mut groups: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for t in spec.tenants.values() {
+        for u in &t.units {
+            let step = &spec.steps[u.step];
+            if step.kind == StepKind::Migrate
+                && step.to.is_none()
+                && let Some(p) = t.placements.get(&u.service)
+                && p.engine == crate::catalog::Engine::Postgres
+            {
+                groups.entry((p.host.clone(), p.database.clone())).or_default().insert(p.schema.clone());
+            }
+        }
+    }
+    if groups.is_empty() {
+        return 0;
+    }
+    let histories = crate::workflow::plan::read_all_histories(catalog, config, groups).await;
+    let mut sets = BTreeMap::new();
+    for (service, spec_service) in &catalog.services {
+        if let Some(dir) = &spec_service.migrations
+            && let Ok(set) = crate::migrations::MigrationSet::load(&config.resolve_path(dir))
+        {
+            sets.insert(service.clone(), set);
+        }
+    }
+    let steps = spec.steps.clone();
+    let mut skipped = 0;
+    for t in spec.tenants.values_mut() {
+        let before = t.units.len();
+        t.units.retain(|u| {
+            let step = &steps[u.step];
+            if step.kind != StepKind::Migrate || step.to.is_some() {
+                return true;
+            }
+            let (Some(p), Some(set)) = (t.placements.get(&u.service), sets.get(&u.service)) else { return true };
+            match histories.get(&(p.host.clone(), p.database.clone(), p.schema.clone())) {
+                Some(Ok(history)) => {
+                    let status = compare(set, history, step.allow_out_of_order.unwrap_or(false));
+                    !(status.pending.is_empty() && status.problems.is_empty())
+                }
+                _ => true,
+            }
+        });
+        if before > 0 && t.units.is_empty() {
+            skipped += 1;
+        }
+    }
+    skipped
+}

@@ -260,6 +260,8 @@ pub struct RunRecord {
     pub parent: Option<String>,
     pub state: RunState,
     pub reason: Option<String>,
+    /// Set while a run that exceeded a failure budget waits for its in-flight tenants.
+    pub halting: Option<String>,
     pub wave: usize,
     pub tenants: u64,
     pub succeeded: u64,

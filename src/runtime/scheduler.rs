@@ -141,7 +141,8 @@ async fn enqueue(runtime: &Runtime, ctx: &Context, wf: &Workflow, tick_ms: i64) 
         }
     };
     let catalog = (ctx.catalog)().await?;
-    let spec = launch::snapshot(wf, &catalog, &ctx.config, &[]);
+    let mut spec = launch::snapshot(wf, &catalog, &ctx.config, &[]);
+    launch::skip_up_to_date(&mut spec, &catalog, &ctx.config).await;
     if spec.tenants.is_empty() {
         info!(workflow = %wf.name, "tick: no tenant selected; nothing to run");
         return Ok(());

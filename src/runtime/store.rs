@@ -146,10 +146,21 @@ impl RunStore {
             ],
         );
         pipe.set(k.run_spec(&spec.id), serde_json::to_string(spec).expect("spec serialises"));
+        // Tenants with nothing to do (see `launch::skip_up_to_date`) are done from the start.
+        let mut done_per_wave: BTreeMap<usize, u64> = BTreeMap::new();
         let checkpoints: Vec<(String, String)> = spec
             .tenants
             .iter()
-            .map(|(id, t)| (id.clone(), serde_json::to_string(&Checkpoint::pending(t.wave)).expect("serialises")))
+            .map(|(id, t)| {
+                let mut cp = Checkpoint::pending(t.wave);
+                if t.units.is_empty() {
+                    cp.state = super::model::TenantState::Succeeded;
+                    cp.finished_ms = Some(now);
+                    cp.outputs.insert("run".to_string(), serde_json::json!({ "up_to_date": true }));
+                    *done_per_wave.entry(t.wave).or_default() += 1;
+                }
+                (id.clone(), serde_json::to_string(&cp).expect("serialises"))
+            })
             .collect();
         for chunk in checkpoints.chunks(1000) {
             pipe.hset_multiple(k.run_tenants(&spec.id), chunk);
@@ -158,7 +169,9 @@ impl RunStore {
         let mut lists: BTreeMap<(usize, &str), Vec<&str>> = BTreeMap::new();
         for wave in &spec.waves {
             for id in &wave.tenants {
-                if let Some(t) = spec.tenants.get(id.as_str()) {
+                if let Some(t) = spec.tenants.get(id.as_str())
+                    && !t.units.is_empty()
+                {
                     lists.entry((wave.index, t.group.as_str())).or_default().push(id.as_str());
                 }
             }
@@ -168,6 +181,13 @@ impl RunStore {
                 pipe.rpush(k.run_pending(&spec.id, *wave, group), chunk);
             }
             pipe.sadd(k.run_groups(&spec.id, *wave), *group);
+        }
+        let done: u64 = done_per_wave.values().sum();
+        if done > 0 {
+            pipe.hset(k.run(&spec.id), "succeeded", done);
+            for (wave, n) in &done_per_wave {
+                pipe.hset(k.run(&spec.id), format!("w{wave}:succeeded"), *n);
+            }
         }
         pipe.zadd(k.runs(), &spec.id, now);
         pipe.sadd(k.active_runs(), &spec.id);
@@ -430,6 +450,7 @@ impl RunStore {
                 .and_then(|s| RunState::parse(s))
                 .ok_or_else(|| StoreError::Corrupt { run: run.to_string(), message: "no state".to_string() })?,
             reason: h.get("reason").filter(|r| !r.is_empty()).cloned(),
+            halting: h.get("halting").filter(|r| !r.is_empty()).cloned(),
             wave: count("wave") as usize,
             tenants: count("tenants"),
             succeeded: count("succeeded"),

@@ -40,6 +40,7 @@ pub async fn execute(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepErr
         StepKind::Sql => super::sql::run(ctx).await,
         StepKind::Health => super::health::run(ctx).await,
         StepKind::Migrate => super::migrate::run(ctx).await,
+        StepKind::Drift => super::drift::run(ctx).await,
         StepKind::Seed => super::seed::run(ctx).await,
         StepKind::Provision => super::provision::run(ctx).await,
         other => Err(StepError::permanent(format!(

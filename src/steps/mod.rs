@@ -1,6 +1,7 @@
 //! Step kinds (SPEC §4): what each kind accepts in a workflow file, where it fits, and (one file per kind) what it does per tenant.
 
 mod context;
+pub mod drift;
 mod error;
 pub mod health;
 mod kind;

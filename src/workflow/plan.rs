@@ -80,7 +80,8 @@ impl Plan {
     }
 }
 
-type TargetKey = (String, String, String);
+/// (host, database, schema) of a target.
+pub type TargetKey = (String, String, String);
 
 /// Builds the plan of `workflow` for the tenants it targets (narrowed to `only` when given).
 pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, only: &[String]) -> Plan {
@@ -184,7 +185,7 @@ fn migrate_action(
 /// Reads the histories of every (host, database) group, at most `limits.plan_connections`
 /// connections per host at a time. Errors are per target, so one unreachable database
 /// shows up in its tenants' plans without hiding the rest of the fleet.
-async fn read_all_histories(
+pub async fn read_all_histories(
     catalog: &Catalog,
     config: &LoadedConfig,
     groups: BTreeMap<(String, String), BTreeSet<String>>,

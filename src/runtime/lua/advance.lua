@@ -44,8 +44,18 @@ while true do
   if w.max_failures ~= cjson.null and failed > w.max_failures then over = true end
   if w.max_failure_rate ~= cjson.null and w.size > 0 and failed / w.size > w.max_failure_rate then over = true end
   if over then
-    return finish('failed', string.format('halted: wave %s exceeded its failure budget (%d of %d tenants failed); later waves were not started',
-      w.name, failed, w.size))
+    local reason = string.format('halted: wave %s exceeded its failure budget (%d of %d tenants failed); later waves were not started',
+      w.name, failed, w.size)
+    -- Stop dispatching at once; the run ends when the tenants already in flight have.
+    local inflight = tonumber(redis.call('HGET', run, 'inflight') or '0')
+    if inflight > 0 then
+      if not redis.call('HGET', run, 'halting') then
+        redis.call('HSET', run, 'halting', reason)
+        event('halting: ' .. reason .. '; waiting for ' .. inflight .. ' tenant(s) in flight')
+      end
+      return {'running'}
+    end
+    return finish('failed', reason)
   end
 
   -- Dispatch within the limits.

@@ -16,6 +16,8 @@ if cp.state == 'succeeded' or cp.state == 'failed' or cp.state == 'cancelled' or
 if cp.state == 'pending' or (cp.dispatch or 0) ~= dispatch then return {'stale'} end
 if redis.call('EXISTS', lease) == 1 then return {'busy'} end
 local run_state = redis.call('HGET', run, 'state')
+-- A run halting on its failure budget starts nothing new, even what was already dispatched.
+if redis.call('HEXISTS', run, 'halting') == 1 then return {'stopped', 'failed'} end
 if run_state ~= 'running' and run_state ~= 'awaiting_approval' and run_state ~= 'paused' then
   return {'stopped', run_state or 'missing'}
 end
