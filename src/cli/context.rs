@@ -151,6 +151,27 @@ impl Context {
         ))
     }
 
+    /// The catalog and the named workflow, checked against it, and the `--tenant` ids
+    /// checked against the catalog: what `plan` and `run` need before anything else.
+    pub async fn checked_workflow(
+        &self,
+        name: &str,
+        only: &[String],
+    ) -> Result<(Catalog, crate::workflow::Workflow), Failure> {
+        use crate::workflow::{self, CheckContext};
+        let catalog = self.checked_catalog().await?;
+        let wf = workflow::find(&self.config.workflows_dir(), name).map_err(|d| Failure::Invalid(vec![d]))?;
+        let context = CheckContext { services: &self.config.config.services, catalog: Some(&catalog) };
+        let problems = workflow::check(&wf.spec, &wf.name, &wf.source, &context);
+        if !problems.is_empty() {
+            return Err(Failure::Invalid(problems));
+        }
+        if let Some(id) = only.iter().find(|id| catalog.tenant(id).is_none()) {
+            return Err(Failure::Failed(format!("--tenant {id:?}: no such tenant in the catalog")));
+        }
+        Ok((catalog, wf))
+    }
+
     /// Config and catalog, refusing to go on when either has problems.
     pub async fn checked_catalog(&self) -> Result<Catalog, Failure> {
         let mut problems = self.config_problems();

@@ -2,26 +2,10 @@
 
 use super::{Context, Failure};
 use crate::workflow::plan::{StepAction, build};
-use crate::workflow::{self, CheckContext};
 
 pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Result<(), Failure> {
-    let catalog = ctx.checked_catalog().await?;
+    let (catalog, wf) = ctx.checked_workflow(name, only).await?;
     let loaded = &ctx.config;
-    let wf = workflow::find(&loaded.workflows_dir(), name).map_err(|d| Failure::Invalid(vec![d]))?;
-    let problems = workflow::check(
-        &wf.spec,
-        &wf.name,
-        &wf.source,
-        &CheckContext { services: &loaded.config.services, catalog: Some(&catalog) },
-    );
-    if !problems.is_empty() {
-        return Err(Failure::Invalid(problems));
-    }
-    for id in only {
-        if catalog.tenant(id).is_none() {
-            return Err(Failure::Failed(format!("--tenant {id:?}: no such tenant in the catalog")));
-        }
-    }
     let plan = build(&wf, &catalog, loaded, only).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&plan).expect("plan serialises"));

@@ -10,7 +10,6 @@ use super::{Context, Failure};
 use crate::runtime::launch;
 use crate::runtime::model::{Checkpoint, RunRecord, RunSpec, RunState, TenantState, Trigger};
 use crate::runtime::worker::Runtime;
-use crate::workflow::{self, CheckContext};
 
 /// `tenantry run WORKFLOW`: snapshot, write and dispatch a run; with `--wait`, follow it.
 pub async fn run(
@@ -21,23 +20,8 @@ pub async fn run(
     wait: bool,
     json: bool,
 ) -> Result<(), Failure> {
-    let catalog = ctx.checked_catalog().await?;
+    let (catalog, wf) = ctx.checked_workflow(name, only).await?;
     let loaded = &ctx.config;
-    let wf = workflow::find(&loaded.workflows_dir(), name).map_err(|d| Failure::Invalid(vec![d]))?;
-    let problems = workflow::check(
-        &wf.spec,
-        &wf.name,
-        &wf.source,
-        &CheckContext { services: &loaded.config.services, catalog: Some(&catalog) },
-    );
-    if !problems.is_empty() {
-        return Err(Failure::Invalid(problems));
-    }
-    for id in only {
-        if catalog.tenant(id).is_none() {
-            return Err(Failure::Failed(format!("--tenant {id:?}: no such tenant in the catalog")));
-        }
-    }
     let runtime = ctx.runtime().await?;
     let mut only = only.to_vec();
     if let Some(previous) = changed_by {
