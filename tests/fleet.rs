@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::connect_db as connect;
+
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -133,12 +135,6 @@ query = "SELECT id, name, status, labels, (SELECT jsonb_object_agg(s, '{{}}'::js
 
 fn write(dir: &Path, rel: &str, text: &str) {
     std::fs::write(dir.join(rel), text).unwrap();
-}
-
-async fn connect(db: &str) -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let url = format!("{}/{db}", pg_url().rsplit_once('/').unwrap().0);
-    sqlx::PgConnection::connect(&url).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::connect_db as connect;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -155,12 +157,6 @@ migrations = "migrations/events"
         }
         let _ = self.n;
     }
-}
-
-async fn connect(db: &str) -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let url = format!("{}/{db}", pg_url().rsplit_once('/').unwrap().0);
-    sqlx::PgConnection::connect(&url).await.unwrap()
 }
 
 fn error_of(s: &serde_json::Value, tenant: &str) -> String {

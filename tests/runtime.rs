@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::connect_db as connect;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -101,12 +103,6 @@ schema = "tenant_{{tenant}}"
         let mut admin = pg_admin().await;
         exec(&mut admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
     }
-}
-
-async fn connect(db: &str) -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let url = format!("{}/{db}", pg_url().rsplit_once('/').unwrap().0);
-    sqlx::PgConnection::connect(&url).await.unwrap()
 }
 
 fn tenant_states(status: &serde_json::Value) -> BTreeMap<String, String> {

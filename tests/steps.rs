@@ -2,6 +2,8 @@
 
 mod support;
 
+use support::connect_db as connect;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -106,12 +108,6 @@ tenant_column = "tenant_id"
             exec(&mut admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
         }
     }
-}
-
-async fn connect(db: &str) -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let url = format!("{}/{db}", pg_url().rsplit_once('/').unwrap().0);
-    sqlx::PgConnection::connect(&url).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,6 +76,13 @@ pub async fn pg_admin() -> sqlx::PgConnection {
     }
 }
 
+/// A connection to database `db` of the test server.
+pub async fn connect_db(db: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let url = format!("{}/{db}", pg_url().rsplit_once('/').unwrap().0);
+    sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| panic!("cannot connect to test database {db}: {e}"))
+}
+
 /// A name unique to this test process and call, for databases, schemas and key prefixes.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
