@@ -281,7 +281,7 @@ async fn the_drift_step_fails_tenants_that_differ_from_the_reference() {
         "[target]\nservices = [\"clinic\"]\n\n[retry]\nattempts = 1\n\n[[steps]]\nkind = \"drift\"\nreference = \"t00\"\n",
     )
     .unwrap();
-    let _worker = WorkerProcess::spawn(fleet.path());
+    let worker = WorkerProcess::spawn(fleet.path());
     let out = tenantry(fleet.path(), &["run", "drift"], &[]);
     assert_eq!(out.code(), 0, "{}", out.all());
     let run = out.stdout().trim().to_string();
@@ -312,5 +312,6 @@ async fn the_drift_step_fails_tenants_that_differ_from_the_reference() {
     assert!(e.contains(&format!("in 2 way(s): {}; {};", T02_DIFF[0], T02_DIFF[1])), "{e}");
     let e = error("t03");
     assert!(e.contains(T03_DIFF[0]) && e.contains(T03_DIFF[1]), "{e}");
+    drop(worker);
     fleet.drop().await;
 }

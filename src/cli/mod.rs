@@ -52,6 +52,7 @@ pub enum Command {
     /// Compare every tenant's schema of a service with a reference (a named tenant, or the
     /// majority) and show how each differing tenant differs; exit 1 when any does.
     Drift {
+        /// The service whose tenants to compare.
         service: String,
         /// Compare with this tenant instead of the majority.
         #[arg(long, value_name = "TENANT")]

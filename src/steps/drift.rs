@@ -420,11 +420,15 @@ fn swap_tenant(name: &str, tenant: &str, reference: &str) -> String {
     out
 }
 
-/// Reference fingerprints read by this process, per (run, service, reference tenant): each is
-/// read once per run, however many of the run's tenants this worker compares with it. Only
-/// the most recent runs are kept.
+/// A reference tenant's fingerprint, read by the first of a run's tenants that needs it.
+/// A failed read is not kept, so the next tenant (or the retry) reads again.
 type ReferenceCell = Arc<OnceCell<Arc<Fingerprint>>>;
-static REFERENCES: LazyLock<Mutex<VecDeque<((String, String, String), ReferenceCell)>>> =
+/// (run, service, reference tenant).
+type ReferenceKey = (String, String, String);
+
+/// Reference fingerprints read by this process: each is read once per run, however many
+/// of the run's tenants this worker compares with it. Only the most recent are kept.
+static REFERENCES: LazyLock<Mutex<VecDeque<(ReferenceKey, ReferenceCell)>>> =
     LazyLock::new(|| Mutex::new(VecDeque::new()));
 const CACHED_REFERENCES: usize = 64;
 
@@ -469,8 +473,12 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
     let Some(reference) = ctx.step.reference.as_deref() else {
         return Ok(serde_json::json!({ "hash": own.hash(), "facts": own.len(), "reference": null }));
     };
-    let ref_placement = reference_placement(ctx.placement, ctx.tenant, reference)?;
-    let ref_fp: Arc<Fingerprint> = if reference == ctx.tenant || ref_placement == *ctx.placement {
+    let ref_placement = if reference == ctx.tenant {
+        ctx.placement.clone()
+    } else {
+        reference_placement(ctx.placement, ctx.tenant, reference)?
+    };
+    let ref_fp: Arc<Fingerprint> = if ref_placement == *ctx.placement {
         Arc::new(own.clone())
     } else {
         let whose = format!("reference tenant {reference}");
