@@ -94,13 +94,19 @@ impl RunStore {
     /// Connects (with a bounded wait); an unreachable Redis is reported with the URL
     /// redacted. The connection manager reconnects by itself afterwards.
     pub async fn connect(url: &SecretUrl, prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_within(url, prefix, Duration::from_secs(10)).await
+    }
+
+    /// Like [`RunStore::connect`], giving up after `patience` (a one-shot CLI command
+    /// should say "unreachable" in seconds; a worker can wait longer).
+    pub async fn connect_within(url: &SecretUrl, prefix: &str, patience: Duration) -> Result<Self, StoreError> {
         let unreachable = |source| StoreError::Unreachable { url: url.redacted(), source };
         let client = redis::Client::open(url.expose()).map_err(unreachable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5).min(patience)))
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_number_of_retries(6);
-        let conn = tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new_with_config(client, config))
+        let conn = tokio::time::timeout(patience, ConnectionManager::new_with_config(client, config))
             .await
             .map_err(|_| unreachable(redis::RedisError::from((redis::ErrorKind::Io, "connection timed out"))))?
             .map_err(unreachable)?;

@@ -264,6 +264,9 @@ impl Runtime {
         let spec = self.spec(&task.run_id).await?;
         let Some(snapshot) = spec.tenants.get(&task.tenant) else { return Ok(()) };
         let lease = self.settings.lease.0;
+        // The lease counts from before the claim was sent: a reply delayed by a stalled
+        // Redis must not make this worker believe in a lease that has already run out.
+        let claim_sent = tokio::time::Instant::now();
         let claim = self.store.claim(&task.run_id, &task.tenant, &self.worker_id, task.dispatch, lease).await?;
         let (holder, checkpoint) = match claim {
             Claim::Ok { holder, checkpoint } => (holder, checkpoint),
@@ -279,26 +282,38 @@ impl Runtime {
             }
         };
 
+        if claim_sent.elapsed() >= lease {
+            warn!("the claim's reply came after the lease had run out; leaving the tenant to the sweep");
+            return Ok(());
+        }
         let key = (task.run_id.clone(), task.tenant.clone());
         self.leases.lock().expect("lease registry").held.insert(key.clone(), holder.clone());
         let mut guard = LeaseGuard { leases: self.leases.clone(), key, done: false };
 
-        // Renew the lease while we work; losing it means another worker may take over, so
-        // everything this worker does from then on is refused by the fencing token.
+        // Renew the lease while we work. The lease is ours only until `valid_until` (from
+        // when the last successful renewal was *sent*); a renewal that fails, hangs past
+        // that point, or finds the lease taken cancels the work: from then on another
+        // worker may own the tenant, and everything this one writes is fenced off.
         let lost = CancellationToken::new();
         let _heartbeat = {
             let store = self.store.clone();
             let (run, tenant, holder, lost) = (task.run_id.clone(), task.tenant.clone(), holder.clone(), lost.clone());
             AbortOnDrop(tokio::spawn(async move {
+                let mut valid_until = claim_sent + lease;
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    match store.renew(&run, &tenant, &holder, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
+                    let sent = tokio::time::Instant::now();
+                    if sent >= valid_until {
+                        lost.cancel();
+                        break;
+                    }
+                    match tokio::time::timeout_at(valid_until, store.renew(&run, &tenant, &holder, lease)).await {
+                        Ok(Ok(true)) => valid_until = sent + lease,
+                        Ok(Ok(false)) | Err(_) => {
                             lost.cancel();
                             break;
                         }
-                        Err(e) => debug!(error = %e, "lease renewal failed; retrying"),
+                        Ok(Err(e)) => debug!(error = %e, "lease renewal failed; retrying until the lease runs out"),
                     }
                 }
             }))

@@ -60,32 +60,30 @@ pub async fn exists(
         .map_err(|e| StepError::from_sqlx("reading the receipt", &e))
 }
 
-/// Writes the receipt inside the step's transaction. Two attempts racing (a worker that
-/// lost its lease but still runs) both try to insert; the primary key makes the second
-/// fail and roll back its work.
+/// Writes the receipt inside the step's transaction. Returns false when another attempt
+/// committed the same step first (a worker that lost its lease and still ran, racing the
+/// one that took over): the primary key refuses the second receipt, the caller's
+/// transaction is aborted and must be dropped, and the step counts as done — exactly once.
 pub async fn write(
     tx: &mut Transaction<'_, Postgres>,
     schema: &str,
     run: &str,
     tenant: &str,
     step: &str,
-) -> Result<(), StepError> {
+) -> Result<bool, StepError> {
     let sql = format!(
         "INSERT INTO {}.{} (run_id, tenant, step) VALUES ($1, $2, $3)",
         quote_ident(schema),
         quote_ident(RECEIPTS_TABLE)
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(run)
-        .bind(tenant)
-        .bind(step)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
-        .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
-            Some(c) if c == "23505" => {
-                StepError::permanent(format!("step {step} was already applied by another attempt"))
-            }
-            _ => StepError::from_sqlx("writing the receipt", &e),
-        })
+    match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run).bind(tenant).bind(step).execute(&mut **tx).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505") => Ok(false),
+        Err(e) => Err(StepError::from_sqlx("writing the receipt", &e)),
+    }
+}
+
+/// What a step reports when a concurrent attempt applied it first.
+pub fn applied_concurrently() -> serde_json::Value {
+    serde_json::json!({ "skipped": "applied by a concurrent attempt of this run (its receipt won); nothing was applied twice" })
 }

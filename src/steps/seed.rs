@@ -55,7 +55,9 @@ pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_jso
             .map_err(|e| StepError::from_sqlx(&format!("applying seed file {}", file.display()), &e))?;
         applied.push(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     }
-    receipt::write(&mut tx, schema, ctx.run, ctx.tenant, &unit).await?;
+    if !receipt::write(&mut tx, schema, ctx.run, ctx.tenant, &unit).await? {
+        return Ok(receipt::applied_concurrently());
+    }
     tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
     Ok(serde_json::json!({ "seeded": applied }))
 }

@@ -30,7 +30,9 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
             .execute(&mut *tx)
             .await
             .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
-        receipt::write(&mut tx, schema, ctx.run, ctx.tenant, ctx.unit).await?;
+        if !receipt::write(&mut tx, schema, ctx.run, ctx.tenant, ctx.unit).await? {
+            return Ok(receipt::applied_concurrently());
+        }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
     } else {
         // Outside a transaction (e.g. CREATE INDEX CONCURRENTLY) the SQL itself must be
@@ -46,7 +48,9 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
             .await
             .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
         let mut tx = conn.begin().await.map_err(|e| StepError::from_sqlx("starting the transaction", &e))?;
-        receipt::write(&mut tx, schema, ctx.run, ctx.tenant, ctx.unit).await?;
+        if !receipt::write(&mut tx, schema, ctx.run, ctx.tenant, ctx.unit).await? {
+            return Ok(receipt::applied_concurrently());
+        }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
     }
     Ok(serde_json::json!({ "duration_ms": started.elapsed().as_millis() as u64 }))

@@ -177,3 +177,64 @@ pub fn wait_for_state(cwd: &Path, run: &str, states: &[&str], timeout: std::time
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Like [`tenantry`], but bounded: the process is killed, and the test fails naming the
+/// command, when it runs longer than `timeout`.
+pub fn tenantry_within(cwd: &Path, args: &[&str], env: &[(&str, &str)], timeout: std::time::Duration) -> Run {
+    use std::io::Read;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
+    cmd.current_dir(cwd).args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTRY__") || k == "TENANTRY_CONFIG") {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run tenantry");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tenantry") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = Run(Output {
+                status: std::process::ExitStatus::default(),
+                stdout: stdout.join().unwrap_or_default(),
+                stderr: stderr.join().unwrap_or_default(),
+            });
+            panic!("`tenantry {}` did not finish within {timeout:?}\n{}", args.join(" "), out.all());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Run(Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+}
+
+impl WorkerProcess {
+    /// `tenantry {command}` with `TENANTRY_LOG={level}` and its stdout and stderr appended to
+    /// `log` (to read what it said, or check what it must never say). No `TENANTRY__`
+    /// variables leak in from the environment.
+    pub fn spawn_logged(cwd: &Path, command: &str, level: &str, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open worker log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
+        cmd.current_dir(cwd)
+            .args([command])
+            .env("TENANTRY_LOG", level)
+            .stdout(file.try_clone().expect("clone worker log"))
+            .stderr(file);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTRY__") || k == "TENANTRY_CONFIG") {
+            cmd.env_remove(k);
+        }
+        Self(cmd.spawn().expect("spawn tenantry worker"))
+    }
+}
