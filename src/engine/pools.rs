@@ -42,6 +42,10 @@ impl Databases {
             .map_err(|e| format!("invalid URL for host {host}: {e}"))?;
         let pool = PgPoolOptions::new()
             .max_connections(self.per_pool)
+            // No ping before every acquire: a broken connection fails the step's first
+            // statement instead, which is a transient error and retried. Saves a round trip
+            // per tenant (measured: about 10 % of a `sql` step's cost).
+            .test_before_acquire(false)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(30))
             .idle_timeout(Some(Duration::from_secs(60)))

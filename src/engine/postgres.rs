@@ -28,6 +28,13 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes a string literal (`'it''s'`), for the few statements that cannot take bind
+/// parameters (a multi-statement `BEGIN`). Requires standard_conforming_strings (the
+/// default since PostgreSQL 9.1), under which a backslash is an ordinary character.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +43,6 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("tenant_acme-corp"), "\"tenant_acme-corp\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

@@ -2,10 +2,7 @@
 
 use std::path::PathBuf;
 
-use sqlx::Connection;
-
 use super::{StepContext, StepError, receipt};
-use crate::engine::postgres::quote_ident;
 
 /// The `*.sql` files of the service's seeds directory, sorted by name.
 pub fn seed_files(ctx: &StepContext<'_>) -> Result<Vec<PathBuf>, StepError> {
@@ -35,14 +32,9 @@ pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_jso
     let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
     let schema = &ctx.placement.schema;
     receipt::ensure_table(&mut conn, &ctx.placement.target_key(), schema).await?;
-    let mut tx = conn.begin().await.map_err(|e| StepError::from_sqlx("starting the transaction", &e))?;
-    let set = format!("SET LOCAL search_path TO {}", quote_ident(schema));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StepError::from_sqlx("setting search_path", &e))?;
+    let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
     let unit = format!("{}#seed", ctx.unit);
-    if receipt::exists(&mut tx, schema, ctx.run, ctx.tenant, &unit).await? {
+    if receipt::exists(&mut tx, ctx.run, ctx.tenant, &unit).await? {
         return Ok(serde_json::json!({ "skipped": "already seeded in this run (receipt found)" }));
     }
     let mut applied = Vec::new();
@@ -55,7 +47,7 @@ pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_jso
             .map_err(|e| StepError::from_sqlx(&format!("applying seed file {}", file.display()), &e))?;
         applied.push(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     }
-    if !receipt::write(&mut tx, schema, ctx.run, ctx.tenant, &unit).await? {
+    if !receipt::write(&mut tx, ctx.run, ctx.tenant, &unit).await? {
         return Ok(receipt::applied_concurrently());
     }
     tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;

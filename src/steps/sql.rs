@@ -6,8 +6,6 @@
 
 use std::time::Instant;
 
-use sqlx::Connection;
-
 use super::{StepContext, StepError, receipt};
 use crate::engine::postgres::quote_ident;
 
@@ -17,38 +15,46 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
     let schema = &ctx.placement.schema;
     let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
     let started = Instant::now();
-    let transactional = ctx.step.transaction.unwrap_or(true);
     receipt::ensure_table(&mut conn, &ctx.placement.target_key(), schema).await?;
 
-    let mut tx = conn.begin().await.map_err(|e| StepError::from_sqlx("starting the transaction", &e))?;
-    prepare(&mut tx, ctx).await?;
-    if receipt::exists(&mut tx, schema, ctx.run, ctx.tenant, ctx.unit).await? {
-        return Ok(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
-    }
-    if transactional {
+    if ctx.step.transaction.unwrap_or(true) {
+        let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
+        if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+            return Ok(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
+        }
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
             .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
-        if !receipt::write(&mut tx, schema, ctx.run, ctx.tenant, ctx.unit).await? {
+        if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
             return Ok(receipt::applied_concurrently());
         }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
     } else {
         // Outside a transaction (e.g. CREATE INDEX CONCURRENTLY) the SQL itself must be
         // idempotent: a crash between it and the receipt runs it again.
-        tx.rollback().await.map_err(|e| StepError::from_sqlx("rolling back", &e))?;
-        let set = format!("SET search_path TO {}", quote_ident(schema));
+        {
+            let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
+            if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+                return Ok(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
+            }
+        }
+        let set = format!(
+            "SET search_path TO {}; SELECT set_config('tenantry.tenant', {}, false), set_config('tenantry.run', {}, false)",
+            quote_ident(schema),
+            crate::engine::postgres::quote_literal(ctx.tenant),
+            crate::engine::postgres::quote_literal(ctx.run)
+        );
         sqlx::raw_sql(sqlx::AssertSqlSafe(set))
             .execute(&mut *conn)
             .await
             .map_err(|e| StepError::from_sqlx("setting search_path", &e))?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
-        let mut tx = conn.begin().await.map_err(|e| StepError::from_sqlx("starting the transaction", &e))?;
-        if !receipt::write(&mut tx, schema, ctx.run, ctx.tenant, ctx.unit).await? {
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await;
+        // Session settings must not leak to the next user of this pooled connection.
+        let _ = sqlx::raw_sql("RESET search_path; RESET tenantry.tenant; RESET tenantry.run").execute(&mut *conn).await;
+        result.map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
+        let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
+        if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
             return Ok(receipt::applied_concurrently());
         }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
@@ -66,20 +72,4 @@ fn statement(ctx: &StepContext<'_>) -> Result<String, StepError> {
         }
         (None, None) => Err(StepError::permanent("sql step has neither `sql` nor `file`")),
     }
-}
-
-/// Transaction-local settings: search path, tenant and run, statement timeout.
-async fn prepare(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, ctx: &StepContext<'_>) -> Result<(), StepError> {
-    let set = format!("SET LOCAL search_path TO {}", quote_ident(&ctx.placement.schema));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| StepError::from_sqlx("setting search_path", &e))?;
-    sqlx::query("SELECT set_config('tenantry.tenant', $1, true), set_config('tenantry.run', $2, true)")
-        .bind(ctx.tenant)
-        .bind(ctx.run)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| StepError::from_sqlx("setting the tenant", &e))?;
-    Ok(())
 }

@@ -1,0 +1,1059 @@
+//! Throughput of the durable runtime: N schema tenants, one `sql: SELECT 1` step, next to plain sqlx loops in the same process; prints a Markdown table and writes it into docs/benchmarks.md.
+//!
+//! Run it with `deploy/local/bench.sh` (services, release build), or directly:
+//!
+//! ```text
+//! cargo bench --bench runtime -- [--tenants N] [--concurrency C] [--pool P] [--workers W]
+//!                                [--timeout SECS] [--no-docs]
+//! ```
+//!
+//! One fresh database with N schemas `tenant_tNNNNN`, one temporary config (static catalog,
+//! one host, a schema-isolation service, its own Redis prefix) and one workflow (`sql =
+//! "SELECT 1"`, run and per-host concurrency C). Measured in one bench run:
+//!
+//! - `sqlx loop, 1 connection`: `SET search_path TO "tenant_x"; SELECT 1` per tenant on a
+//!   pool of one connection, sequentially: the simplest honest loop.
+//! - `sqlx loop, P connections`: the same statements from P tasks over a pool of P
+//!   connections, the connections a worker gets.
+//! - `tenantry sql step alone`: the real step (`steps::execute`: transaction, search path,
+//!   receipt check and row) from P tasks, without run store, queue or checkpoints: the
+//!   PostgreSQL share of a tenant task.
+//! - Three tenantry runs, each created through the library as `tenantry run` creates one
+//!   (`launch::snapshot` + `Runtime::start`) and executed by W `tenantry worker` processes
+//!   (the release binary, `worker_concurrency` C, a pool of P connections): what production
+//!   runs. Every tenant is dispatched through apalis, claimed with a lease, checkpointed and
+//!   finished in Redis, and the step commits a receipt row in the tenant's schema.
+//!   1. `fresh fleet`: the first run ever; the step creates each schema's receipts table.
+//!   2. `workers just started`: the workers are restarted first, so each checks each
+//!      receipts table once (`CREATE TABLE IF NOT EXISTS`), as after every deploy.
+//!   3. `steady state`: the same workers again.
+//!
+//! For runs, tasks/s is tenants / (last `finished_ms` − the run's `created_ms`), and the
+//! dispatch-to-start delay of a tenant is `claimed_ms − queued_ms` from its checkpoint. Each
+//! run must succeed with every tenant succeeded and one receipt per tenant, within the
+//! timeout, or the bench exits 1. CPU time per process group (from /proc) and Redis commands
+//! are printed for each run, to see where the time goes. The database and the Redis keys of
+//! the prefix are removed at the end, also after a failure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use tenantry::catalog::Catalog;
+use tenantry::cli::Context;
+use tenantry::engine::pools::Databases;
+use tenantry::runtime::launch;
+use tenantry::runtime::model::{RunSpec, RunState, TenantState, Trigger};
+use tenantry::runtime::worker::Runtime;
+use tenantry::steps::{StepContext, execute};
+use tenantry::workflow::{self, CheckContext, Workflow};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+const USAGE: &str = "usage: cargo bench --bench runtime -- [--tenants N] [--concurrency C] [--pool P] [--workers W] \
+                     [--timeout SECS] [--no-docs]
+
+  --tenants N       schema tenants (default 5000)
+  --concurrency C   run and per-host concurrency of the workflow, and worker_concurrency (default 32)
+  --pool P          PostgreSQL connections per worker, and of the parallel loops (default 8)
+  --workers W       `tenantry worker` processes (default 1)
+  --timeout SECS    limit per tenantry run (default 300)
+  --no-docs         print the table only; leave docs/benchmarks.md alone";
+
+const WORKFLOW: &str = "bench";
+const BEGIN_MARKER: &str = "<!-- runtime:begin -->";
+const END_MARKER: &str = "<!-- runtime:end -->";
+
+#[derive(Debug, Clone)]
+struct Args {
+    tenants: usize,
+    concurrency: u32,
+    pool: u32,
+    workers: usize,
+    timeout: Duration,
+    docs: bool,
+    command_line: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        tenants: 5000,
+        concurrency: 32,
+        pool: 8,
+        workers: 1,
+        timeout: Duration::from_secs(300),
+        docs: true,
+        command_line: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?;
+            v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| format!("{name} {v:?}: expected a positive number"))
+        };
+        match arg.as_str() {
+            // `cargo bench` passes --bench to every bench binary.
+            "--bench" => continue,
+            "--tenants" => args.tenants = value("--tenants")? as usize,
+            "--concurrency" => args.concurrency = value("--concurrency")? as u32,
+            "--pool" => args.pool = value("--pool")? as u32,
+            "--workers" => args.workers = value("--workers")? as usize,
+            "--timeout" => args.timeout = Duration::from_secs(value("--timeout")?),
+            "--no-docs" => args.docs = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if args.tenants > 99_999 {
+        return Err("--tenants: at most 99999 (tenant ids are t00000..t99999)".into());
+    }
+    args.command_line = vec![
+        format!("--tenants {}", args.tenants),
+        format!("--concurrency {}", args.concurrency),
+        format!("--pool {}", args.pool),
+        format!("--workers {}", args.workers),
+    ];
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: Args) -> Result<()> {
+    let name = format!("tenantry_bench_{}_{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    eprintln!("bench: {} schema tenants in database {name}", args.tenants);
+    let fleet = Fleet::create(&name, &args).await?;
+    let measured = measure(&fleet, &args).await;
+    let cleaned = fleet.destroy().await;
+    let rows = measured?;
+    cleaned?;
+    let section = render(&args, &rows).await;
+    println!("{section}");
+    if args.docs {
+        let path = write_docs(&section)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+fn pg_url() -> String {
+    std::env::var("TENANTRY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("TENANTRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The server URL with another database (query parameters such as `sslmode` are kept).
+fn database_url(database: &str) -> String {
+    let url = pg_url();
+    match url::Url::parse(&url) {
+        Ok(mut u) => {
+            u.set_path(&format!("/{database}"));
+            u.to_string()
+        }
+        Err(_) => {
+            let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+            format!("{base}/{database}")
+        }
+    }
+}
+
+async fn pg_connect(database: &str) -> Result<sqlx::PgConnection> {
+    let url = database_url(database);
+    sqlx::PgConnection::connect(&url).await.map_err(|e| {
+        format!(
+            "PostgreSQL is not reachable at {url} ({e}); start it with `source deploy/local/services.sh && ensure_postgres` \
+             or run the bench through deploy/local/bench.sh"
+        )
+        .into()
+    })
+}
+
+async fn redis_connect() -> Result<redis::aio::MultiplexedConnection> {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str())?;
+    client.get_multiplexed_async_connection().await.map_err(|e| {
+        format!(
+            "Redis is not reachable at {url} ({e}); start it with `source deploy/local/services.sh && ensure_redis` \
+             or run the bench through deploy/local/bench.sh"
+        )
+        .into()
+    })
+}
+
+async fn exec(conn: &mut sqlx::PgConnection, sql: String) -> Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet: a database with N schemas, a config and a workflow
+
+struct Fleet {
+    name: String,
+    tenants: usize,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn tenant(i: usize) -> String {
+        format!("t{i:05}")
+    }
+
+    fn schema(i: usize) -> String {
+        format!("tenant_{}", Self::tenant(i))
+    }
+
+    async fn create(name: &str, args: &Args) -> Result<Fleet> {
+        let started = Instant::now();
+        let mut admin = pg_connect("postgres").await?;
+        exec(&mut admin, format!("CREATE DATABASE \"{name}\"")).await?;
+        // From here on, `destroy` must run whatever happens.
+        let fleet = Fleet { name: name.to_string(), tenants: args.tenants, dir: tempfile::tempdir()? };
+        if let Err(e) = fleet.populate(args).await {
+            let _ = fleet.destroy().await;
+            return Err(e);
+        }
+        eprintln!("bench: database and config ready in {:.1?}", started.elapsed());
+        Ok(fleet)
+    }
+
+    async fn populate(&self, args: &Args) -> Result<()> {
+        let mut db = pg_connect(&self.name).await?;
+        let mut ddl = String::with_capacity(self.tenants * 40);
+        for i in 0..self.tenants {
+            let _ = writeln!(ddl, "CREATE SCHEMA \"{}\";", Self::schema(i));
+        }
+        exec(&mut db, ddl).await?;
+        db.close().await?;
+
+        let mut config = format!(
+            r#"# Written by benches/runtime.rs; deleted after the bench.
+[redis]
+url = "{redis}"
+prefix = "{name}"
+
+[runtime]
+worker_concurrency = {concurrency}
+drain_timeout = "10s"
+
+[hosts.main]
+engine = "postgres"
+url = "{pg}"
+max_concurrency = {pool}
+
+[services.app]
+engine = "postgres"
+isolation = "schema"
+host = "main"
+database = "{name}"
+schema = "tenant_{{tenant}}"
+"#,
+            redis = redis_url(),
+            pg = pg_url(),
+            name = self.name,
+            concurrency = args.concurrency,
+            pool = args.pool,
+        );
+        for i in 0..self.tenants {
+            let _ = write!(config, "\n[[catalog.tenants]]\nid = \"{}\"\nservices = [\"app\"]\n", Self::tenant(i));
+        }
+        std::fs::write(self.config_path(), config)?;
+        std::fs::create_dir(self.dir.path().join("workflows"))?;
+        std::fs::write(
+            self.dir.path().join("workflows").join(format!("{WORKFLOW}.toml")),
+            format!(
+                "description = \"benchmark: SELECT 1 in every tenant schema\"\n\n\
+                 [concurrency]\nrun = {c}\nper_host = {c}\n\n\
+                 [[steps]]\nkind = \"sql\"\nsql = \"SELECT 1\"\n",
+                c = args.concurrency
+            ),
+        )?;
+        Ok(())
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tenantry.toml")
+    }
+
+    /// Receipts written under run id `run`, over every schema (500 schemas per query).
+    async fn receipts(&self, run: &str) -> Result<i64> {
+        let mut db = pg_connect(&self.name).await?;
+        let mut total = 0;
+        let indexes: Vec<usize> = (0..self.tenants).collect();
+        for chunk in indexes.chunks(500) {
+            let parts: Vec<String> = chunk
+                .iter()
+                .map(|i| format!("SELECT 1 FROM \"{}\".tenantry_receipts WHERE run_id = $1", Self::schema(*i)))
+                .collect();
+            let sql = format!("SELECT count(*) FROM ({}) r", parts.join(" UNION ALL "));
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(run).persistent(false).fetch_one(&mut db).await?;
+            total += n;
+        }
+        db.close().await?;
+        Ok(total)
+    }
+
+    /// Drops the database and deletes every Redis key of the prefix.
+    async fn destroy(&self) -> Result<()> {
+        let mut admin = pg_connect("postgres").await?;
+        exec(&mut admin, format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)).await?;
+        let mut redis = redis_connect().await?;
+        let mut cursor: u64 = 0;
+        let mut deleted = 0usize;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.name))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                deleted += keys.len();
+                let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        eprintln!("bench: dropped database {}, deleted {deleted} Redis keys of prefix {0}", self.name);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+/// One line of the results table.
+struct Row {
+    label: String,
+    per_tenant: &'static str,
+    connections: String,
+    tenants: usize,
+    wall: Duration,
+    tasks_per_sec: f64,
+    /// Runs only: dispatch-to-start p50/p99 and claim-to-finish p50/p99 (ms).
+    delays: Option<[i64; 4]>,
+    usage: Option<Usage>,
+}
+
+async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let schemas: Arc<Vec<String>> = Arc::new((0..fleet.tenants).map(Fleet::schema).collect());
+    rows.push(plain_loop(fleet, &schemas, 1).await?);
+    rows.push(plain_loop(fleet, &schemas, args.pool).await?);
+
+    let ctx = Context::load(Some(&fleet.config_path()), &[]).map_err(|f| f.to_string())?;
+    let catalog = ctx.checked_catalog().await.map_err(|f| f.to_string())?;
+    let wf = workflow::find(&ctx.config.workflows_dir(), WORKFLOW).map_err(|d| d.to_string())?;
+    let problems = workflow::check(
+        &wf.spec,
+        &wf.name,
+        &wf.source,
+        &CheckContext { services: &ctx.config.config.services, catalog: Some(&catalog) },
+    );
+    if !problems.is_empty() {
+        return Err(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n").into());
+    }
+    // The bench's own runtime only starts runs and reads them, as `tenantry run` and
+    // `tenantry status` do; the work is done by `tenantry worker` processes.
+    let starter = ctx.runtime().await.map_err(|f| f.to_string())?;
+    let bench = Bench { fleet, args, ctx: &ctx, catalog: &catalog, wf: &wf, starter: &starter };
+
+    let mut workers = Workers::start(fleet, args.workers).await?;
+    rows.push(bench.run("tenantry run, fresh fleet (creates receipts tables)").await?);
+    workers.stop()?;
+    let mut workers = Workers::start(fleet, args.workers).await?;
+    rows.push(bench.run("tenantry run, workers just started").await?);
+    rows.push(bench.run("tenantry run, steady state").await?);
+    workers.stop()?;
+
+    // Measured last (it needs the receipts tables), shown next to the loops.
+    rows.insert(2, bench.step_only().await?);
+    Ok(rows)
+}
+
+/// `tenantry worker` processes (the release binary built with the bench) on the fleet's
+/// config; killed when dropped, so a failing bench leaves none behind.
+struct Workers(Vec<std::process::Child>);
+
+impl Workers {
+    async fn start(fleet: &Fleet, n: usize) -> Result<Workers> {
+        let mut workers = Workers(Vec::with_capacity(n));
+        for _ in 0..n {
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+                .current_dir(fleet.dir.path())
+                .arg("worker")
+                .env("TENANTRY_LOG", std::env::var("TENANTRY_LOG").unwrap_or_else(|_| "warn".into()))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_tenantry")))?;
+            workers.0.push(child);
+        }
+        // Connected and registered with apalis well before the first dispatch.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for w in &mut workers.0 {
+            if let Some(status) = w.try_wait()? {
+                return Err(format!("a `tenantry worker` exited at start: {status}").into());
+            }
+        }
+        Ok(workers)
+    }
+
+    /// SIGTERM, then waits (bounded) for each worker to drain and exit 0.
+    fn stop(&mut self) -> Result<()> {
+        let mut failures = Vec::new();
+        for mut w in self.0.drain(..) {
+            let _ = std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(status) = w.try_wait()? {
+                    break Some(status);
+                }
+                if Instant::now() > deadline {
+                    let _ = w.kill();
+                    let _ = w.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => failures.push(format!("worker {} exited with {s}", w.id())),
+                None => failures.push(format!("worker {} did not stop within 30 s of SIGTERM", w.id())),
+            }
+        }
+        if failures.is_empty() { Ok(()) } else { Err(failures.join("; ").into()) }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+/// `SET search_path TO "tenant_x"; SELECT 1` per tenant, from `connections` tasks over a
+/// pool of that many connections (opened before the clock starts).
+async fn plain_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, connections: u32) -> Result<Row> {
+    let options: PgConnectOptions = database_url(&fleet.name).parse()?;
+    let pool =
+        PgPoolOptions::new().max_connections(connections).min_connections(connections).connect_with(options).await?;
+    warm(&pool, connections).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (pool, next, schemas) = (pool.clone(), next.clone(), schemas.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(schema) = schemas.get(i) else { break };
+                let sql = format!("SET search_path TO \"{schema}\"; SELECT 1");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+                done += 1;
+            }
+            Ok::<usize, sqlx::Error>(done)
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await??;
+    }
+    let wall = started.elapsed();
+    pool.close().await;
+    if done != fleet.tenants {
+        return Err(format!("plain loop ran {done} statements for {} tenants", fleet.tenants).into());
+    }
+    let row = Row {
+        label: format!("sqlx loop, {connections} connection{}", if connections == 1 { "" } else { "s" }),
+        per_tenant: "`SET search_path; SELECT 1` (one round trip)",
+        connections: connections.to_string(),
+        tenants: done,
+        wall,
+        tasks_per_sec: done as f64 / wall.as_secs_f64(),
+        delays: None,
+        usage: None,
+    };
+    eprintln!("bench: {}: {:.0} statements/s", row.label, row.tasks_per_sec);
+    Ok(row)
+}
+
+/// Makes sure `n` connections of the pool are open.
+async fn warm(pool: &PgPool, n: u32) -> Result<()> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.acquire().await?);
+    }
+    Ok(())
+}
+
+struct Bench<'a> {
+    fleet: &'a Fleet,
+    args: &'a Args,
+    ctx: &'a Context,
+    catalog: &'a Catalog,
+    wf: &'a Workflow,
+    starter: &'a Arc<Runtime>,
+}
+
+impl Bench<'_> {
+    /// One run through the runtime, started the way `tenantry run` starts one, followed
+    /// until it ends (or the timeout), then checked.
+    async fn run(&self, label: &str) -> Result<Row> {
+        let before = Snapshot::take().await?;
+        let started = Instant::now();
+        let spec = launch::snapshot(self.wf, self.catalog, &self.ctx.config, &[]);
+        let n = spec.tenants.len();
+        if n != self.fleet.tenants {
+            return Err(format!("the run selects {n} tenants, the fleet has {}", self.fleet.tenants).into());
+        }
+        let store = &self.starter.store;
+        let id = self.starter.start(spec, &Trigger::Operator).await?;
+        let record = loop {
+            let record = store.record(&id).await?;
+            if record.state.is_terminal() {
+                break record;
+            }
+            if started.elapsed() > self.args.timeout {
+                return Err(format!(
+                    "{label}: run {id} is still {} after {:?} ({} of {n} tenants succeeded, {} failed, {} in flight)",
+                    record.state, self.args.timeout, record.succeeded, record.failed, record.inflight
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let wall = started.elapsed();
+        let usage = Snapshot::take().await?.since(&before, n);
+        if record.state != RunState::Succeeded || record.succeeded != n as u64 {
+            return Err(format!(
+                "{label}: run {id} ended {} ({}), {} of {n} tenants succeeded, {} failed",
+                record.state,
+                record.reason.unwrap_or_default(),
+                record.succeeded,
+                record.failed
+            )
+            .into());
+        }
+        let checkpoints = store.checkpoints(&id).await?;
+        let mut dispatch_to_start = Vec::with_capacity(n);
+        let mut claim_to_finish = Vec::with_capacity(n);
+        let mut last_finished = record.created_ms;
+        for (tenant, cp) in &checkpoints {
+            let (Some(queued), Some(claimed), Some(finished)) = (cp.queued_ms, cp.claimed_ms, cp.finished_ms) else {
+                return Err(
+                    format!("{label}: checkpoint of {tenant} lacks queued/claimed/finished times: {cp:?}").into()
+                );
+            };
+            if cp.state != TenantState::Succeeded {
+                return Err(format!("{label}: tenant {tenant} is {:?} in a succeeded run", cp.state).into());
+            }
+            dispatch_to_start.push(claimed - queued);
+            claim_to_finish.push(finished - claimed);
+            last_finished = last_finished.max(finished);
+        }
+        if checkpoints.len() != n {
+            return Err(format!("{label}: {} checkpoints for {n} tenants", checkpoints.len()).into());
+        }
+        let receipts = self.fleet.receipts(&id).await?;
+        if receipts != n as i64 {
+            return Err(format!("{label}: {receipts} receipts of run {id} for {n} tenants").into());
+        }
+        let span = Duration::from_millis((last_finished - record.created_ms).max(1) as u64);
+        dispatch_to_start.sort_unstable();
+        claim_to_finish.sort_unstable();
+        let row = Row {
+            label: label.to_string(),
+            per_tenant: "claim, `sql` step (transaction + receipt), checkpoint, finish, advance",
+            connections: format!("{} × {}", self.args.workers, self.args.pool),
+            tenants: n,
+            wall,
+            tasks_per_sec: n as f64 / span.as_secs_f64(),
+            delays: Some([
+                percentile(&dispatch_to_start, 50.0),
+                percentile(&dispatch_to_start, 99.0),
+                percentile(&claim_to_finish, 50.0),
+                percentile(&claim_to_finish, 99.0),
+            ]),
+            usage: Some(usage),
+        };
+        eprintln!(
+            "bench: {label}: run {id} succeeded, {n} tenants and receipts, {:.0} tasks/s, end to end {:.2?}",
+            row.tasks_per_sec, wall
+        );
+        if let Some(u) = &row.usage {
+            eprintln!("{}", u.describe(wall));
+        }
+        Ok(row)
+    }
+
+    /// The `sql` step itself (`steps::execute`, with its transaction and receipt) from
+    /// `pool` tasks, without run store, queue or checkpoints. A first, untimed pass makes
+    /// this process know the receipts tables (as a worker does after its first run).
+    async fn step_only(&self) -> Result<Row> {
+        let spec: Arc<RunSpec> = Arc::new(launch::snapshot(self.wf, self.catalog, &self.ctx.config, &[]));
+        let c = &self.ctx.config.config;
+        let databases = Arc::new(Databases::new(c.hosts.clone(), self.args.pool, 256));
+        // Open the connections before the clock starts, as for the plain loops.
+        let pool = databases.postgres("main", &self.fleet.name)?;
+        warm(&pool, self.args.pool).await?;
+        self.step_pass(&spec, &databases, &format!("step-warm-{}", spec.id)).await?;
+        let run_id = format!("step-only-{}", spec.id);
+        let wall = self.step_pass(&spec, &databases, &run_id).await?;
+        databases.close().await;
+        let n = self.fleet.tenants;
+        let receipts = self.fleet.receipts(&run_id).await?;
+        if receipts != n as i64 {
+            return Err(format!("step only: {receipts} receipts for {n} tenants").into());
+        }
+        let row = Row {
+            label: "tenantry `sql` step alone, no Redis".to_string(),
+            per_tenant: "the step's transaction + receipt, nothing else",
+            connections: self.args.pool.to_string(),
+            tenants: n,
+            wall,
+            tasks_per_sec: n as f64 / wall.as_secs_f64(),
+            delays: None,
+            usage: None,
+        };
+        eprintln!("bench: {}: {:.0} tasks/s", row.label, row.tasks_per_sec);
+        Ok(row)
+    }
+
+    /// Runs the step for every tenant of `spec` from `pool` tasks under run id `run_id`.
+    async fn step_pass(&self, spec: &Arc<RunSpec>, databases: &Arc<Databases>, run_id: &str) -> Result<Duration> {
+        let tenants: Arc<Vec<String>> = Arc::new(spec.tenants.keys().cloned().collect());
+        let base_dir = Arc::new(self.ctx.config.base_dir.clone());
+        let services = Arc::new(self.ctx.config.config.services.clone());
+        let run_id = Arc::new(run_id.to_string());
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..self.args.pool {
+            let (spec, databases, tenants, base_dir, run_id, next, services) = (
+                spec.clone(),
+                databases.clone(),
+                tenants.clone(),
+                base_dir.clone(),
+                run_id.clone(),
+                next.clone(),
+                services.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0usize;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(tenant) = tenants.get(i) else { break };
+                    let snapshot = &spec.tenants[tenant];
+                    let unit = &snapshot.units[0];
+                    let step = &spec.steps[unit.step];
+                    let label = format!("{}/{}", step.label(), unit.service);
+                    let ctx = StepContext {
+                        run: &run_id,
+                        tenant,
+                        unit: &label,
+                        step,
+                        placement: &snapshot.placements[&unit.service],
+                        databases: &databases,
+                        base_dir: &base_dir,
+                        migrations: None,
+                        service: services.get(&unit.service),
+                    };
+                    execute(&ctx).await.map_err(|e| format!("tenant {tenant}: {e}"))?;
+                    done += 1;
+                }
+                Ok::<usize, String>(done)
+            }));
+        }
+        let mut done = 0;
+        for t in tasks {
+            done += t.await??;
+        }
+        if done != tenants.len() {
+            return Err(format!("step only: {done} steps for {} tenants", tenants.len()).into());
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the time goes: CPU per process group, Redis commands
+
+/// Counters at one moment.
+#[derive(Default)]
+struct Snapshot {
+    /// pid -> (group, CPU ticks).
+    cpu: BTreeMap<u32, (&'static str, u64)>,
+    /// Busy ticks of the whole machine (from /proc/stat).
+    machine_busy: u64,
+    /// Redis command -> (calls, usec).
+    redis: BTreeMap<String, (u64, u64)>,
+}
+
+/// What happened between two snapshots, per tenant where that makes sense.
+struct Usage {
+    tenants: usize,
+    /// Group -> CPU seconds.
+    cpu: BTreeMap<&'static str, f64>,
+    machine_busy: f64,
+    redis: Vec<(String, u64, u64)>,
+}
+
+/// Linux USER_HZ: /proc times are in 1/100 s on every mainstream architecture.
+const TICKS_PER_SEC: f64 = 100.0;
+
+impl Snapshot {
+    async fn take() -> Result<Snapshot> {
+        let mut s = Snapshot { cpu: process_cpu(), machine_busy: machine_busy(), ..Default::default() };
+        let mut redis = redis_connect().await?;
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await?;
+        for line in info.lines() {
+            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+            let field = |key: &str| {
+                rest.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok()).unwrap_or(0)
+            };
+            s.redis.insert(name.to_string(), (field("calls"), field("usec")));
+        }
+        Ok(s)
+    }
+
+    fn since(&self, before: &Snapshot, tenants: usize) -> Usage {
+        let mut cpu: BTreeMap<&'static str, f64> = BTreeMap::new();
+        for (pid, (group, ticks)) in &self.cpu {
+            let earlier = before.cpu.get(pid).map_or(0, |(_, t)| *t);
+            *cpu.entry(group).or_default() += ticks.saturating_sub(earlier) as f64 / TICKS_PER_SEC;
+        }
+        let mut redis: Vec<(String, u64, u64)> = self
+            .redis
+            .iter()
+            .map(|(name, (calls, usec))| {
+                let (c0, u0) = before.redis.get(name).copied().unwrap_or((0, 0));
+                (name.clone(), calls.saturating_sub(c0), usec.saturating_sub(u0))
+            })
+            .filter(|(_, calls, _)| *calls > 0)
+            .collect();
+        redis.sort_by_key(|(_, calls, _)| std::cmp::Reverse(*calls));
+        Usage {
+            tenants,
+            cpu,
+            machine_busy: self.machine_busy.saturating_sub(before.machine_busy) as f64 / TICKS_PER_SEC,
+            redis,
+        }
+    }
+}
+
+impl Usage {
+    fn group(&self, name: &str) -> f64 {
+        self.cpu.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// Busy CPU outside the workers, PostgreSQL and Redis: the bench process (it starts and
+    /// polls the run), the kernel's share of the loopback network and disk I/O, anything else.
+    fn other(&self) -> f64 {
+        (self.machine_busy - self.group("tenantry") - self.group("postgres") - self.group("redis")).max(0.0)
+    }
+
+    /// Redis script invocations (EVALSHA/EVAL): one round trip each.
+    fn scripts(&self) -> u64 {
+        self.redis.iter().filter(|(n, _, _)| n == "evalsha" || n == "eval").map(|(_, c, _)| c).sum()
+    }
+
+    fn describe(&self, wall: Duration) -> String {
+        let n = self.tenants as f64;
+        let mut out = format!(
+            "  CPU seconds over {:.2?}: workers {:.2}, postgres {:.2}, redis {:.2}, bench {:.2}, other {:.2} (machine busy {:.2})\n",
+            wall,
+            self.group("tenantry"),
+            self.group("postgres"),
+            self.group("redis"),
+            self.group("bench"),
+            self.other() - self.group("bench"),
+            self.machine_busy
+        );
+        let _ = writeln!(
+            out,
+            "  per tenant: {:.0} µs worker CPU, {:.0} µs postgres CPU, {:.0} µs redis CPU, {:.2} Redis script calls",
+            self.group("tenantry") * 1e6 / n,
+            self.group("postgres") * 1e6 / n,
+            self.group("redis") * 1e6 / n,
+            self.scripts() as f64 / n,
+        );
+        let _ = write!(out, "  Redis commands (calls per tenant, µs per call):");
+        for (name, calls, usec) in self.redis.iter().take(14) {
+            let _ = write!(out, " {name} {:.2}/{:.1}", *calls as f64 / n, *usec as f64 / (*calls).max(1) as f64);
+        }
+        out
+    }
+}
+
+/// CPU ticks of this process, `tenantry` processes (the workers), PostgreSQL and Redis, from
+/// /proc (empty elsewhere).
+fn process_cpu() -> BTreeMap<u32, (&'static str, u64)> {
+    let mut out = BTreeMap::new();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // "pid (comm) state ppid ... utime stime ...": comm may contain spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // After the comm: state is field 0, utime field 11, stime field 12.
+        let cpu = ticks(11) + ticks(12);
+        let group = if pid == me {
+            "bench"
+        } else if comm == "tenantry" {
+            "tenantry"
+        } else if comm.starts_with("redis-server") {
+            "redis"
+        } else if comm.starts_with("postgres") {
+            "postgres"
+        } else {
+            continue;
+        };
+        out.insert(pid, (group, cpu));
+    }
+    out
+}
+
+/// Busy CPU ticks of the machine since boot, all CPUs: user, system, interrupts (the
+/// loopback network and disk I/O of the services show up there, not in any process).
+fn machine_busy() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return 0 };
+    let Some(line) = stat.lines().next() else { return 0 };
+    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: busy is all but idle, iowait and steal.
+    let total: u64 = values.iter().take(7).sum();
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    total.saturating_sub(idle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+async fn render(args: &Args, rows: &[Row]) -> String {
+    let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+    let mut out = String::new();
+    let _ = writeln!(out, "### Runtime throughput: {} schema tenants, step `sql: SELECT 1`\n", args.tenants);
+    let _ = writeln!(
+        out,
+        "Measured {date}{} with `deploy/local/bench.sh {}` ({} build).\n",
+        commit().map(|c| format!(" at commit `{c}`")).unwrap_or_default(),
+        args.command_line.join(" "),
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+    let _ = writeln!(out, "- Machine: {}", machine().await);
+    let _ = writeln!(
+        out,
+        "- Settings: run concurrency {c}, per-host limit {c}; {w} `tenantry worker` process(es) (release build) with \
+         `worker_concurrency` {c} and a PostgreSQL pool of {p} connections each; lease, sweep and queue settings at \
+         their defaults. The bench process starts each run through the library (`launch::snapshot` + \
+         `Runtime::start`, as `tenantry run` does) and polls it. Checkpoints on: every tenant is dispatched through \
+         apalis, claimed with a lease, checkpointed and finished in Redis, and the step commits a receipt row in \
+         the tenant's schema in its transaction.",
+        c = args.concurrency,
+        w = args.workers,
+        p = args.pool
+    );
+    let _ = writeln!(
+        out,
+        "- Tasks/s: tenants ÷ (last tenant's `finished_ms` − the run's `created_ms`) for runs, tenants ÷ wall time \
+         for loops. Dispatch→start: `claimed_ms − queued_ms` of each checkpoint; claim→finish: `finished_ms − \
+         claimed_ms`. End to end: from `launch::snapshot` until the bench saw the run's final state.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| what | per tenant | connections | tasks/s | end to end | dispatch→start p50 / p99 | claim→finish p50 / p99 |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let (d, f) = match r.delays {
+            Some([d50, d99, f50, f99]) => (format!("{d50} / {d99} ms"), format!("{f50} / {f99} ms")),
+            None => ("–".to_string(), "–".to_string()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | **{:.0}** | {:.2} s | {d} | {f} |",
+            r.label,
+            r.per_tenant,
+            r.connections,
+            r.tasks_per_sec,
+            r.wall.as_secs_f64()
+        );
+    }
+    let runs: Vec<&Row> = rows.iter().filter(|r| r.usage.is_some()).collect();
+    if !runs.is_empty() {
+        let _ = writeln!(out, "\nWhere the time of the runs goes (CPU seconds from /proc; per tenant in µs):\n");
+        let _ = writeln!(
+            out,
+            "| run | tenantry workers | PostgreSQL | Redis | bench, kernel, other | Redis script calls / tenant |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for r in runs {
+            let u = r.usage.as_ref().expect("filtered");
+            let n = r.tenants as f64;
+            let cell = |s: f64| format!("{s:.2} s ({:.0} µs)", s * 1e6 / n);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.2} |",
+                r.label,
+                cell(u.group("tenantry")),
+                cell(u.group("postgres")),
+                cell(u.group("redis")),
+                cell(u.other()),
+                u.scripts() as f64 / n,
+            );
+        }
+    }
+    let verdicts: Vec<String> = rows
+        .iter()
+        .filter(|r| r.delays.is_some())
+        .map(|r| {
+            let verdict = if r.tasks_per_sec >= 1000.0 { "met" } else { "not met" };
+            format!("{} {:.0}/s: **{verdict}**", r.label.trim_start_matches("tenantry run, "), r.tasks_per_sec)
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nTarget (issue 3), at least 1,000 tenant tasks/s on a 2-core machine with checkpoints on: {}.",
+        verdicts.join("; ")
+    );
+    out
+}
+
+fn commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// CPUs, CPU model, memory, and the PostgreSQL and Redis versions and durability settings.
+async fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or("unknown".into(), |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0));
+    let pg = match pg_connect("postgres").await {
+        Ok(mut c) => {
+            let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql);
+            let version = q("SHOW server_version").fetch_one(&mut c).await.unwrap_or_default();
+            let fsync = q("SHOW fsync").fetch_one(&mut c).await.unwrap_or_default();
+            let sync = q("SHOW synchronous_commit").fetch_one(&mut c).await.unwrap_or_default();
+            format!("PostgreSQL {version} (fsync {fsync}, synchronous_commit {sync})")
+        }
+        Err(_) => "PostgreSQL ?".into(),
+    };
+    let redis = match redis_connect().await {
+        Ok(mut c) => {
+            let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await.unwrap_or_default();
+            let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string();
+            format!("Redis {version}")
+        }
+        Err(_) => "Redis ?".into(),
+    };
+    format!("{cpus} CPUs ({model}), {memory} memory; {pg} and {redis} on the same machine")
+}
+
+/// Replaces the section between the markers in docs/benchmarks.md (creating the file, or
+/// appending the section, when needed) and keeps the rest of the file.
+fn write_docs(section: &str) -> Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join("benchmarks.md");
+    let block = format!("{BEGIN_MARKER}\n{}\n{END_MARKER}", section.trim_end());
+    let current = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
+    };
+    let heading = "## Runtime\n\n`deploy/local/bench.sh` (runs `cargo bench --bench runtime`, `benches/runtime.rs`: \
+                   arguments pass through; see its header for what is measured and how; PostgreSQL and Redis \
+                   from `deploy/local/services.sh`). The table is regenerated on every run; the notes below it are \
+                   written by hand.";
+    let text = match (current.find(BEGIN_MARKER), current.find(END_MARKER)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{block}{}", &current[..b], &current[e + END_MARKER.len()..])
+        }
+        (None, None) if current.is_empty() => format!(
+            "# Benchmarks\n\nProduced by scripts in the repository; do not edit the generated sections by hand \
+             (everything between a `begin` and an `end` marker is replaced on the next run).\n\n{heading}\n\n{block}\n"
+        ),
+        (None, None) => format!("{}\n\n{heading}\n\n{block}\n", current.trim_end()),
+        _ => {
+            return Err(
+                format!("{} has a broken {BEGIN_MARKER} … {END_MARKER} pair; fix it by hand", path.display()).into()
+            );
+        }
+    };
+    std::fs::create_dir_all(path.parent().expect("docs dir"))?;
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
