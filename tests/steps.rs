@@ -148,9 +148,9 @@ sql = "INSERT INTO seen (tenant_id) VALUES (current_setting('tenantry.tenant'))"
             .await
             .unwrap();
         assert_eq!(n, 1, "schema isolation: the tenant's own schema");
-        // Receipts live beside the data, in the same target.
+        // Receipts live in the same database as the data, so they commit together.
         let (receipts,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM tenant_{t}.tenantry_receipts WHERE step = 'clinic-visit/clinic'"
+            "SELECT count(*) FROM tenantry.receipts WHERE tenant = '{t}' AND step = 'clinic-visit/clinic'"
         )))
         .fetch_one(&mut clinic)
         .await

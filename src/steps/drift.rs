@@ -21,13 +21,12 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::migrate::HISTORY_TABLE;
-use super::receipt::RECEIPTS_TABLE;
 use super::{StepContext, StepError};
 use crate::catalog::{HostSpec, Isolation, Placement};
 use crate::engine::postgres;
 
 /// Tables that are tenantry's bookkeeping, not the application's schema.
-pub const EXCLUDED_TABLES: [&str; 2] = [HISTORY_TABLE, RECEIPTS_TABLE];
+pub const EXCLUDED_TABLES: [&str; 2] = [HISTORY_TABLE, "tenantry_receipts"];
 
 /// Schemas per fact query when reading many schemas of one database: a few round trips for
 /// 1,000 schemas, and result sets of a bounded size.

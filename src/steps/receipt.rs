@@ -8,39 +8,45 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use super::StepError;
 use crate::engine::postgres::quote_ident;
 
-pub const RECEIPTS_TABLE: &str = "tenantry_receipts";
+/// Receipts live in one table per database, in tenantry's own schema, whatever the
+/// isolation model: the step's work and its receipt are always in the same database, so
+/// they commit together, and a fleet of schema tenants costs one table, not one per schema.
+pub const RECEIPTS_TABLE: &str = "tenantry.receipts";
 
-/// Targets whose receipts table this process already made sure of.
+/// Databases (host/database) whose receipts table this process already made sure of.
 fn known() -> &'static Mutex<HashSet<String>> {
     static KNOWN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     KNOWN.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-/// Creates the receipts table in `schema` when missing, outside the step's transaction
-/// (concurrent `CREATE TABLE IF NOT EXISTS` can collide; that is reported as transient).
-pub async fn ensure_table(conn: &mut PgConnection, target: &str, schema: &str) -> Result<(), StepError> {
-    if known().lock().expect("lock").contains(target) {
+/// Creates the `tenantry` schema and its receipts table when missing, outside the step's
+/// transaction. Concurrent creators (every worker's first tenants of a database arrive
+/// together) are serialised by a transaction-scoped advisory lock: `IF NOT EXISTS` alone
+/// still lets two of them collide in the catalog.
+pub async fn ensure_table(conn: &mut PgConnection, host: &str, database: &str) -> Result<(), StepError> {
+    let key = format!("{host}/{database}");
+    if known().lock().expect("lock").contains(&key) {
         return Ok(());
     }
-    let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {}.{} (run_id text NOT NULL, tenant text NOT NULL, step text NOT NULL, \
-         completed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, tenant, step))",
-        quote_ident(schema),
-        quote_ident(RECEIPTS_TABLE)
-    );
-    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
-        Ok(_) => {}
-        // A concurrent creator won the race on the catalog's unique index: the table exists.
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {}
-        Err(e) => return Err(StepError::from_sqlx("creating the receipts table", &e)),
+    let created = sqlx::raw_sql(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('tenantry:receipts', 0)); \
+         CREATE SCHEMA IF NOT EXISTS tenantry; \
+         CREATE TABLE IF NOT EXISTS tenantry.receipts (run_id text NOT NULL, tenant text NOT NULL, step text NOT NULL, \
+         completed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, tenant, step)); COMMIT",
+    )
+    .execute(&mut *conn)
+    .await;
+    if let Err(e) = created {
+        // The failed script leaves an open, aborted transaction on this pooled connection.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        return Err(StepError::from_sqlx("creating the receipts table", &e));
     }
-    known().lock().expect("lock").insert(target.to_string());
+    known().lock().expect("lock").insert(key);
     Ok(())
 }
 
-/// Whether the step already committed in an earlier attempt. The table is named without a
-/// schema: the caller's transaction has `search_path` set to the target's schema, which
-/// keeps this statement's text the same for every tenant (prepared once per connection).
+/// Whether the step already committed in an earlier attempt. The statement's text is the
+/// same for every tenant, so it is prepared once per connection.
 pub async fn exists(
     tx: &mut Transaction<'_, Postgres>,
     run: &str,
@@ -48,7 +54,7 @@ pub async fn exists(
     step: &str,
 ) -> Result<bool, StepError> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM tenantry_receipts WHERE run_id = $1 AND tenant = $2 AND step = $3)",
+        "SELECT EXISTS (SELECT 1 FROM tenantry.receipts WHERE run_id = $1 AND tenant = $2 AND step = $3)",
     )
     .bind(run)
     .bind(tenant)
@@ -62,9 +68,8 @@ pub async fn exists(
 /// committed the same step first (a worker that lost its lease and still ran, racing the
 /// one that took over): the primary key refuses the second receipt, the caller's
 /// transaction is aborted and must be dropped, and the step counts as done — exactly once.
-/// Like [`exists`], it relies on the transaction's `search_path`.
 pub async fn write(tx: &mut Transaction<'_, Postgres>, run: &str, tenant: &str, step: &str) -> Result<bool, StepError> {
-    let insert = sqlx::query("INSERT INTO tenantry_receipts (run_id, tenant, step) VALUES ($1, $2, $3)");
+    let insert = sqlx::query("INSERT INTO tenantry.receipts (run_id, tenant, step) VALUES ($1, $2, $3)");
     match insert.bind(run).bind(tenant).bind(step).execute(&mut **tx).await {
         Ok(_) => Ok(true),
         Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505") => Ok(false),

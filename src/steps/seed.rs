@@ -31,7 +31,7 @@ pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_jso
     let pool = ctx.pool()?;
     let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
     let schema = &ctx.placement.schema;
-    receipt::ensure_table(&mut conn, &ctx.placement.target_key(), schema).await?;
+    receipt::ensure_table(&mut conn, &ctx.placement.host, &ctx.placement.database).await?;
     let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
     let unit = format!("{}#seed", ctx.unit);
     if receipt::exists(&mut tx, ctx.run, ctx.tenant, &unit).await? {

@@ -15,7 +15,7 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
     let schema = &ctx.placement.schema;
     let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
     let started = Instant::now();
-    receipt::ensure_table(&mut conn, &ctx.placement.target_key(), schema).await?;
+    receipt::ensure_table(&mut conn, &ctx.placement.host, &ctx.placement.database).await?;
 
     if ctx.step.transaction.unwrap_or(true) {
         let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
