@@ -126,9 +126,10 @@ pub async fn skip_up_to_date(spec: &mut RunSpec, catalog: &Catalog, config: &Loa
         return 0;
     }
     let histories = crate::workflow::plan::read_all_histories(catalog, config, groups).await;
+    // The migration sets of the services this run migrates (not every service's).
     let mut sets = BTreeMap::new();
-    for (service, spec_service) in &catalog.services {
-        if let Some(dir) = &spec_service.migrations
+    for service in spec.migrations.keys() {
+        if let Some(dir) = catalog.services.get(service).and_then(|s| s.migrations.as_ref())
             && let Ok(set) = crate::migrations::MigrationSet::load(&config.resolve_path(dir))
         {
             sets.insert(service.clone(), set);
