@@ -91,8 +91,9 @@ async fn follow(runtime: &Runtime, id: &str, json: bool) -> Result<(), Failure> 
     let started = std::time::Instant::now();
     let record = loop {
         let record = runtime.store.record(id).await.map_err(store_failure)?;
+        let all_counts = runtime.store.wave_counts(id).await.map_err(store_failure)?;
         for (i, bar) in wave_bars.iter().enumerate() {
-            let counts = runtime.store.wave_counts(id, i).await.map_err(store_failure)?;
+            let counts = all_counts.get(&i).cloned().unwrap_or_default();
             let done: u64 = counts.values().sum();
             bar.set_position(done);
             let failed = counts.get("failed").copied().unwrap_or(0);

@@ -471,14 +471,19 @@ impl RunStore {
         })
     }
 
-    /// Per-wave counters of a run (`w{n}:{outcome}` fields).
-    pub async fn wave_counts(&self, run: &str, wave: usize) -> Result<BTreeMap<String, u64>, StoreError> {
+    /// Per-wave counters of a run (`w{n}:{outcome}` fields), all waves in one read.
+    pub async fn wave_counts(&self, run: &str) -> Result<BTreeMap<usize, BTreeMap<String, u64>>, StoreError> {
         let mut conn = self.conn.clone();
         let h: HashMap<String, String> = conn.hgetall(self.keys.run(run)).await?;
-        let prefix = format!("w{wave}:");
-        Ok(h.into_iter()
-            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|o| (o.to_string(), v.parse().unwrap_or(0))))
-            .collect())
+        let mut out: BTreeMap<usize, BTreeMap<String, u64>> = BTreeMap::new();
+        for (k, v) in h {
+            if let Some((wave, outcome)) = k.strip_prefix('w').and_then(|rest| rest.split_once(':'))
+                && let Ok(wave) = wave.parse()
+            {
+                out.entry(wave).or_default().insert(outcome.to_string(), v.parse().unwrap_or(0));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn checkpoints(&self, run: &str) -> Result<BTreeMap<String, Checkpoint>, StoreError> {
