@@ -1146,6 +1146,8 @@ impl Bench<'_> {
                         base_dir: &base_dir,
                         migrations: Some(&set),
                         service: services.get(&unit.service),
+                        cancel: &tokio_util::sync::CancellationToken::new(),
+                        fence: &tenantry::runtime::fence::Fence::none(&spec.id, tenant),
                     };
                     execute(&ctx).await.map_err(|e| format!("tenant {tenant}: {e}"))?;
                     done += 1;

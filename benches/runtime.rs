@@ -668,9 +668,11 @@ impl Bench<'_> {
         let services = Arc::new(self.ctx.config.config.services.clone());
         let run_id = Arc::new(run_id.to_string());
         let next = Arc::new(AtomicUsize::new(0));
+        let cancel = tokio_util::sync::CancellationToken::new();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..self.args.pool {
+            let cancel = cancel.clone();
             let (spec, databases, tenants, base_dir, run_id, next, services) = (
                 spec.clone(),
                 databases.clone(),
@@ -699,6 +701,8 @@ impl Bench<'_> {
                         base_dir: &base_dir,
                         migrations: None,
                         service: services.get(&unit.service),
+                        cancel: &cancel,
+                        fence: &tenantry::runtime::fence::Fence::none(&run_id, tenant),
                     };
                     execute(&ctx).await.map_err(|e| format!("tenant {tenant}: {e}"))?;
                     done += 1;

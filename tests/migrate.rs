@@ -470,3 +470,61 @@ async fn provision_creates_migrates_and_seeds_a_new_tenant_and_is_safe_to_repeat
     drop(core);
     fleet.drop().await;
 }
+
+/// A migration that sleeps past its step timeout: the statement is stopped in PostgreSQL
+/// (its transaction rolled back), the target's advisory lock is not left held by a pooled
+/// connection, and the next run with the fixed file applies it at once without waiting
+/// for a lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_that_sleeps_past_its_timeout_leaves_no_statement_or_lock_and_the_next_run_goes_at_once() {
+    let fleet = Fleet::new(1).await;
+    let db = format!("{}_clinic", fleet.name);
+    fleet.migration("clinic", "V2__slow.sql", "SELECT pg_sleep(30);\nCREATE TABLE slow (id int);\n");
+    fleet.workflow(
+        "slow",
+        "[retry]\nattempts = 1\n\n[[steps]]\nkind = \"migrate\"\nservices = [\"clinic\"]\ntimeout = \"2s\"\n",
+    );
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let s = fleet.run("slow");
+    assert_eq!(s["run"]["state"], "failed", "{s:#}");
+    let error = s["tenants"]["t00"]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("timed out after 2s"), "{error}");
+
+    // In the database, nothing of the stopped step is left (the termination is
+    // asynchronous: allow it a moment).
+    let mut admin = pg_admin().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let (statements, locks) = loop {
+        let statements: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+        )
+        .bind(&db)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        let locks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND d.datname = $1",
+        )
+        .bind(&db)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if (statements == 0 && locks == 0) || std::time::Instant::now() > deadline {
+            break (statements, locks);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(statements, 0, "the timed-out migration's statement is still running");
+    assert_eq!(locks, 0, "an advisory lock of the timed-out migration is still held");
+    assert_eq!(fleet.clinic_history(0).await.get("2"), None, "the stopped migration was rolled back");
+
+    fleet.migration("clinic", "V2__slow.sql", "CREATE TABLE slow (id int);\n");
+    let started = std::time::Instant::now();
+    let s = fleet.run("slow");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let output = &s["tenants"]["t00"]["outputs"]["migrate/clinic"];
+    assert_eq!(output["waited_for_lock_ms"], 0, "the next run did not wait for a leftover lock: {output:#}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_eq!(fleet.clinic_history(0).await.get("2").map(String::as_str), Some("applied"));
+    fleet.drop().await;
+}

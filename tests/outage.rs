@@ -383,14 +383,27 @@ async fn redis_outage_during_a_run(test: &'static str, outage: Outage) {
     assert_eq!(states.len(), TENANTS, "{states:?}");
     let not_done: Vec<_> = states.iter().filter(|(_, st)| *st != "succeeded").collect();
     assert!(not_done.is_empty(), "tenants not succeeded: {not_done:?}");
-    let lost: u64 = s["tenants"].as_object().unwrap().values().map(|c| c["lost"].as_u64().unwrap_or(0)).sum();
+    // The worker stayed alive through the outage: the leases it lost only because Redis was
+    // away are given back when Redis returns (asynchronously, hence the short wait), and no
+    // tenant is charged a lost worker.
+    let lost_of = |s: &serde_json::Value| -> u64 {
+        s["tenants"].as_object().unwrap().values().map(|c| c["lost"].as_u64().unwrap_or(0)).sum()
+    };
+    let settle = Instant::now() + Duration::from_secs(5);
+    let mut s = s;
+    while lost_of(&s) > 0 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(200));
+        s = setup.status(&run);
+    }
+    let lost = lost_of(&s);
+    assert_eq!(lost, 0, "a live worker cut off from Redis was charged lost leases\n{s:#}\n{}", worker_log_tail(&log));
     let receipts = s["tenants"]
         .as_object()
         .unwrap()
         .values()
         .filter(|c| c.to_string().contains("already applied in this run"))
         .count();
-    eprintln!("{test}: {lost} lease(s) lost and recovered, {receipts} tenant(s) finished by their receipt");
+    eprintln!("{test}: {receipts} tenant(s) finished by their receipt");
     outputs.push(serde_json::to_string(&s).unwrap());
 
     // It still drains and exits cleanly.

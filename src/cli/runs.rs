@@ -278,7 +278,11 @@ pub async fn control(ctx: &Context, id: &str, action: &'static str, json: bool) 
         ),
         _ => unreachable!("control actions are fixed by the CLI"),
     };
-    runtime.store.transition(id, action, from, to, &fields).await.map_err(store_failure)?;
+    if to == RunState::Cancelled {
+        runtime.store.cancel(id, "cancelled by an operator").await.map_err(store_failure)?;
+    } else {
+        runtime.store.transition(id, action, from, to, &fields).await.map_err(store_failure)?;
+    }
     if to == RunState::Running {
         let spec = runtime.store.spec(id).await.map_err(store_failure)?;
         runtime.advance(&spec).await.map_err(store_failure)?;

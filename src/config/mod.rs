@@ -123,6 +123,13 @@ pub struct RuntimeConfig {
     /// On SIGTERM: how long in-flight tenants may take to finish before their leases are
     /// given up (and another worker resumes them from their checkpoint).
     pub drain_timeout: HumanDuration,
+    /// Finished runs kept per workflow (the newest ones); older finished runs are removed
+    /// from Redis with all their keys, so Redis does not grow with the number of runs.
+    pub keep_runs: u32,
+    /// Finished runs older than this are removed whatever `keep_runs` says.
+    pub keep_runs_for: HumanDuration,
+    /// How often finished runs are pruned (by one process at a time).
+    pub prune_interval: HumanDuration,
 }
 
 impl Default for RuntimeConfig {
@@ -133,6 +140,9 @@ impl Default for RuntimeConfig {
             dispatch_grace: HumanDuration(std::time::Duration::from_secs(30)),
             sweep_interval: HumanDuration(std::time::Duration::from_secs(1)),
             drain_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            keep_runs: 50,
+            keep_runs_for: HumanDuration(std::time::Duration::from_secs(30 * 24 * 3600)),
+            prune_interval: HumanDuration(std::time::Duration::from_secs(60)),
         }
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod pools;
 pub mod postgres;
+pub mod session;
 pub mod split;

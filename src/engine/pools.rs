@@ -8,6 +8,16 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::catalog::HostSpec;
 
+/// Why a session could not be had: this worker's configuration (permanent) or the
+/// connection (classified like any database error).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Config(String),
+    #[error("connecting: {0}")]
+    Connect(sqlx::Error),
+}
+
 /// Pools are kept for the databases in use; beyond `max_pools` the least recently used
 /// one is closed, so a worker walking 10,000 tenant databases does not hold 10,000 pools.
 pub struct Databases {
@@ -15,11 +25,19 @@ pub struct Databases {
     per_pool: u32,
     max_pools: usize,
     pools: Mutex<HashMap<(String, String), (PgPool, Instant)>>,
+    /// Terminations of abandoned sessions (see [`super::session`]).
+    cleanup: super::session::Cleanup,
 }
 
 impl Databases {
     pub fn new(hosts: BTreeMap<String, HostSpec>, per_pool: u32, max_pools: usize) -> Self {
-        Self { hosts, per_pool: per_pool.max(1), max_pools: max_pools.max(1), pools: Mutex::new(HashMap::new()) }
+        Self {
+            hosts,
+            per_pool: per_pool.max(1),
+            max_pools: max_pools.max(1),
+            pools: Mutex::new(HashMap::new()),
+            cleanup: Default::default(),
+        }
     }
 
     /// A pool for `database` on `host` (connections are opened lazily).
@@ -57,13 +75,26 @@ impl Databases {
     /// A pool on the host's administrative database (the one its URL names), for
     /// statements such as CREATE DATABASE.
     pub fn admin(&self, host: &str) -> Result<PgPool, String> {
-        let spec =
-            self.hosts.get(host).ok_or_else(|| format!("host {host:?} is not in this worker's configuration"))?;
-        let database = spec.url.database().unwrap_or_else(|| "postgres".to_string());
-        self.postgres(host, &database)
+        self.postgres(host, &self.admin_database(host)?)
     }
 
+    /// The administrative database of `host` (the one its URL names, else `postgres`).
+    pub fn admin_database(&self, host: &str) -> Result<String, String> {
+        let spec =
+            self.hosts.get(host).ok_or_else(|| format!("host {host:?} is not in this worker's configuration"))?;
+        Ok(spec.url.database().unwrap_or_else(|| "postgres".to_string()))
+    }
+
+    /// A session on `database` of `host` for one step (see [`super::session::PgSession`]).
+    pub async fn session(&self, host: &str, database: &str) -> Result<super::session::PgSession, SessionError> {
+        let pool = self.postgres(host, database).map_err(SessionError::Config)?;
+        super::session::PgSession::acquire(&pool, &self.cleanup).await.map_err(SessionError::Connect)
+    }
+
+    /// Waits for the terminations of abandoned sessions that are under way, then closes
+    /// every pool.
     pub async fn close(&self) {
+        self.cleanup.settle(Duration::from_secs(15)).await;
         let pools: Vec<PgPool> = self.pools.lock().expect("pool map lock").drain().map(|(_, (p, _))| p).collect();
         for p in pools {
             p.close().await;

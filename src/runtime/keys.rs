@@ -90,6 +90,11 @@ impl Keys {
         format!("{}:last-tick:{workflow}", self.prefix)
     }
 
+    /// STRING (SET NX with a TTL): one process prunes finished runs at a time.
+    pub fn prune_lock(&self) -> String {
+        format!("{}:prune", self.prefix)
+    }
+
     /// The apalis queue name; apalis derives its own keys from it.
     pub fn queue(&self) -> String {
         format!("{}:queue", self.prefix)

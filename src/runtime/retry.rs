@@ -34,6 +34,7 @@ mod tests {
             backoff: HumanDuration(Duration::from_secs(2)),
             max_backoff: HumanDuration(Duration::from_secs(10)),
             jitter,
+            lost_leases: 10,
         }
     }
 

@@ -37,6 +37,9 @@ pub enum Claim {
     Ok { holder: String, checkpoint: Box<Checkpoint> },
     /// Nothing to do (finished, superseded by a newer dispatch, leased by someone else).
     Skip(String),
+    /// The run is paused or the tenant's wave waits for approval: the tenant went back to
+    /// its pending list without starting.
+    Held,
     /// The run stopped; the tenant must be released with this outcome.
     Stopped(RunState),
 }
@@ -59,6 +62,18 @@ struct Scripts {
     sweep: redis::Script,
     transition: redis::Script,
     release: redis::Script,
+    cancel: redis::Script,
+}
+
+/// What a lease renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, extended.
+    Held,
+    /// Taken over or expired: another worker may own the tenant now.
+    Lost,
+    /// Still ours, but the run was cancelled: stop the step.
+    Cancelled,
 }
 
 impl Scripts {
@@ -72,6 +87,7 @@ impl Scripts {
             sweep: redis::Script::new(include_str!("lua/sweep.lua")),
             transition: redis::Script::new(include_str!("lua/transition.lua")),
             release: redis::Script::new(include_str!("lua/release.lua")),
+            cancel: redis::Script::new(include_str!("lua/cancel.lua")),
         }
     }
 }
@@ -195,6 +211,11 @@ impl RunStore {
                 pipe.hset(k.run(&spec.id), format!("w{wave}:succeeded"), *n);
             }
         }
+        // The approval gates, per wave, for claim.lua: a tenant of a gated wave that is not
+        // approved never starts, whatever dispatched it.
+        for wave in spec.waves.iter().filter(|w| w.approval) {
+            pipe.hset(k.run(&spec.id), format!("gate:{}", wave.index), "1");
+        }
         pipe.zadd(k.runs(), &spec.id, now);
         pipe.sadd(k.active_runs(), &spec.id);
         let created = serde_json::json!({"at": now, "event": format!("run created by {trigger}: {} tenant(s) in {} wave(s)", spec.tenants.len(), spec.waves.len())});
@@ -235,10 +256,13 @@ impl RunStore {
         Ok((state, it.filter_map(|s| parse_dispatch(&s)).collect()))
     }
 
+    /// Claims a dispatched tenant for `worker`. `snapshot` tells where the tenant goes back
+    /// to when the run is paused or its wave is not approved (its wave and host group).
     pub async fn claim(
         &self,
         run: &str,
         tenant: &str,
+        snapshot: &super::model::TenantSnapshot,
         worker: &str,
         dispatch: u64,
         lease: Duration,
@@ -253,11 +277,15 @@ impl RunStore {
             .key(k.lease(run, tenant))
             .key(k.fence(run))
             .key(k.run_inflight(run))
+            .key(k.run_hosts(run))
+            .key(k.run_pending(run, snapshot.wave, &snapshot.group))
+            .key(k.run_groups(run, snapshot.wave))
             .arg(tenant)
             .arg(worker)
             .arg(dispatch)
             .arg(lease.as_millis() as u64)
             .arg(now_ms())
+            .arg(&snapshot.group)
             .invoke_async(&mut conn)
             .await?;
         match out.first().map(String::as_str) {
@@ -270,6 +298,7 @@ impl RunStore {
                     })?;
                 Ok(Claim::Ok { holder: format!("{worker}|{fence}"), checkpoint: Box::new(checkpoint) })
             }
+            Some("held") => Ok(Claim::Held),
             Some("stopped") => {
                 Ok(Claim::Stopped(out.get(1).and_then(|s| RunState::parse(s)).unwrap_or(RunState::Cancelled)))
             }
@@ -277,22 +306,36 @@ impl RunStore {
         }
     }
 
-    /// Extends the lease; false when it was lost (another worker may have taken over).
-    pub async fn renew(&self, run: &str, tenant: &str, holder: &str, lease: Duration) -> Result<bool, StoreError> {
+    /// Extends the lease, or says it was lost (another worker may have taken over) or that
+    /// the run was cancelled.
+    pub async fn renew(&self, run: &str, tenant: &str, holder: &str, lease: Duration) -> Result<Renewal, StoreError> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        let ok: i64 = self
+        let out: i64 = self
             .scripts
             .renew
             .key(k.lease(run, tenant))
             .key(k.run_inflight(run))
+            .key(k.run(run))
             .arg(holder)
             .arg(lease.as_millis() as u64)
             .arg(tenant)
             .arg(now_ms())
             .invoke_async(&mut conn)
             .await?;
-        Ok(ok == 1)
+        Ok(match out {
+            1 => Renewal::Held,
+            2 => Renewal::Cancelled,
+            _ => Renewal::Lost,
+        })
+    }
+
+    /// Whether `holder` ("worker|fence") still holds the tenant's lease: the fencing check a
+    /// step makes right before an effect that no receipt covers (see [`crate::steps::Fence`]).
+    pub async fn holds(&self, run: &str, tenant: &str, holder: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let current: Option<String> = conn.get(self.keys.lease(run, tenant)).await?;
+        Ok(current.as_deref() == Some(holder))
     }
 
     /// Records progress; `None` when the lease is no longer ours (fenced), else the run's state.
@@ -356,22 +399,71 @@ impl RunStore {
         Ok(out.first().map(String::as_str) == Some("ok"))
     }
 
-    /// Gives a lease back so the tenant is dispatched again at once (not after the lease
-    /// expires); false when it was no longer ours.
-    pub async fn release(&self, run: &str, tenant: &str, holder: &str) -> Result<bool, StoreError> {
+    /// Gives a claim back: the tenant is queued again at once with a new dispatch number
+    /// (returned, to push), without counting as a lost worker; or, when the sweep already
+    /// dispatched it again, the lost-worker charge for this claim is taken back. The claim
+    /// is `worker`'s of dispatch `dispatch`, with its fencing token when known (a claim
+    /// whose reply never arrived has none). None when another claim owns the tenant now.
+    pub async fn release(
+        &self,
+        run: &str,
+        tenant: &str,
+        worker: &str,
+        dispatch: u64,
+        fence: Option<u64>,
+        dispatch_grace: Duration,
+    ) -> Result<Option<u64>, StoreError> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        let ok: i64 = self
+        let out: Vec<String> = self
             .scripts
             .release
             .key(k.lease(run, tenant))
             .key(k.run_inflight(run))
-            .arg(holder)
+            .key(k.run_tenants(run))
+            .arg(worker)
+            .arg(dispatch)
+            .arg(fence.map(|f| f.to_string()).unwrap_or_default())
             .arg(tenant)
             .arg(now_ms())
+            .arg(dispatch_grace.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(ok == 1)
+        Ok(match out.first().map(String::as_str) {
+            Some("ok") => out.get(1).and_then(|d| d.parse().ok()),
+            _ => None,
+        })
+    }
+
+    /// Cancels a run: it ends `cancelled` at once, and every tenant not finished (pending,
+    /// queued or running) is marked cancelled; running ones stop at their next renewal.
+    pub async fn cancel(&self, run: &str, reason: &str) -> Result<RunState, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .cancel
+            .key(k.run(run))
+            .key(k.run_tenants(run))
+            .key(k.run_inflight(run))
+            .key(k.run_hosts(run))
+            .key(k.run_events(run))
+            .key(k.active_runs())
+            .arg(run)
+            .arg(now_ms())
+            .arg(reason)
+            .invoke_async(&mut conn)
+            .await?;
+        match (out.first().map(String::as_str), out.get(1).map(String::as_str)) {
+            (Some("ok"), previous) => Ok(previous.and_then(RunState::parse).unwrap_or(RunState::Running)),
+            (_, Some("missing") | None) => Err(StoreError::NoSuchRun(run.to_string())),
+            (_, Some(state)) => Err(StoreError::Refused {
+                run: run.to_string(),
+                state: state.to_string(),
+                action: "cancel",
+                allowed: "queued or running or awaiting_approval or paused".to_string(),
+            }),
+        }
     }
 
     /// Re-dispatches tenants whose queue entry or lease expired.
@@ -523,6 +615,70 @@ impl RunStore {
         let mut conn = self.conn.clone();
         let raw: Vec<String> = conn.lrange(self.keys.run_events(run), 0, -1).await?;
         Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+    }
+
+    /// Removes finished runs beyond the newest `keep` per workflow, and those that finished
+    /// before `older_than_ms`, with every key they have (record, snapshot, checkpoints,
+    /// pending lists, events, fence). Returns how many runs were removed.
+    pub async fn prune_finished(&self, keep: usize, older_than_ms: i64) -> Result<usize, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn.zrevrange(self.keys.runs(), 0, -1).await?;
+        let mut kept: HashMap<String, usize> = HashMap::new();
+        let mut doomed = Vec::new();
+        for id in ids {
+            let record = match self.record(&id).await {
+                Ok(r) => r,
+                // A run whose record is gone (half-removed): finish removing it.
+                Err(StoreError::NoSuchRun(_)) => {
+                    doomed.push(id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !record.state.is_terminal() {
+                continue;
+            }
+            let n = kept.entry(record.workflow.clone()).or_default();
+            if *n < keep && record.finished_ms.unwrap_or(record.created_ms) >= older_than_ms {
+                *n += 1;
+            } else {
+                doomed.push(id);
+            }
+        }
+        for id in &doomed {
+            self.remove_run(id).await?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Deletes every key of a finished run; its id leaves the run list last, so a removal
+    /// cut short is finished by the next prune.
+    async fn remove_run(&self, run: &str) -> Result<(), StoreError> {
+        let k = &self.keys;
+        let mut keys = vec![
+            k.run(run),
+            k.run_tenants(run),
+            k.run_hosts(run),
+            k.run_inflight(run),
+            k.fence(run),
+            k.run_events(run),
+        ];
+        if let Ok(spec) = self.spec(run).await {
+            for wave in &spec.waves {
+                keys.push(k.run_groups(run, wave.index));
+                let groups: std::collections::BTreeSet<&str> =
+                    spec.tenants.values().filter(|t| t.wave == wave.index).map(|t| t.group.as_str()).collect();
+                keys.extend(groups.into_iter().map(|g| k.run_pending(run, wave.index, g)));
+            }
+        }
+        keys.push(k.run_spec(run));
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(500) {
+            conn.del::<_, ()>(chunk).await?;
+        }
+        conn.zrem::<_, _, ()>(k.runs(), run).await?;
+        conn.srem::<_, _, ()>(k.active_runs(), run).await?;
+        Ok(())
     }
 
     /// SET NX with a TTL: true for the first caller only. Used to enqueue a schedule tick once.

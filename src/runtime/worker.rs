@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::fence::Fence;
 use super::model::{RunSpec, RunState, TenantState, Trigger};
 use super::queue::{Queue, TenantTask};
 use super::retry::{backoff, jitter_unit};
-use super::store::{Claim, RunStore, StoreError, now_ms};
+use super::store::{Claim, Renewal, RunStore, StoreError, now_ms};
 use crate::config::RuntimeConfig;
 use crate::engine::pools::Databases;
 use crate::steps::{StepContext, StepError, execute};
@@ -27,7 +28,9 @@ pub struct Runtime {
     pub settings: RuntimeConfig,
     pub base_dir: PathBuf,
     pub worker_id: String,
-    specs: Mutex<HashMap<String, Arc<RunSpec>>>,
+    /// Run specs, loaded once per run however many handlers ask at the same time (a cold
+    /// worker picking up a large run must not parse its spec once per in-flight task).
+    specs: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<RunSpec>>>>>,
     /// Leases this process holds, and those whose handler was dropped (drain timeout)
     /// before it could finish: they are given back on the way out.
     leases: Arc<Mutex<Leases>>,
@@ -39,8 +42,10 @@ pub struct Runtime {
 
 #[derive(Default)]
 struct Leases {
-    held: HashMap<(String, String), String>,
-    abandoned: Vec<(String, String, String)>,
+    /// (run, tenant) -> (dispatch, fencing token) of the claim.
+    held: HashMap<(String, String), (u64, u64)>,
+    /// (run, tenant, dispatch, fencing token) of handlers dropped before they finished.
+    abandoned: Vec<(String, String, u64, u64)>,
 }
 
 /// Stops the lease heartbeat however the handler ends (finished, fenced, or dropped).
@@ -63,10 +68,10 @@ struct LeaseGuard {
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         let mut leases = self.leases.lock().expect("lease registry");
-        if let Some(holder) = leases.held.remove(&self.key)
+        if let Some((dispatch, fence)) = leases.held.remove(&self.key)
             && !self.done
         {
-            leases.abandoned.push((self.key.0.clone(), self.key.1.clone(), holder));
+            leases.abandoned.push((self.key.0.clone(), self.key.1.clone(), dispatch, fence));
         }
     }
 }
@@ -143,16 +148,14 @@ impl Runtime {
     }
 
     async fn spec(&self, run: &str) -> Result<Arc<RunSpec>, StoreError> {
-        if let Some(s) = self.specs.lock().expect("spec cache").get(run) {
-            return Ok(s.clone());
-        }
-        let spec = Arc::new(self.store.spec(run).await?);
-        let mut cache = self.specs.lock().expect("spec cache");
-        if cache.len() >= SPEC_CACHE {
-            cache.clear();
-        }
-        cache.insert(run.to_string(), spec.clone());
-        Ok(spec)
+        let cell = {
+            let mut cache = self.specs.lock().expect("spec cache");
+            if !cache.contains_key(run) && cache.len() >= SPEC_CACHE {
+                cache.clear();
+            }
+            cache.entry(run.to_string()).or_default().clone()
+        };
+        cell.get_or_try_init(|| async { self.store.spec(run).await.map(Arc::new) }).await.cloned()
     }
 
     /// Writes a new run and dispatches its first tenants.
@@ -160,7 +163,8 @@ impl Runtime {
         self.store.create(&spec, trigger, false).await?;
         let id = spec.id.clone();
         let spec = Arc::new(spec);
-        self.specs.lock().expect("spec cache").insert(id.clone(), spec.clone());
+        let cell = Arc::new(tokio::sync::OnceCell::new_with(Some(spec.clone())));
+        self.specs.lock().expect("spec cache").insert(id.clone(), cell);
         self.advance(&spec).await?;
         info!(run = %id, workflow = %spec.workflow, tenants = spec.tenants.len(), "run started");
         Ok(id)
@@ -220,6 +224,22 @@ impl Runtime {
         Ok(())
     }
 
+    /// Removes finished runs past `runtime.keep_runs` / `runtime.keep_runs_for`; one process
+    /// per `prune_interval` does it.
+    pub async fn prune(&self) -> Result<usize, StoreError> {
+        let interval = self.settings.prune_interval.0;
+        let lock = self.store.keys().prune_lock();
+        if !self.store.set_once(&lock, &self.worker_id, interval.max(Duration::from_millis(100))).await? {
+            return Ok(0);
+        }
+        let older_than = now_ms() - self.settings.keep_runs_for.0.as_millis() as i64;
+        let removed = self.store.prune_finished(self.settings.keep_runs as usize, older_than).await?;
+        if removed > 0 {
+            info!(removed, "removed finished runs past their retention");
+        }
+        Ok(removed)
+    }
+
     /// Starts runs that were queued behind an earlier run of their workflow (overlap =
     /// "queue") once no earlier run of that workflow is still going.
     async fn promote_queued(&self, records: &[super::model::RunRecord]) -> Result<(), StoreError> {
@@ -267,11 +287,24 @@ impl Runtime {
         // The lease counts from before the claim was sent: a reply delayed by a stalled
         // Redis must not make this worker believe in a lease that has already run out.
         let claim_sent = tokio::time::Instant::now();
-        let claim = self.store.claim(&task.run_id, &task.tenant, &self.worker_id, task.dispatch, lease).await?;
+        let claim =
+            match self.store.claim(&task.run_id, &task.tenant, snapshot, &self.worker_id, task.dispatch, lease).await {
+                Ok(claim) => claim,
+                Err(e @ StoreError::Redis(_)) => {
+                    // The claim may have happened without its reply reaching us.
+                    self.give_back_when_redis_returns(task, None);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
         let (holder, checkpoint) = match claim {
             Claim::Ok { holder, checkpoint } => (holder, checkpoint),
             Claim::Skip(why) => {
                 debug!(why, "nothing to do");
+                return Ok(());
+            }
+            Claim::Held => {
+                debug!("run paused or wave not approved: the tenant waits in its pending list");
                 return Ok(());
             }
             Claim::Stopped(state) => {
@@ -282,12 +315,14 @@ impl Runtime {
             }
         };
 
+        let fence_token = holder.rsplit_once('|').and_then(|(_, f)| f.parse::<u64>().ok()).unwrap_or(0);
         if claim_sent.elapsed() >= lease {
-            warn!("the claim's reply came after the lease had run out; leaving the tenant to the sweep");
+            warn!("the claim's reply came after the lease had run out; giving the tenant back");
+            self.give_back_when_redis_returns(task, Some(fence_token));
             return Ok(());
         }
         let key = (task.run_id.clone(), task.tenant.clone());
-        self.leases.lock().expect("lease registry").held.insert(key.clone(), holder.clone());
+        self.leases.lock().expect("lease registry").held.insert(key.clone(), (task.dispatch, fence_token));
         let mut guard = LeaseGuard { leases: self.leases.clone(), key, done: false };
 
         // Renew the lease while we work. The lease is ours only until `valid_until` (from
@@ -295,21 +330,36 @@ impl Runtime {
         // that point, or finds the lease taken cancels the work: from then on another
         // worker may own the tenant, and everything this one writes is fenced off.
         let lost = CancellationToken::new();
+        // Set when the lease ran out because Redis could not be reached (not because another
+        // worker took it): this worker is alive, and gives the tenant back once Redis returns.
+        let cut_off = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _heartbeat = {
             let store = self.store.clone();
             let (run, tenant, holder, lost) = (task.run_id.clone(), task.tenant.clone(), holder.clone(), lost.clone());
+            let cut_off = cut_off.clone();
             AbortOnDrop(tokio::spawn(async move {
                 let mut valid_until = claim_sent + lease;
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     let sent = tokio::time::Instant::now();
                     if sent >= valid_until {
+                        cut_off.store(true, std::sync::atomic::Ordering::SeqCst);
                         lost.cancel();
                         break;
                     }
                     match tokio::time::timeout_at(valid_until, store.renew(&run, &tenant, &holder, lease)).await {
-                        Ok(Ok(true)) => valid_until = sent + lease,
-                        Ok(Ok(false)) | Err(_) => {
+                        Ok(Ok(Renewal::Held)) => valid_until = sent + lease,
+                        Ok(Ok(Renewal::Cancelled)) => {
+                            info!(run, tenant, "run cancelled: stopping the step");
+                            lost.cancel();
+                            break;
+                        }
+                        Ok(Ok(Renewal::Lost)) => {
+                            lost.cancel();
+                            break;
+                        }
+                        Err(_) => {
+                            cut_off.store(true, std::sync::atomic::Ordering::SeqCst);
                             lost.cancel();
                             break;
                         }
@@ -318,15 +368,54 @@ impl Runtime {
                 }
             }))
         };
-        let result = self.run_units(&spec, task, &holder, *checkpoint, &lost).await;
+        let fence = Fence::new(self.store.clone(), &task.run_id, &task.tenant, &holder, lost.clone());
+        let result = self.run_units(&spec, task, &holder, *checkpoint, &fence, &lost).await;
         guard.done = true;
-        let outcome = result?;
-        if let Some((state, error, patch)) = outcome
-            && self.finish_retrying(task, &holder, state, error.as_deref(), &snapshot.group, &patch).await?
-        {
-            self.advance(&spec).await?;
+        let finished = match result {
+            Ok(Some((state, error, patch))) => {
+                self.finish_retrying(task, &holder, state, error.as_deref(), &snapshot.group, &patch).await.map(Some)
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match finished {
+            Ok(Some(true)) => {
+                self.advance(&spec).await?;
+            }
+            // Fenced, or the lease went to another worker, or the run was cancelled.
+            Ok(Some(false) | None) if !cut_off.load(std::sync::atomic::Ordering::SeqCst) => {}
+            // Cut off from Redis past the lease (the finish, if any, then found the lease
+            // gone): not a vanished worker.
+            Ok(Some(false) | None) | Err(StoreError::Redis(_)) => {
+                self.give_back_when_redis_returns(task, Some(fence_token))
+            }
+            Err(e) => return Err(e),
         }
         Ok(())
+    }
+
+    /// In the background, gives back a claim this worker lost only because Redis was
+    /// unreachable, once Redis answers again (bounded: after `GIVE_BACK_FOR` the sweep's
+    /// accounting stands). `fence` is None when the claim's reply never arrived.
+    fn give_back_when_redis_returns(&self, task: &TenantTask, fence: Option<u64>) {
+        const GIVE_BACK_FOR: Duration = Duration::from_secs(300);
+        let (store, queue, grace, worker) =
+            (self.store.clone(), self.queue.clone(), self.grace(), self.worker_id.clone());
+        let (run, tenant, dispatch) = (task.run_id.clone(), task.tenant.clone(), task.dispatch);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + GIVE_BACK_FOR;
+            while tokio::time::Instant::now() < deadline {
+                match store.release(&run, &tenant, &worker, dispatch, fence, grace).await {
+                    Ok(Some(dispatch)) => {
+                        info!(run, tenant, "a claim lost to a Redis outage was given back; the tenant is queued again");
+                        let _ = queue.push(TenantTask::new(run.clone(), tenant.clone(), dispatch)).await;
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        });
     }
 
     /// Runs the tenant's units from the checkpoint. Returns the outcome to record, or None
@@ -337,12 +426,20 @@ impl Runtime {
         task: &TenantTask,
         holder: &str,
         checkpoint: super::model::Checkpoint,
+        fence: &Fence,
         lost: &CancellationToken,
     ) -> Result<Option<(TenantState, Option<String>, serde_json::Value)>, StoreError> {
         let snapshot = &spec.tenants[&task.tenant];
         let max_attempts = spec.retry.attempts.max(1);
-        if checkpoint.lost >= max_attempts {
-            let error = format!("worker lost {} times while running this tenant; giving up", checkpoint.lost);
+        // Workers that vanished while holding this tenant (killed, crashed, partitioned)
+        // have their own, larger budget: a deploy or an OOM kill is not the tenant's fault,
+        // but a tenant that takes down every worker that runs it must stop somewhere.
+        let max_lost = spec.retry.lost_leases.max(1);
+        if checkpoint.lost >= max_lost {
+            let error = format!(
+                "worker lost {} times while running this tenant (retry.lost_leases = {max_lost}); giving up: check the worker logs for a crash or an out-of-memory kill at this tenant",
+                checkpoint.lost
+            );
             return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
         }
         let mut unit = checkpoint.unit;
@@ -356,6 +453,7 @@ impl Runtime {
                 return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
             };
             attempt += 1;
+            let stop = lost.child_token();
             let migrations = if matches!(step.kind, crate::steps::StepKind::Migrate | crate::steps::StepKind::Provision)
             {
                 match self.migration_set(spec, &u.service) {
@@ -378,11 +476,19 @@ impl Runtime {
                 placement,
                 databases: &self.databases,
                 base_dir: &self.base_dir,
+                cancel: &stop,
+                fence,
             };
             let timeout = step.timeout.unwrap_or(spec.timeout).0;
+            // Whichever comes first ends the step: its result, its timeout, or the loss of
+            // the lease (which includes a cancelled run). On the last two the step's future
+            // is dropped, and its database sessions stop their statements (PgSession).
             let result = tokio::select! {
-                r = tokio::time::timeout(timeout, execute(&ctx)) => r
-                    .unwrap_or_else(|_| Err(StepError::transient(format!("timed out after {}", humantime::format_duration(timeout))))),
+                r = execute(&ctx) => r,
+                () = tokio::time::sleep(timeout) => {
+                    stop.cancel();
+                    Err(StepError::transient(format!("timed out after {}", humantime::format_duration(timeout))))
+                }
                 () = lost.cancelled() => return Ok(None),
             };
             match result {
@@ -392,7 +498,7 @@ impl Runtime {
                     if last {
                         return Ok(Some((TenantState::Succeeded, None, patch)));
                     }
-                    match self.store.progress(&task.run_id, &task.tenant, holder, &patch).await? {
+                    match self.progress_retrying(task, holder, &patch).await? {
                         None => return Ok(None),
                         Some(RunState::Cancelled) => {
                             return Ok(Some((TenantState::Cancelled, None, serde_json::json!({}))));
@@ -408,7 +514,7 @@ impl Runtime {
                         format!("step {label}, attempt {attempt} of {max_attempts}: {e}; retrying in {delay:.1?}");
                     info!(%message);
                     let patch = serde_json::json!({ "attempt": attempt, "last_error": message });
-                    if self.store.progress(&task.run_id, &task.tenant, holder, &patch).await?.is_none() {
+                    if self.progress_retrying(task, holder, &patch).await?.is_none() {
                         return Ok(None);
                     }
                     tokio::select! {
@@ -424,6 +530,26 @@ impl Runtime {
             }
         }
         Ok(Some((TenantState::Succeeded, None, serde_json::json!({}))))
+    }
+
+    /// Records progress, retrying while Redis is unreachable (up to the lease: after that
+    /// the lease is gone anyway, and the sweep gives the tenant to another worker).
+    async fn progress_retrying(
+        &self,
+        task: &TenantTask,
+        holder: &str,
+        patch: &serde_json::Value,
+    ) -> Result<Option<RunState>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.settings.lease.0;
+        loop {
+            match self.store.progress(&task.run_id, &task.tenant, holder, patch).await {
+                Err(StoreError::Redis(e)) if tokio::time::Instant::now() < deadline => {
+                    debug!(error = %e, "recording progress failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Records the outcome, retrying while Redis is unreachable (up to the lease: after
@@ -458,6 +584,7 @@ impl Runtime {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(rt.settings.sweep_interval.0);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut next_prune = tokio::time::Instant::now();
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
@@ -465,6 +592,12 @@ impl Runtime {
                     }
                     if let Err(e) = rt.maintain().await {
                         warn!(error = %e, "maintenance pass failed; retrying");
+                    }
+                    if tokio::time::Instant::now() >= next_prune {
+                        next_prune = tokio::time::Instant::now() + rt.settings.prune_interval.0;
+                        if let Err(e) = rt.prune().await {
+                            warn!(error = %e, "pruning finished runs failed; retrying later");
+                        }
                     }
                 }
             })
@@ -486,17 +619,28 @@ impl Runtime {
         shutdown.cancel();
         let _ = maintenance.await;
         self.give_back_leases().await;
-        result
+        match result {
+            // Not a failure of the worker: what it could not finish was given back above.
+            Err(e @ super::queue::QueueError::DrainTimedOut { .. }) => {
+                warn!(error = %e, "drain timed out");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
-    /// Gives back the leases of handlers dropped at the drain timeout, so other workers
-    /// resume those tenants now instead of after the lease expires.
+    /// Gives back the leases of handlers dropped at the drain timeout and queues their
+    /// tenants again at once, so other workers resume them now instead of after the lease
+    /// expires — and without counting a lost worker against the tenant.
     async fn give_back_leases(&self) {
         let abandoned = std::mem::take(&mut self.leases.lock().expect("lease registry").abandoned);
-        for (run, tenant, holder) in abandoned {
-            match self.store.release(&run, &tenant, &holder).await {
-                Ok(true) => info!(run, tenant, "lease given back at shutdown; another worker resumes the tenant"),
-                Ok(false) => {}
+        for (run, tenant, dispatch, fence) in abandoned {
+            match self.store.release(&run, &tenant, &self.worker_id, dispatch, Some(fence), self.grace()).await {
+                Ok(Some(dispatch)) => {
+                    info!(run, tenant, "lease given back at shutdown; another worker resumes the tenant");
+                    self.push(&run, vec![(tenant, dispatch)]).await;
+                }
+                Ok(None) => {}
                 Err(e) => warn!(run, tenant, error = %e, "could not give the lease back; it expires by itself"),
             }
         }

@@ -1,10 +1,14 @@
-//! What a step gets to run one tenant: the run, the tenant, its placement, the step's options and the shared connection pools; and the dispatch to each kind.
+//! What a step gets to run one tenant: the run, the tenant, its placement, the step's options, database sessions, the cancellation signal and the lease's fence; and the dispatch to each kind.
 
 use std::path::Path;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{StepError, StepKind, StepSpec};
 use crate::catalog::{Engine, Placement};
-use crate::engine::pools::Databases;
+use crate::engine::pools::{Databases, SessionError};
+use crate::engine::session::PgSession;
+use crate::runtime::fence::Fence;
 
 pub struct StepContext<'a> {
     pub run: &'a str,
@@ -20,18 +24,50 @@ pub struct StepContext<'a> {
     pub migrations: Option<&'a crate::migrations::MigrationSet>,
     /// The service's definition in this worker's configuration (seeds directory).
     pub service: Option<&'a crate::catalog::ServiceSpec>,
+    /// Fires when the step must stop: its timeout, a lost lease, a cancelled run. A long
+    /// step checks it between its units of work (batches, objects). The runtime also drops
+    /// the step's future when it fires, and every [`PgSession`] the step holds then stops
+    /// its statement in the database; the token is for stopping *between* statements.
+    pub cancel: &'a CancellationToken,
+    /// The lease: check it right before an effect that no receipt covers (see
+    /// [`crate::runtime::fence`] for the rule).
+    pub fence: &'a Fence,
 }
 
 impl StepContext<'_> {
-    pub fn pool(&self) -> Result<sqlx::PgPool, StepError> {
+    /// A session on the tenant's database. Steps talk to the database only through
+    /// sessions: one that is dropped without [`PgSession::release`] (timeout, lost lease,
+    /// cancel, an early error) has its backend terminated, so no statement, lock or session
+    /// setting outlives the step.
+    pub async fn session(&self) -> Result<PgSession, StepError> {
+        self.postgres_only()?;
+        session_result(self.databases.session(&self.placement.host, &self.placement.database).await)
+    }
+
+    /// A session on the host's administrative database (CREATE DATABASE and the like).
+    pub async fn admin_session(&self) -> Result<PgSession, StepError> {
+        self.postgres_only()?;
+        let host = &self.placement.host;
+        let database = self.databases.admin_database(host).map_err(StepError::permanent)?;
+        session_result(self.databases.session(host, &database).await)
+    }
+
+    fn postgres_only(&self) -> Result<(), StepError> {
         if self.placement.engine != Engine::Postgres {
             return Err(StepError::permanent(format!(
                 "{} is not supported on {} yet",
                 self.step.kind, self.placement.engine
             )));
         }
-        self.databases.postgres(&self.placement.host, &self.placement.database).map_err(StepError::permanent)
+        Ok(())
     }
+}
+
+fn session_result(result: Result<PgSession, SessionError>) -> Result<PgSession, StepError> {
+    result.map_err(|e| match e {
+        SessionError::Config(message) => StepError::permanent(message),
+        SessionError::Connect(e) => StepError::from_sqlx("connecting", &e),
+    })
 }
 
 /// Runs one unit. The result is what the step reports (stored in the checkpoint).

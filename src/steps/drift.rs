@@ -448,11 +448,17 @@ fn reference_cell(run: &str, service: &str, reference: &str) -> ReferenceCell {
 /// Reads one target's fingerprint through the worker's pools.
 async fn read_target(ctx: &StepContext<'_>, placement: &Placement, whose: &str) -> Result<Fingerprint, StepError> {
     let target = placement.target_key();
-    let pool = ctx.databases.postgres(&placement.host, &placement.database).map_err(StepError::permanent)?;
-    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx(&format!("connecting to {target}"), &e))?;
-    let mut found = read_fingerprints(&mut conn, std::slice::from_ref(&placement.schema))
-        .await
-        .map_err(|e| StepError::from_sqlx(&format!("reading the schema of {whose} ({target})"), &e))?;
+    let mut conn = match ctx.databases.session(&placement.host, &placement.database).await {
+        Ok(conn) => conn,
+        Err(crate::engine::pools::SessionError::Config(e)) => return Err(StepError::permanent(e)),
+        Err(crate::engine::pools::SessionError::Connect(e)) => {
+            return Err(StepError::from_sqlx(&format!("connecting to {target}"), &e));
+        }
+    };
+    let found = read_fingerprints(&mut conn, std::slice::from_ref(&placement.schema)).await;
+    conn.release().await;
+    let mut found =
+        found.map_err(|e| StepError::from_sqlx(&format!("reading the schema of {whose} ({target})"), &e))?;
     found.remove(&placement.schema).ok_or_else(|| {
         StepError::permanent(format!(
             "schema {:?} of {whose} does not exist in database {:?} ({target})",
@@ -467,7 +473,7 @@ async fn read_target(ctx: &StepContext<'_>, placement: &Placement, whose: &str) 
 #[tracing::instrument(skip_all, fields(run = ctx.run, tenant = ctx.tenant, service = %ctx.placement.service, step = ctx.unit))]
 pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
     // Refuses engines other than PostgreSQL with a clear message.
-    ctx.pool()?;
+    ctx.session().await?.release().await;
     let own = read_target(ctx, ctx.placement, &format!("tenant {}", ctx.tenant)).await?;
     let Some(reference) = ctx.step.reference.as_deref() else {
         return Ok(serde_json::json!({ "hash": own.hash(), "facts": own.len(), "reference": null }));

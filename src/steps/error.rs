@@ -26,6 +26,12 @@ impl StepError {
         Self { retry: Retry::Permanent, message: message.into() }
     }
 
+    /// The lease was lost before an effect (see [`crate::runtime::fence::Fence`]): this
+    /// worker must not act, and must not retry; the tenant's new owner does the work.
+    pub fn fenced(message: impl Into<String>) -> Self {
+        Self::permanent(message)
+    }
+
     pub fn is_transient(&self) -> bool {
         self.retry == Retry::Transient
     }

@@ -15,9 +15,8 @@ const DEFAULT_MAX_XID_AGE: u64 = 1_000_000_000;
 const DEFAULT_LONG_TRANSACTION: Duration = Duration::from_secs(5 * 60);
 
 pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
-    let pool = ctx.pool()?;
     let started = Instant::now();
-    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
+    let mut conn = ctx.session().await?;
     let connect_ms = started.elapsed().as_millis() as u64;
     let long = ctx.step.long_transaction.map_or(DEFAULT_LONG_TRANSACTION, |d| d.0);
     let max_xid_age = ctx.step.max_xid_age.unwrap_or(DEFAULT_MAX_XID_AGE);
@@ -39,6 +38,7 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
     } else {
         None
     };
+    conn.release().await;
     let report = serde_json::json!({
         "connect_ms": connect_ms,
         "database_bytes": database_bytes,

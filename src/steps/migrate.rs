@@ -167,13 +167,16 @@ const LOCK_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(200
 pub async fn run(ctx: &super::StepContext<'_>) -> Result<serde_json::Value, super::StepError> {
     use super::StepError;
     let set = ctx.migrations.ok_or_else(|| StepError::permanent("the service has no migrations directory"))?;
-    let pool = ctx.pool()?;
-    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
+    let mut conn = ctx.session().await?;
     let schema = ctx.placement.schema.clone();
     let lock = lock_key(ctx.placement);
 
     // Another run (or process) migrating the same target holds the lock: wait for it
-    // rather than fail; when it is done there is usually nothing left to apply.
+    // rather than fail; when it is done there is usually nothing left to apply. The lock
+    // is a session lock (no-transaction migrations span several transactions): the session
+    // is marked dirty so releasing it unlocks, and a step stopped half-way has its session
+    // terminated, which unlocks too.
+    conn.mark_dirty();
     let started = std::time::Instant::now();
     let mut waited = false;
     loop {
@@ -192,12 +195,7 @@ pub async fn run(ctx: &super::StepContext<'_>) -> Result<serde_json::Value, supe
         tokio::time::sleep(LOCK_WAIT_POLL).await;
     }
     let result = apply_locked(ctx, set, &mut conn, &schema).await;
-    let unlock =
-        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&lock).execute(&mut *conn).await;
-    if unlock.is_err() {
-        // A connection whose unlock failed may still hold the lock: do not return it to the pool.
-        conn.detach();
-    }
+    conn.release().await;
     result.map(|mut v| {
         v["waited_for_lock_ms"] = serde_json::json!(if waited { started.elapsed().as_millis() as u64 } else { 0 });
         v
@@ -407,8 +405,8 @@ async fn apply_script(
             }
         }
     }
-    // Session settings must not leak to the next user of this pooled connection.
-    let _ = sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout; RESET search_path").execute(&mut *conn).await;
+    // The session settings above are reset when the session is released (it is dirty);
+    // the history statements below qualify their table and need no search_path.
     match failure {
         None => record_history(conn, schema, &change, "applied", elapsed(), ctx.run).await,
         // Nothing changed yet (e.g. the first statement timed out on a lock): undo the

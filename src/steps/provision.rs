@@ -28,38 +28,44 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
 /// CREATE DATABASE when missing. It cannot run in a transaction and has no IF NOT EXISTS,
 /// so a concurrent creator is recognised by its error (42P04 duplicate_database).
 async fn create_database(ctx: &StepContext<'_>) -> Result<bool, StepError> {
-    let admin = ctx.databases.admin(&ctx.placement.host).map_err(StepError::permanent)?;
+    let mut admin = ctx.admin_session().await?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(&ctx.placement.database)
-        .fetch_one(&admin)
+        .fetch_one(&mut *admin)
         .await
         .map_err(|e| StepError::from_sqlx("looking up the database", &e))?;
     if exists {
+        admin.release().await;
         return Ok(false);
     }
     let sql = format!("CREATE DATABASE {}", quote_ident(&ctx.placement.database));
-    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&admin).await {
+    let created = match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *admin).await {
         Ok(_) => Ok(true),
         Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => Ok(false),
         Err(e) => Err(StepError::from_sqlx(&format!("creating database {}", ctx.placement.database), &e)),
-    }
+    };
+    admin.release().await;
+    created
 }
 
 async fn create_schema(ctx: &StepContext<'_>) -> Result<bool, StepError> {
-    let pool = ctx.pool()?;
+    let mut conn = ctx.session().await?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
         .bind(&ctx.placement.schema)
-        .fetch_one(&pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| StepError::from_sqlx("looking up the schema", &e))?;
     if exists {
+        conn.release().await;
         return Ok(false);
     }
     let sql = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&ctx.placement.schema));
-    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+    let created = match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
         Ok(_) => Ok(true),
         // Two concurrent creators can still collide on the catalog's unique index.
         Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505") => Ok(false),
         Err(e) => Err(StepError::from_sqlx(&format!("creating schema {}", ctx.placement.schema), &e)),
-    }
+    };
+    conn.release().await;
+    created
 }

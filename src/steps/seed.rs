@@ -28,11 +28,20 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
 
 /// Applies seed files in one transaction (all or nothing) with the run's receipt.
 pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_json::Value, StepError> {
-    let pool = ctx.pool()?;
-    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
+    let mut session = ctx.session().await?;
+    let outcome = apply_in(ctx, &mut session, files).await;
+    session.release().await;
+    outcome
+}
+
+async fn apply_in(
+    ctx: &StepContext<'_>,
+    session: &mut crate::engine::session::PgSession,
+    files: &[PathBuf],
+) -> Result<serde_json::Value, StepError> {
     let schema = &ctx.placement.schema;
-    receipt::ensure_table(&mut conn, &ctx.placement.host, &ctx.placement.database).await?;
-    let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
+    receipt::ensure_table(session, &ctx.placement.host, &ctx.placement.database).await?;
+    let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
     let unit = format!("{}#seed", ctx.unit);
     if receipt::exists(&mut tx, ctx.run, ctx.tenant, &unit).await? {
         return Ok(serde_json::json!({ "skipped": "already seeded in this run (receipt found)" }));

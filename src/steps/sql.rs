@@ -8,58 +8,71 @@ use std::time::Instant;
 
 use super::{StepContext, StepError, receipt};
 use crate::engine::postgres::quote_ident;
+use crate::engine::session::PgSession;
 
 pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
     let sql = statement(ctx)?;
-    let pool = ctx.pool()?;
-    let schema = &ctx.placement.schema;
-    let mut conn = pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting", &e))?;
+    let mut session = ctx.session().await?;
     let started = Instant::now();
-    receipt::ensure_table(&mut conn, &ctx.placement.host, &ctx.placement.database).await?;
+    let outcome = apply(ctx, &mut session, sql).await;
+    session.release().await;
+    Ok(outcome?.unwrap_or_else(|| serde_json::json!({ "duration_ms": started.elapsed().as_millis() as u64 })))
+}
 
+/// Runs the SQL with its receipt; `Some(report)` when it was not applied by this attempt.
+async fn apply(
+    ctx: &StepContext<'_>,
+    session: &mut PgSession,
+    sql: String,
+) -> Result<Option<serde_json::Value>, StepError> {
+    let schema = &ctx.placement.schema;
+    receipt::ensure_table(session, &ctx.placement.host, &ctx.placement.database).await?;
+    let already = || Some(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
     if ctx.step.transaction.unwrap_or(true) {
-        let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
+        let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
         if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
-            return Ok(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
+            return Ok(already());
         }
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
             .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
         if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
-            return Ok(receipt::applied_concurrently());
+            return Ok(Some(receipt::applied_concurrently()));
         }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
-    } else {
-        // Outside a transaction (e.g. CREATE INDEX CONCURRENTLY) the SQL itself must be
-        // idempotent: a crash between it and the receipt runs it again.
-        {
-            let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
-            if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
-                return Ok(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
-            }
-        }
-        let set = format!(
-            "SET search_path TO {}; SELECT set_config('tenantry.tenant', {}, false), set_config('tenantry.run', {}, false)",
-            quote_ident(schema),
-            crate::engine::postgres::quote_literal(ctx.tenant),
-            crate::engine::postgres::quote_literal(ctx.run)
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| StepError::from_sqlx("setting search_path", &e))?;
-        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await;
-        // Session settings must not leak to the next user of this pooled connection.
-        let _ = sqlx::raw_sql("RESET search_path; RESET tenantry.tenant; RESET tenantry.run").execute(&mut *conn).await;
-        result.map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
-        let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
-        if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
-            return Ok(receipt::applied_concurrently());
-        }
-        tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
+        return Ok(None);
     }
-    Ok(serde_json::json!({ "duration_ms": started.elapsed().as_millis() as u64 }))
+    // Outside a transaction (e.g. CREATE INDEX CONCURRENTLY) the SQL itself must be
+    // idempotent: a crash between it and the receipt runs it again.
+    {
+        let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
+        if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+            return Ok(already());
+        }
+    }
+    let set = format!(
+        "SET search_path TO {}; SELECT set_config('tenantry.tenant', {}, false), set_config('tenantry.run', {}, false)",
+        quote_ident(schema),
+        crate::engine::postgres::quote_literal(ctx.tenant),
+        crate::engine::postgres::quote_literal(ctx.run)
+    );
+    // Session settings: reset when the session is released.
+    session.mark_dirty();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+        .execute(&mut **session)
+        .await
+        .map_err(|e| StepError::from_sqlx("setting search_path", &e))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut **session)
+        .await
+        .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
+    let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
+    if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+        return Ok(Some(receipt::applied_concurrently()));
+    }
+    tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
+    Ok(None)
 }
 
 fn statement(ctx: &StepContext<'_>) -> Result<String, StepError> {

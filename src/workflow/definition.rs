@@ -171,6 +171,13 @@ pub struct RetrySpec {
     pub max_backoff: HumanDuration,
     #[serde(default = "default_true")]
     pub jitter: bool,
+    /// How many times a worker may vanish (killed, crashed, partitioned: its lease
+    /// expired) while running a tenant before the tenant fails. Separate from, and larger
+    /// than, `attempts`: losing a worker in a deploy is not the tenant's fault, but a tenant
+    /// that crashes every worker that runs it must stop somewhere. Leases given back at a
+    /// drain or lost to a Redis error do not count.
+    #[serde(default = "default_lost_leases")]
+    pub lost_leases: u32,
 }
 
 impl Default for RetrySpec {
@@ -180,8 +187,13 @@ impl Default for RetrySpec {
             backoff: default_backoff(),
             max_backoff: default_max_backoff(),
             jitter: true,
+            lost_leases: default_lost_leases(),
         }
     }
+}
+
+fn default_lost_leases() -> u32 {
+    10
 }
 
 fn default_attempts() -> u32 {

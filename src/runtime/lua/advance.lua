@@ -1,7 +1,11 @@
--- Moves a run forward, atomically: checks the current wave's failure budget, dispatches
--- pending tenants within the run's and each host's concurrency limits, and when a wave is
--- complete moves to the next one (waiting for approval or soak where the workflow asks) or
--- finishes the run.
+-- Moves a run forward, atomically: holds a wave that needs approval until it has it,
+-- checks the current wave's failure budget, dispatches pending tenants within the run's and
+-- each host's concurrency limits, and when a wave is complete moves to the next one (after
+-- its soak, and again through the approval gate) or finishes the run.
+--
+-- The approval gate is checked at the top of every wave, whatever path reached it (first
+-- wave, end of a soak, resume after a pause, a restarted process): a wave that needs
+-- approval dispatches nothing until `approved:{wave}` is set by `tenantry approve`.
 --
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] hosts hash, KEYS[4] inflight zset,
 -- KEYS[5] events list, KEYS[6] active runs set
@@ -37,6 +41,11 @@ if soak_until > now then return {'soaking', tostring(soak_until)} end
 local wave = tonumber(redis.call('HGET', run, 'wave'))
 while true do
   local w = waves[wave + 1]
+  if w.approval and redis.call('HGET', run, 'approved:' .. wave) ~= '1' then
+    redis.call('HSET', run, 'state', 'awaiting_approval', 'updated_ms', now)
+    event('waiting for approval of wave ' .. w.name)
+    return {'awaiting_approval'}
+  end
   local failed = tonumber(redis.call('HGET', run, 'w' .. wave .. ':failed') or '0')
   -- The budget: more failures than max_failures, or a larger share than max_failure_rate
   -- of the wave, halts the run. Later waves stay untouched.
@@ -111,10 +120,5 @@ while true do
     redis.call('HSET', run, 'soak_until_ms', now + w.soak_ms)
     event('soaking ' .. w.soak_ms .. ' ms after wave ' .. w.name)
     return {'soaking', tostring(now + w.soak_ms)}
-  end
-  if nw.approval and redis.call('HGET', run, 'approved:' .. wave) ~= '1' then
-    redis.call('HSET', run, 'state', 'awaiting_approval')
-    event('waiting for approval of wave ' .. nw.name)
-    return {'awaiting_approval'}
   end
 end

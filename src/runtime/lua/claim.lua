@@ -1,13 +1,20 @@
--- A worker claims a dispatched tenant: takes its lease with a fresh fencing token.
+-- A worker claims a dispatched tenant: takes its lease with a fresh fencing token, unless
+-- the run is paused or the tenant's wave waits for approval, in which case the tenant goes
+-- back to its wave's pending list (it was queued, it has not started) and is dispatched
+-- again when the run resumes or the wave is approved.
 --
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] lease key, KEYS[4] fence counter,
--- KEYS[5] inflight zset
--- ARGV[1] tenant, ARGV[2] worker id, ARGV[3] dispatch number, ARGV[4] lease (ms), ARGV[5] now (ms)
+-- KEYS[5] inflight zset, KEYS[6] hosts hash, KEYS[7] the tenant's pending list (its wave
+-- and host group), KEYS[8] the wave's set of host groups with pending tenants
+-- ARGV[1] tenant, ARGV[2] worker id, ARGV[3] dispatch number, ARGV[4] lease (ms), ARGV[5] now (ms),
+-- ARGV[6] the tenant's host group ("a+b")
 -- Returns {'ok', fence, checkpoint JSON} or {reason}: 'gone', 'done', 'stale' (a newer
--- dispatch exists), 'busy' (another worker holds the lease), 'stopped' (the run no
--- longer runs; the caller releases the tenant).
+-- dispatch exists), 'busy' (another worker holds the lease), 'held' (paused or not
+-- approved: back to pending), 'stopped' (the run no longer runs; the caller releases the tenant).
 local run, tenants, lease, fence_key, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local hosts, pending, groups = KEYS[6], KEYS[7], KEYS[8]
 local tenant, worker, dispatch, lease_ms, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local group = ARGV[6]
 
 local raw = redis.call('HGET', tenants, tenant)
 if not raw then return {'gone'} end
@@ -20,6 +27,19 @@ local run_state = redis.call('HGET', run, 'state')
 if redis.call('HEXISTS', run, 'halting') == 1 then return {'stopped', 'failed'} end
 if run_state ~= 'running' and run_state ~= 'awaiting_approval' and run_state ~= 'paused' then
   return {'stopped', run_state or 'missing'}
+end
+local gated = redis.call('HGET', run, 'gate:' .. cp.wave) == '1' and redis.call('HGET', run, 'approved:' .. cp.wave) ~= '1'
+if run_state == 'paused' or gated then
+  cp.state = 'pending'
+  cp.queued_ms = nil
+  redis.call('HSET', tenants, tenant, cjson.encode(cp))
+  if redis.call('ZREM', inflight, tenant) == 1 then
+    for h in string.gmatch(group, '[^+]+') do redis.call('HINCRBY', hosts, h, -1) end
+    redis.call('HINCRBY', run, 'inflight', -1)
+  end
+  redis.call('LPUSH', pending, tenant)
+  redis.call('SADD', groups, group)
+  return {'held'}
 end
 local fence = redis.call('INCR', fence_key)
 redis.call('SET', lease, worker .. '|' .. fence, 'PX', lease_ms)

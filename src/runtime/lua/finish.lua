@@ -16,7 +16,9 @@ elseif redis.call('EXISTS', lease) == 1 then
   return {'fenced'}
 end
 local cp = cjson.decode(redis.call('HGET', tenants, tenant))
+-- Already finished (e.g. cancelled while it ran): nothing to count, only the lease to drop.
 if cp.state == 'succeeded' or cp.state == 'failed' or cp.state == 'cancelled' or cp.state == 'skipped' then
+  if holder ~= '' then redis.call('DEL', lease) end
   return {'ok'}
 end
 for k, v in pairs(cjson.decode(ARGV[7])) do

@@ -15,7 +15,13 @@ for _, tenant in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMI
   else
     local cp = cjson.decode(redis.call('HGET', tenants, tenant))
     if cp.state == 'queued' or cp.state == 'running' then
-      if cp.state == 'running' then cp.lost = (cp.lost or 0) + 1 end
+      -- A worker vanished with the lease: charged to the lost-lease budget, and noted with
+      -- the claim (worker and dispatch) so that a worker that was only cut off from Redis
+      -- can take the charge back (release.lua).
+      if cp.state == 'running' then
+        cp.lost = (cp.lost or 0) + 1
+        cp.lost_by = tostring(cp.worker) .. '#' .. tostring(cp.dispatch)
+      end
       cp.state = 'queued'
       cp.dispatch = (cp.dispatch or 0) + 1
       cp.queued_ms = now

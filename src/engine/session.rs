@@ -1,0 +1,143 @@
+//! A PostgreSQL session checked out for one step: stopped in the database (not only dropped in Rust) when the step is, and returned to the pool only clean.
+//!
+//! Dropping a future that awaits a query does not stop the query: the server keeps running
+//! it, and sqlx's pool, on getting the connection back, waits for the result and then hands
+//! the connection to the next step *with whatever the session still holds* (a session
+//! advisory lock, `SET lock_timeout`, `SET search_path`). That is how a timed-out migration
+//! used to keep its target locked for the next attempt.
+//!
+//! A [`PgSession`] is the one way steps talk to a tenant's database:
+//! - [`PgSession::release`] (the normal end) resets what the step changed in the session
+//!   (`RESET ALL`, `pg_advisory_unlock_all()`) when it said it changed something
+//!   ([`PgSession::mark_dirty`]), then returns the connection to the pool;
+//! - dropping it without `release` (timeout, lost lease, cancel, drain, an early `?`) closes
+//!   the connection instead of returning it, and terminates its backend from a separate
+//!   connection (`pg_terminate_backend`), so the statement stops, its transaction rolls back
+//!   and its session locks go, at once. The termination runs on a task tracked by
+//!   [`Cleanup`], which a shutting-down worker waits for.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, Postgres};
+use sqlx::{ConnectOptions, Connection};
+use tokio_util::task::TaskTracker;
+
+/// How long the termination of an abandoned session may take before it is given up (the
+/// server then ends the session by itself when it next writes to the closed socket).
+const TERMINATE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Background terminations of abandoned sessions, awaited at shutdown so a draining worker
+/// does not exit with a tenant's statement still running.
+#[derive(Clone, Default)]
+pub struct Cleanup(TaskTracker);
+
+impl Cleanup {
+    /// Waits (up to `within`) for the terminations already started.
+    pub async fn settle(&self, within: Duration) {
+        self.0.close();
+        let _ = tokio::time::timeout(within, self.0.wait()).await;
+        self.0.reopen();
+    }
+}
+
+/// One checked-out connection and the backend process behind it.
+pub struct PgSession {
+    conn: Option<PoolConnection<Postgres>>,
+    pid: i32,
+    options: PgConnectOptions,
+    dirty: bool,
+    cleanup: Cleanup,
+}
+
+impl PgSession {
+    /// Checks a connection out of `pool` and learns its backend's process id (one round
+    /// trip; the pid is what lets another connection stop this one's statement).
+    pub async fn acquire(pool: &PgPool, cleanup: &Cleanup) -> Result<Self, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+        Ok(Self {
+            conn: Some(conn),
+            pid,
+            options: (*pool.connect_options()).clone(),
+            dirty: false,
+            cleanup: cleanup.clone(),
+        })
+    }
+
+    /// The backend's process id (`pg_stat_activity.pid`).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Says that the step changed session state (a non-local `SET`, a session advisory
+    /// lock): [`PgSession::release`] then resets it before the pool sees the connection.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Returns the connection to the pool, clean. A connection that cannot be reset is
+    /// closed instead (it will never hand a lock or a setting to the next step).
+    pub async fn release(mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        // A transaction the step left open (an early return) is rolled back here rather
+        // than lazily by the next user of the connection.
+        let in_transaction = conn.is_in_transaction();
+        if self.dirty || in_transaction {
+            let reset = if in_transaction {
+                "ROLLBACK; RESET ALL; SELECT pg_advisory_unlock_all()"
+            } else {
+                "RESET ALL; SELECT pg_advisory_unlock_all()"
+            };
+            if sqlx::raw_sql(reset).execute(&mut *conn).await.is_err() {
+                let _ = conn.detach().close().await;
+            }
+        }
+    }
+}
+
+impl Deref for PgSession {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_deref().expect("a session is used only before release")
+    }
+}
+
+impl DerefMut for PgSession {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_deref_mut().expect("a session is used only before release")
+    }
+}
+
+impl Drop for PgSession {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        // Not returned to the pool: the pool would wait for the running statement and then
+        // hand its session (locks, settings) to the next step.
+        drop(conn.detach());
+        let (pid, options) = (self.pid, self.options.clone());
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let task = async move {
+            let stop = async {
+                let mut other = options.connect().await?;
+                let stopped: Option<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = 'tenantry'",
+                )
+                .bind(pid)
+                .fetch_optional(&mut other)
+                .await?;
+                let _ = other.close().await;
+                Ok::<_, sqlx::Error>(stopped.unwrap_or(false))
+            };
+            match tokio::time::timeout(TERMINATE_WITHIN, stop).await {
+                Ok(Ok(true)) => tracing::debug!(pid, "stopped the backend of an abandoned step"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not stop the backend of an abandoned step"),
+                Err(_) => tracing::warn!(pid, "timed out stopping the backend of an abandoned step"),
+            }
+        };
+        self.cleanup.0.spawn_on(task, &handle);
+    }
+}
