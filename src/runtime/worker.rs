@@ -402,7 +402,7 @@ impl Runtime {
                     unit += 1;
                     attempt = 0;
                 }
-                Err(e) if e.is_transient() && attempt < max_attempts => {
+                Err(e) if e.allows_attempt(attempt + 1, max_attempts) => {
                     let delay = backoff(&spec.retry, attempt + 1, jitter_unit());
                     let message =
                         format!("step {label}, attempt {attempt} of {max_attempts}: {e}; retrying in {delay:.1?}");
