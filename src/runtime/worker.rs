@@ -372,6 +372,7 @@ impl Runtime {
                 migrations: migrations.as_deref(),
                 service: self.services.get(&u.service),
                 run: &spec.id,
+                root_run: spec.receipt_run.as_deref(),
                 tenant: &task.tenant,
                 unit: &label,
                 step,

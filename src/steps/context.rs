@@ -8,6 +8,9 @@ use crate::engine::pools::Databases;
 
 pub struct StepContext<'a> {
     pub run: &'a str,
+    /// For a retry run: the first run of its chain, whose receipts it shares (see
+    /// [`StepContext::receipt_run`]).
+    pub root_run: Option<&'a str>,
     pub tenant: &'a str,
     /// `step/service`, unique within a tenant's run: the receipt key.
     pub unit: &'a str,
@@ -23,6 +26,12 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// The run id that keys receipts: a retry's root run, so a unit that committed in the
+    /// run being retried is skipped rather than applied twice.
+    pub fn receipt_run(&self) -> &str {
+        self.root_run.unwrap_or(self.run)
+    }
+
     pub fn pool(&self) -> Result<sqlx::PgPool, StepError> {
         if self.placement.engine != Engine::Postgres {
             return Err(StepError::permanent(format!(

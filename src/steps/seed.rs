@@ -34,7 +34,7 @@ pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_jso
     receipt::ensure_table(&mut conn, &ctx.placement.host, &ctx.placement.database).await?;
     let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
     let unit = format!("{}#seed", ctx.unit);
-    if receipt::exists(&mut tx, ctx.run, ctx.tenant, &unit).await? {
+    if receipt::exists(&mut tx, ctx.receipt_run(), ctx.tenant, &unit).await? {
         return Ok(serde_json::json!({ "skipped": "already seeded in this run (receipt found)" }));
     }
     let mut applied = Vec::new();
@@ -47,7 +47,7 @@ pub async fn apply(ctx: &StepContext<'_>, files: &[PathBuf]) -> Result<serde_jso
             .map_err(|e| StepError::from_sqlx(&format!("applying seed file {}", file.display()), &e))?;
         applied.push(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     }
-    if !receipt::write(&mut tx, ctx.run, ctx.tenant, &unit).await? {
+    if !receipt::write(&mut tx, ctx.receipt_run(), ctx.tenant, &unit).await? {
         return Ok(receipt::applied_concurrently());
     }
     tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;

@@ -19,14 +19,14 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
 
     if ctx.step.transaction.unwrap_or(true) {
         let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
-        if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+        if receipt::exists(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
             return Ok(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
         }
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
             .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
-        if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+        if !receipt::write(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
             return Ok(receipt::applied_concurrently());
         }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
@@ -35,7 +35,7 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
         // idempotent: a crash between it and the receipt runs it again.
         {
             let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
-            if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+            if receipt::exists(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
                 return Ok(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
             }
         }
@@ -54,7 +54,7 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
         let _ = sqlx::raw_sql("RESET search_path; RESET tenantry.tenant; RESET tenantry.run").execute(&mut *conn).await;
         result.map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
         let mut tx = receipt::begin(&mut conn, schema, ctx.run, ctx.tenant).await?;
-        if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+        if !receipt::write(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
             return Ok(receipt::applied_concurrently());
         }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
