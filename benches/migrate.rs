@@ -1138,6 +1138,7 @@ impl Bench<'_> {
                     let label = format!("{}/{}", step.label(), unit.service);
                     let ctx = StepContext {
                         run: &spec.id,
+                        root_run: None,
                         tenant,
                         unit: &label,
                         step,

@@ -693,6 +693,7 @@ impl Bench<'_> {
                     let label = format!("{}/{}", step.label(), unit.service);
                     let ctx = StepContext {
                         run: &run_id,
+                        root_run: None,
                         tenant,
                         unit: &label,
                         step,

@@ -165,12 +165,21 @@ async fn kill_9_five_times_and_every_tenant_is_done_exactly_once() {
     let run = setup.run("count");
     let mut seed = std::process::id() as u64 | 1;
     let mut worker = WorkerProcess::spawn(setup.path());
+    // Kill at points of progress, not of time (a fast machine finished the run before a
+    // timed fifth kill): after about 30, 80, 130, 180 and 230 of the 300 tenants, plus a
+    // random few, so the moments vary between runs but all five happen mid-run.
+    let mut db = connect(&setup.name).await;
     let mut kills = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while kills < 5 {
-        std::thread::sleep(Duration::from_millis(random_ms(&mut seed, 300, 1500)));
-        let s = status(setup.path(), &run);
-        if s["run"]["state"] != "running" {
-            break;
+        let threshold = 30 + 50 * kills as i64 + random_ms(&mut seed, 0, 20) as i64;
+        loop {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.hits").fetch_one(&mut db).await.unwrap();
+            if n >= threshold {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the run stalled at {n} tenants before kill {kills}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         worker.kill9();
         kills += 1;
@@ -254,6 +263,63 @@ async fn a_wave_over_budget_halts_the_run_and_retry_runs_only_the_failed() {
     }
     assert!(hits.values().all(|n| *n == 1), "{hits:?}");
     assert!(hits.keys().all(|t| t.as_str() < "t010"), "the retry did not touch the second wave: {hits:?}");
+    setup.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_reuses_the_original_runs_receipts_and_does_not_redo_committed_units() {
+    let setup = Setup::new(4, |_| "all").await;
+    // t001 and t003 cannot fill: no items table.
+    let mut db = connect(&setup.name).await;
+    exec(&mut db, "DROP TABLE tenant_t001.items; DROP TABLE tenant_t003.items;").await;
+    setup.workflow(
+        "two",
+        "[retry]\nattempts = 1\n\n\
+         [[steps]]\nname = \"hit\"\nkind = \"sql\"\nsql = \"INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant'))\"\n\n\
+         [[steps]]\nname = \"fill\"\nkind = \"sql\"\nsql = \"INSERT INTO items VALUES (1)\"\n",
+    );
+    let worker = WorkerProcess::spawn(setup.path());
+    let root = setup.run("two");
+    let s = wait_for_state(setup.path(), &root, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(s["run"]["state"], "failed", "{s:#}");
+    let failed: Vec<String> = tenant_states(&s).into_iter().filter(|(_, st)| st == "failed").map(|(t, _)| t).collect();
+    assert_eq!(failed, ["t001", "t003"], "{s:#}");
+    let all_once: BTreeMap<String, i64> = (0..4).map(|i| (format!("t{i:03}"), 1)).collect();
+    assert_eq!(setup.hits().await, all_once, "step 1 committed once for every tenant");
+
+    // Fix t001 only and retry: t001 goes on from `fill`; t003 fails at `fill` again.
+    exec(&mut db, "CREATE TABLE tenant_t001.items (n int);").await;
+    let out = tenantry(setup.path(), &["retry", &root], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let first = out.stdout().lines().next().unwrap().trim().to_string();
+    let r = wait_for_state(setup.path(), &first, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(
+        tenant_states(&r),
+        BTreeMap::from([("t001".into(), "succeeded".into()), ("t003".into(), "failed".into())])
+    );
+    assert_eq!(setup.hits().await, all_once, "the retry did not insert step 1's rows again: {r:#}");
+    let outputs = r["tenants"]["t001"]["outputs"].as_object().unwrap();
+    assert!(!outputs.contains_key("hit/app"), "t001 resumed at the unit it failed at: {outputs:?}");
+    let (items,): (i64,) = sqlx::query_as("SELECT count(*) FROM tenant_t001.items").fetch_one(&mut db).await.unwrap();
+    assert_eq!(items, 1);
+
+    // The crash window: t003's `fill` committed in the root run (its receipt is there) but
+    // the worker died before recording it. A retry of the retry must find the root's
+    // receipt and skip, not run `fill` again (which would fail here: still no table).
+    exec(
+        &mut db,
+        &format!("INSERT INTO tenantry.receipts (run_id, tenant, step) VALUES ('{root}', 't003', 'fill/app')"),
+    )
+    .await;
+    let out = tenantry(setup.path(), &["retry", &first], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let second = out.stdout().lines().next().unwrap().trim().to_string();
+    let r = wait_for_state(setup.path(), &second, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(r["run"]["state"], "succeeded", "{r:#}");
+    let skipped = r["tenants"]["t003"]["outputs"]["fill/app"].to_string();
+    assert!(skipped.contains("receipt found"), "{r:#}");
+    assert_eq!(setup.hits().await, all_once);
+    drop(worker); // before clearing its Redis prefix, which it would otherwise write to again
     setup.drop().await;
 }
 

@@ -1,6 +1,6 @@
 //! Operator commands on runs: `run`, `runs`, `status`, `approve`, `pause`, `resume`, `cancel`, `retry`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -306,14 +306,15 @@ pub async fn retry(ctx: &Context, id: &str, wait: bool, json: bool) -> Result<()
             record.state
         )));
     }
-    let failed: BTreeSet<String> = runtime
+    // Each failed tenant with the unit it failed at, where the retry starts it.
+    let failed: BTreeMap<String, usize> = runtime
         .store
         .checkpoints(id)
         .await
         .map_err(store_failure)?
         .into_iter()
         .filter(|(_, c)| c.state == TenantState::Failed)
-        .map(|(t, _)| t)
+        .map(|(t, c)| (t, c.unit))
         .collect();
     if failed.is_empty() {
         return Err(Failure::Failed(format!("run {id} has no failed tenants to retry")));

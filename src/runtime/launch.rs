@@ -68,6 +68,7 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
         host_limits: host_limits(catalog, config, spec.concurrency.per_host),
         waves,
         tenants: snapshots,
+        receipt_run: None,
     }
 }
 
@@ -83,20 +84,37 @@ fn host_limits(catalog: &Catalog, config: &LoadedConfig, per_host: Option<u32>) 
         .collect()
 }
 
-/// A retry run: the failed tenants of `parent`, with the same steps and their original
-/// waves (so budgets still apply), as a new run linked to the old one.
-pub fn retry_snapshot(parent: &RunSpec, failed: &BTreeSet<String>) -> RunSpec {
-    let tenants: BTreeMap<String, TenantSnapshot> =
-        parent.tenants.iter().filter(|(id, _)| failed.contains(*id)).map(|(id, t)| (id.clone(), t.clone())).collect();
+/// A retry run: the failed tenants of `parent` (each with the index of the unit it failed
+/// at), with the same steps and their original waves (so budgets still apply), as a new
+/// run linked to the old one.
+///
+/// Each tenant starts at the unit it failed at: the units before it succeeded in the
+/// parent, and running them again would at best cost a round of no-ops. The retry also
+/// keeps the receipts of the chain's first run, so a unit that committed but was not
+/// recorded (its worker died in between, and the tenant failed on lost leases) is skipped,
+/// not applied a second time.
+pub fn retry_snapshot(parent: &RunSpec, failed: &BTreeMap<String, usize>) -> RunSpec {
+    let tenants: BTreeMap<String, TenantSnapshot> = parent
+        .tenants
+        .iter()
+        .filter_map(|(id, t)| {
+            let from = *failed.get(id)?;
+            let mut t = t.clone();
+            if from < t.units.len() {
+                t.units.drain(..from);
+            }
+            Some((id.clone(), t))
+        })
+        .collect();
     let waves: Vec<Wave> = parent
         .waves
         .iter()
         .map(|w| Wave {
-            tenants: w.tenants.iter().filter(|t| failed.contains(t.as_str())).cloned().collect(),
+            tenants: w.tenants.iter().filter(|t| failed.contains_key(t.as_str())).cloned().collect(),
             ..w.clone()
         })
         .collect();
-    RunSpec { id: new_run_id(), tenants, waves, ..parent.clone() }
+    RunSpec { id: new_run_id(), tenants, waves, receipt_run: Some(parent.receipt_run().to_string()), ..parent.clone() }
 }
 
 /// The fast path for rollouts: reads the migration histories of the run's targets in bulk
@@ -158,4 +176,40 @@ pub async fn skip_up_to_date(spec: &mut RunSpec, catalog: &Catalog, config: &Loa
         }
     }
     skipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run of two tenants with three units each (no steps needed: retry only slices).
+    fn run() -> RunSpec {
+        let units: Vec<serde_json::Value> =
+            (0..3).map(|i| serde_json::json!({ "step": i, "service": "app" })).collect();
+        let tenant = serde_json::json!({ "wave": 0, "placements": {}, "units": units, "group": "main" });
+        serde_json::from_value(serde_json::json!({
+            "id": "root", "workflow": "w", "steps": [], "retry": {}, "timeout": "1m", "run_concurrency": 1,
+            "host_limits": {},
+            "waves": [{ "index": 0, "name": "all", "tenants": ["a", "b"], "max_failures": null,
+                        "max_failure_rate": null, "approval": false }],
+            "tenants": { "a": tenant, "b": tenant },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_retry_starts_at_the_failed_unit_and_keeps_the_root_runs_receipts() {
+        let root = run();
+        assert_eq!(root.receipt_run(), "root");
+        let first = retry_snapshot(&root, &BTreeMap::from([("b".to_string(), 2)]));
+        assert_ne!(first.id, "root");
+        assert_eq!(first.receipt_run(), "root");
+        assert_eq!(first.tenants.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(first.tenants["b"].units, [Unit { step: 2, service: "app".into() }]);
+        assert_eq!(first.waves[0].tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>(), ["b"]);
+        // A retry of the retry: indices are the retry's own; receipts still the root's.
+        let second = retry_snapshot(&first, &BTreeMap::from([("b".to_string(), 0)]));
+        assert_eq!(second.receipt_run(), "root");
+        assert_eq!(second.tenants["b"].units, [Unit { step: 2, service: "app".into() }]);
+    }
 }

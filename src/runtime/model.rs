@@ -127,9 +127,19 @@ pub struct RunSpec {
     /// never applies two versions of the truth.
     #[serde(default)]
     pub migrations: BTreeMap<String, Vec<(String, String)>>,
+    /// For a retry run: the first run of its chain of retries, whose receipts it reads and
+    /// writes, so a unit that committed in an earlier run of the chain is not applied again.
+    /// None for a run that is its own root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_run: Option<String>,
 }
 
 impl RunSpec {
+    /// The run id that keys this run's receipts.
+    pub fn receipt_run(&self) -> &str {
+        self.receipt_run.as_deref().unwrap_or(&self.id)
+    }
+
     /// The per-wave settings the advance script needs, as JSON.
     pub fn waves_json(&self) -> String {
         let waves: Vec<serde_json::Value> = self

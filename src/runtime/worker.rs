@@ -470,6 +470,7 @@ impl Runtime {
                 migrations: migrations.as_deref(),
                 service: self.services.get(&u.service),
                 run: &spec.id,
+                root_run: spec.receipt_run.as_deref(),
                 tenant: &task.tenant,
                 unit: &label,
                 step,
@@ -487,7 +488,7 @@ impl Runtime {
                 r = execute(&ctx) => r,
                 () = tokio::time::sleep(timeout) => {
                     stop.cancel();
-                    Err(StepError::transient(format!("timed out after {}", humantime::format_duration(timeout))))
+                    Err(StepError::timed_out(format!("timed out after {}", humantime::format_duration(timeout))))
                 }
                 () = lost.cancelled() => return Ok(None),
             };
@@ -508,7 +509,7 @@ impl Runtime {
                     unit += 1;
                     attempt = 0;
                 }
-                Err(e) if e.is_transient() && attempt < max_attempts => {
+                Err(e) if e.allows_attempt(attempt + 1, max_attempts) => {
                     let delay = backoff(&spec.retry, attempt + 1, jitter_unit());
                     let message =
                         format!("step {label}, attempt {attempt} of {max_attempts}: {e}; retrying in {delay:.1?}");

@@ -12,6 +12,9 @@ use crate::runtime::fence::Fence;
 
 pub struct StepContext<'a> {
     pub run: &'a str,
+    /// For a retry run: the first run of its chain, whose receipts it shares (see
+    /// [`StepContext::receipt_run`]).
+    pub root_run: Option<&'a str>,
     pub tenant: &'a str,
     /// `step/service`, unique within a tenant's run: the receipt key.
     pub unit: &'a str,
@@ -35,6 +38,12 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// The run id that keys receipts: a retry's root run, so a unit that committed in the
+    /// run being retried is skipped rather than applied twice.
+    pub fn receipt_run(&self) -> &str {
+        self.root_run.unwrap_or(self.run)
+    }
+
     /// A session on the tenant's database. Steps talk to the database only through
     /// sessions: one that is dropped without [`PgSession::release`] (timeout, lost lease,
     /// cancel, an early error) has its backend terminated, so no statement, lock or session

@@ -264,8 +264,8 @@ async fn apply_locked(
             )
             .await
             .map_err(|e| StepError {
-                retry: e.retry,
                 message: format!("reverting version {version} ({}): {}", down.path.display(), e.message),
+                ..e
             })?;
             done.push(format!("-{}_{}", m.version, m.name));
         }
@@ -278,7 +278,6 @@ async fn apply_locked(
         apply_script(ctx, conn, schema, &m.up.sql, m.no_transaction, lock_timeout, statement_timeout, Change::Up(m))
             .await
             .map_err(|e| StepError {
-                retry: e.retry,
                 message: format!(
                     "applying version {} ({}) to tenant {}: {}",
                     m.version,
@@ -286,6 +285,7 @@ async fn apply_locked(
                     ctx.tenant,
                     e.message
                 ),
+                ..e
             })?;
         done.push(format!("{}_{}", m.version, m.name));
     }

@@ -13,6 +13,6 @@ mod spec;
 pub mod sql;
 
 pub use context::{StepContext, execute};
-pub use error::{Retry, StepError};
+pub use error::{Cause, Retry, StepError};
 pub use kind::StepKind;
 pub use spec::{COMMON_OPTIONS, StepSpec};

@@ -43,7 +43,7 @@ async fn apply_in(
     receipt::ensure_table(session, &ctx.placement.host, &ctx.placement.database).await?;
     let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
     let unit = format!("{}#seed", ctx.unit);
-    if receipt::exists(&mut tx, ctx.run, ctx.tenant, &unit).await? {
+    if receipt::exists(&mut tx, ctx.receipt_run(), ctx.tenant, &unit).await? {
         return Ok(serde_json::json!({ "skipped": "already seeded in this run (receipt found)" }));
     }
     let mut applied = Vec::new();
@@ -56,7 +56,7 @@ async fn apply_in(
             .map_err(|e| StepError::from_sqlx(&format!("applying seed file {}", file.display()), &e))?;
         applied.push(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     }
-    if !receipt::write(&mut tx, ctx.run, ctx.tenant, &unit).await? {
+    if !receipt::write(&mut tx, ctx.receipt_run(), ctx.tenant, &unit).await? {
         return Ok(receipt::applied_concurrently());
     }
     tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;

@@ -30,14 +30,14 @@ async fn apply(
     let already = || Some(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
     if ctx.step.transaction.unwrap_or(true) {
         let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
-        if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+        if receipt::exists(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
             return Ok(already());
         }
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *tx)
             .await
             .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
-        if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+        if !receipt::write(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
             return Ok(Some(receipt::applied_concurrently()));
         }
         tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;
@@ -47,7 +47,7 @@ async fn apply(
     // idempotent: a crash between it and the receipt runs it again.
     {
         let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
-        if receipt::exists(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+        if receipt::exists(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
             return Ok(already());
         }
     }
@@ -68,7 +68,7 @@ async fn apply(
         .await
         .map_err(|e| StepError::from_sqlx("running the step's SQL", &e))?;
     let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
-    if !receipt::write(&mut tx, ctx.run, ctx.tenant, ctx.unit).await? {
+    if !receipt::write(&mut tx, ctx.receipt_run(), ctx.tenant, ctx.unit).await? {
         return Ok(Some(receipt::applied_concurrently()));
     }
     tx.commit().await.map_err(|e| StepError::from_sqlx("committing", &e))?;

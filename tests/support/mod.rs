@@ -238,3 +238,44 @@ impl WorkerProcess {
         Self(cmd.spawn().expect("spawn tenantry worker"))
     }
 }
+
+/// The administrative MariaDB URL of the test server.
+pub fn mysql_url() -> String {
+    std::env::var("TENANTRY_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
+}
+
+/// `url` with its path (the database) replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap_or_else(|e| panic!("invalid test URL {url}: {e}"));
+    url.set_path(db);
+    url.to_string()
+}
+
+/// An administrative MariaDB connection, or a panic that names the command that starts MariaDB.
+pub async fn mysql_admin() -> sqlx::MySqlConnection {
+    use sqlx::Connection;
+    let url = mysql_url();
+    match sqlx::MySqlConnection::connect(&url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "MariaDB is not reachable at {url} ({e}). Start the test services with `bash deploy/local/test.sh` \
+             (or `source deploy/local/services.sh && ensure_mariadb`)."
+        ),
+    }
+}
+
+/// A connection to MariaDB database `db` of the test server.
+pub async fn mysql_db(db: &str) -> sqlx::MySqlConnection {
+    use sqlx::Connection;
+    sqlx::MySqlConnection::connect(&with_database(&mysql_url(), db))
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to MariaDB test database {db}: {e}"))
+}
+
+/// Runs one MariaDB statement (no parameters: fixtures only).
+pub async fn mysql_exec(conn: &mut sqlx::MySqlConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("fixture SQL failed: {e}\n{sql}"));
+}
