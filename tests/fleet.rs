@@ -256,3 +256,35 @@ async fn plan_reports_a_missing_tenant_database_without_hiding_the_others() {
     assert!(text.contains("\"1_policies\""), "t-000's core still planned: {text}");
     fleet.drop().await;
 }
+
+/// `plan` does not call a step that cannot run "run": a kind this version does not run
+/// yet is shown blocked, with the reason, next to the steps that do run.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_steps_that_cannot_run_yet_as_blocked() {
+    let fleet = Fleet::create(2, "").await;
+    write(fleet.path(), "workflows/maintain.toml", "[[steps]]\nkind = \"health\"\n\n[[steps]]\nkind = \"vacuum\"\n");
+    let run = tenantry(fleet.path(), &["plan", "maintain", "--json"], &[]);
+    assert_eq!(run.code(), 0, "{}", run.all());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let steps: Vec<&serde_json::Value> = plan["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["plans"].as_array().unwrap())
+        .flat_map(|p| p["steps"].as_array().unwrap())
+        .collect();
+    assert!(!steps.is_empty());
+    for s in &steps {
+        match s["kind"].as_str().unwrap() {
+            "health" => assert_eq!(s["action"], "run", "{s}"),
+            "vacuum" => {
+                assert_eq!(s["action"], "blocked", "{s}");
+                assert!(s["reason"].as_str().unwrap().contains("does not run yet"), "{s}");
+            }
+            other => panic!("unexpected step {other}: {s}"),
+        }
+    }
+    let text = tenantry(fleet.path(), &["plan", "maintain"], &[]);
+    assert!(text.stdout().contains("BLOCKED: step kind vacuum does not run yet"), "{}", text.all());
+    fleet.drop().await;
+}

@@ -52,8 +52,14 @@ pub async fn run(ctx: &Context, json: bool) -> Result<(), Failure> {
     let (workflows, found) = workflow::read_all(&loaded.workflows_dir());
     problems.extend(found);
     let check_ctx = CheckContext { services: &loaded.config.services, catalog: Some(&catalog) };
+    let mut warnings = Vec::new();
     for w in &workflows {
         problems.extend(workflow::check(&w.spec, &w.name, &w.source, &check_ctx));
+        warnings.extend(workflow::warnings(&w.spec, &w.source, &loaded.config.services));
+    }
+    // Warnings go to stderr and do not change the exit status: the files are valid.
+    for w in &warnings {
+        eprintln!("{w}");
     }
 
     let report = Report {

@@ -79,8 +79,26 @@ fn session_result(result: Result<PgSession, SessionError>) -> Result<PgSession, 
     })
 }
 
+/// The registry: which step kinds this version runs, on which engine. `execute` below and
+/// this function are the two lines a new kind adds; `plan` reports a step that cannot run
+/// as blocked, and `validate` warns about it, from here.
+pub fn can_run(kind: StepKind, engine: Engine) -> Result<(), String> {
+    let implemented = matches!(
+        kind,
+        StepKind::Sql | StepKind::Health | StepKind::Migrate | StepKind::Drift | StepKind::Seed | StepKind::Provision
+    );
+    if !implemented {
+        return Err(format!("step kind {kind} does not run yet in this version of tenantry"));
+    }
+    if engine != Engine::Postgres {
+        return Err(format!("{kind} is not supported on {engine} yet"));
+    }
+    Ok(())
+}
+
 /// Runs one unit. The result is what the step reports (stored in the checkpoint).
 pub async fn execute(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+    can_run(ctx.step.kind, ctx.placement.engine).map_err(StepError::permanent)?;
     match ctx.step.kind {
         StepKind::Sql => super::sql::run(ctx).await,
         StepKind::Health => super::health::run(ctx).await,
@@ -88,8 +106,6 @@ pub async fn execute(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepErr
         StepKind::Drift => super::drift::run(ctx).await,
         StepKind::Seed => super::seed::run(ctx).await,
         StepKind::Provision => super::provision::run(ctx).await,
-        other => Err(StepError::permanent(format!(
-            "step kind {other} cannot run yet in this version of tenantry (it is accepted by validate and plan)"
-        ))),
+        other => Err(StepError::permanent(format!("step kind {other} has no implementation registered"))),
     }
 }

@@ -12,7 +12,7 @@ pub mod seed;
 mod spec;
 pub mod sql;
 
-pub use context::{StepContext, execute};
+pub use context::{StepContext, can_run, execute};
 pub use error::{Cause, Retry, StepError};
 pub use kind::StepKind;
 pub use spec::{COMMON_OPTIONS, StepSpec};

@@ -270,6 +270,32 @@ fn check_steps(
     }
 }
 
+/// What `validate` reports without failing: steps of a kind this version cannot run yet
+/// (on every service they would run on). A run of the workflow fails those steps.
+pub fn warnings(spec: &WorkflowSpec, source: &SourceFile, services: &BTreeMap<String, ServiceSpec>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let names: Vec<&String> = match &step.services {
+            Some(list) => list.iter().collect(),
+            None if spec.target.services.is_empty() => services.keys().collect(),
+            None => spec.target.services.iter().collect(),
+        };
+        let reasons: BTreeSet<String> = names
+            .iter()
+            .filter_map(|n| services.get(*n))
+            .filter(|svc| step.kind.fits(svc).is_ok())
+            .filter_map(|svc| crate::steps::can_run(step.kind, svc.engine).err())
+            .collect();
+        for reason in reasons {
+            out.push(source.error_at(
+                &path!["steps", i, "kind"],
+                format!("warning: step {}: {reason}; a run fails this step on every tenant", step.label()),
+            ));
+        }
+    }
+    out
+}
+
 fn unknown_service(name: &str, services: &BTreeMap<String, ServiceSpec>) -> String {
     let known: Vec<&str> = services.keys().map(String::as_str).collect();
     format!(

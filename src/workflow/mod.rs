@@ -8,7 +8,7 @@ mod schedule;
 pub mod target;
 mod waves;
 
-pub use check::{CheckContext, check};
+pub use check::{CheckContext, check, warnings};
 pub use definition::{CatchUp, Concurrency, Overlap, RetrySpec, Target, WaveSpec, WorkflowSpec};
 pub use load::{Workflow, find, read_all, workflow_files};
 pub use schedule::{Schedule, ScheduleError, parse_timezone};

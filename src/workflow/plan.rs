@@ -129,6 +129,9 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
                                 continue;
                             };
                             let action = match step.kind {
+                                _ if let Err(reason) = crate::steps::can_run(step.kind, placement.engine) => {
+                                    StepAction::Blocked { reason }
+                                }
                                 StepKind::Migrate => migrate_action(
                                     placement,
                                     &sets,
