@@ -767,3 +767,69 @@ async fn finished_runs_are_pruned_and_the_key_count_returns_to_its_baseline() {
     assert_eq!(setup.hits().await.values().sum::<i64>(), 15, "the runs themselves were not affected");
     setup.drop().await;
 }
+
+/// Host limits with many hosts: 30 tenants on 3 hosts that allow one tenant at a time, then
+/// 300 tenants with a host each. The dispatcher parks a group whose host is full and wakes it
+/// when a tenant there finishes: no host ever runs two tenants at once, every host's tenants
+/// all run, and the one-host-per-tenant fleet finishes with every tenant exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_limits_hold_with_many_hosts_and_every_tenant_runs_once() {
+    for (tenants, hosts, per_host, run_limit) in [(30usize, 3usize, 1u32, 3u32), (200, 20, 1, 8)] {
+        let setup = Setup::new(tenants, |_| "all").await;
+        let mut db = connect(&setup.name).await;
+        exec(&mut db, "CREATE TABLE public.spans (tenant text PRIMARY KEY, started timestamptz, ended timestamptz)")
+            .await;
+        let path = setup.path().join("tenantry.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        for i in 0..tenants {
+            config = config.replace(
+                &format!("id = \"t{i:03}\"\nservices = [\"app\"]"),
+                &format!("id = \"t{i:03}\"\nplacements = {{ app = {{ host = \"h{:03}\" }} }}", i % hosts),
+            );
+        }
+        for h in 0..hosts {
+            config.push_str(&format!(
+                "\n[hosts.h{h:03}]\nengine = \"postgres\"\nurl = \"{}\"\nmax_concurrency = {per_host}\n",
+                pg_url()
+            ));
+        }
+        std::fs::write(&path, config).unwrap();
+        setup.workflow(
+            "spread",
+            &format!(
+                "[concurrency]\nrun = {run_limit}\n\n[[steps]]\nkind = \"sql\"\n\
+                 sql = \"INSERT INTO public.spans VALUES (current_setting('tenantry.tenant'), clock_timestamp(), NULL); \
+                 SELECT pg_sleep(0.05); \
+                 UPDATE public.spans SET ended = clock_timestamp() WHERE tenant = current_setting('tenantry.tenant')\"\n"
+            ),
+        );
+        let _worker = WorkerProcess::spawn(setup.path());
+        let run = setup.run("spread");
+        let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(120));
+        assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+        assert_eq!(s["run"]["succeeded"], tenants as u64);
+        let spans: Vec<(String, f64, f64)> = sqlx::query_as(
+            "SELECT tenant, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8 FROM public.spans ORDER BY started",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(spans.len(), tenants, "every tenant ran once");
+        let mut last_end: BTreeMap<usize, f64> = BTreeMap::new();
+        let mut most = 0;
+        for (tenant, started, ended) in &spans {
+            let host = tenant[1..].parse::<usize>().unwrap() % hosts;
+            if let Some(prev) = last_end.get(&host) {
+                assert!(
+                    started >= prev,
+                    "host h{host:03} ran two tenants at once ({tenant} started before the last ended)"
+                );
+            }
+            last_end.insert(host, *ended);
+            let running = spans.iter().filter(|(_, st, en)| st <= started && en > started).count();
+            most = most.max(running);
+        }
+        assert!(most <= run_limit as usize, "{most} tenants ran at once, the run allows {run_limit}");
+        setup.drop().await;
+    }
+}

@@ -48,9 +48,23 @@ impl Keys {
         format!("{}:run:{run}:pending:{wave}:{group}", self.prefix)
     }
 
-    /// SET of host groups with pending tenants in wave `wave`.
-    pub fn run_groups(&self, run: &str, wave: usize) -> String {
-        format!("{}:run:{run}:groups:{wave}", self.prefix)
+    /// ZSET of the host groups of wave `wave` that have pending tenants and are not parked,
+    /// scored round-robin (a group that was just served goes to the back). `advance` looks
+    /// only at its head, so dispatching costs O(what it dispatches), not O(host groups).
+    pub fn run_ready(&self, run: &str, wave: usize) -> String {
+        format!("{}:run:{run}:ready:{wave}", self.prefix)
+    }
+
+    /// HASH host -> space-separated host groups of wave `wave` parked because that host was
+    /// at its limit; a tenant finishing on the host puts them back in the ready set.
+    pub fn run_parked(&self, run: &str, wave: usize) -> String {
+        format!("{}:run:{run}:parked:{wave}", self.prefix)
+    }
+
+    /// HASH host -> the run's concurrency limit on it, written once when the run is created
+    /// (not sent and decoded with every `advance`).
+    pub fn run_limits(&self, run: &str) -> String {
+        format!("{}:run:{run}:limits", self.prefix)
     }
 
     /// HASH host -> tenants of this run in flight on it.

@@ -202,7 +202,7 @@ impl RunStore {
             for chunk in ids.chunks(1000) {
                 pipe.rpush(k.run_pending(&spec.id, *wave, group), chunk);
             }
-            pipe.sadd(k.run_groups(&spec.id, *wave), *group);
+            pipe.zadd(k.run_ready(&spec.id, *wave), *group, 0);
         }
         let done: u64 = done_per_wave.values().sum();
         if done > 0 {
@@ -210,6 +210,10 @@ impl RunStore {
             for (wave, n) in &done_per_wave {
                 pipe.hset(k.run(&spec.id), format!("w{wave}:succeeded"), *n);
             }
+        }
+        let limits: Vec<(&String, &u32)> = spec.host_limits.iter().collect();
+        for chunk in limits.chunks(1000) {
+            pipe.hset_multiple(k.run_limits(&spec.id), chunk);
         }
         // The approval gates, per wave, for claim.lua: a tenant of a gated wave that is not
         // approved never starts, whatever dispatched it.
@@ -232,21 +236,23 @@ impl RunStore {
         dispatch_grace: Duration,
     ) -> Result<(String, Vec<(String, u64)>), StoreError> {
         let k = &self.keys;
-        let limits = serde_json::to_string(&spec.host_limits).expect("serialises");
         let mut conn = self.conn.clone();
-        let out: Vec<String> = self
-            .scripts
-            .advance
+        let mut invocation = self.scripts.advance.prepare_invoke();
+        invocation
             .key(k.run(&spec.id))
             .key(k.run_tenants(&spec.id))
             .key(k.run_hosts(&spec.id))
             .key(k.run_inflight(&spec.id))
             .key(k.run_events(&spec.id))
             .key(k.active_runs())
+            .key(k.run_limits(&spec.id));
+        for wave in 0..spec.waves.len() {
+            invocation.key(k.run_ready(&spec.id, wave)).key(k.run_parked(&spec.id, wave));
+        }
+        let out: Vec<String> = invocation
             .arg(k.run(&spec.id))
             .arg(now_ms())
             .arg(spec.run_concurrency)
-            .arg(limits)
             .arg(spec.waves_json())
             .arg(dispatch_grace.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -279,7 +285,8 @@ impl RunStore {
             .key(k.run_inflight(run))
             .key(k.run_hosts(run))
             .key(k.run_pending(run, snapshot.wave, &snapshot.group))
-            .key(k.run_groups(run, snapshot.wave))
+            .key(k.run_ready(run, snapshot.wave))
+            .key(k.run_parked(run, snapshot.wave))
             .arg(tenant)
             .arg(worker)
             .arg(dispatch)
@@ -374,7 +381,7 @@ impl RunStore {
         holder: Option<&str>,
         outcome: super::model::TenantState,
         error: Option<&str>,
-        group: &str,
+        snapshot: &super::model::TenantSnapshot,
         patch: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         let k = &self.keys;
@@ -387,12 +394,14 @@ impl RunStore {
             .key(k.lease(run, tenant))
             .key(k.run_hosts(run))
             .key(k.run_inflight(run))
+            .key(k.run_ready(run, snapshot.wave))
+            .key(k.run_parked(run, snapshot.wave))
             .arg(tenant)
             .arg(holder.unwrap_or(""))
             .arg(outcome.as_str())
             .arg(error.unwrap_or(""))
             .arg(now_ms())
-            .arg(group)
+            .arg(&snapshot.group)
             .arg(patch.to_string())
             .invoke_async(&mut conn)
             .await?;
@@ -662,10 +671,12 @@ impl RunStore {
             k.run_inflight(run),
             k.fence(run),
             k.run_events(run),
+            k.run_limits(run),
         ];
         if let Ok(spec) = self.spec(run).await {
             for wave in &spec.waves {
-                keys.push(k.run_groups(run, wave.index));
+                keys.push(k.run_ready(run, wave.index));
+                keys.push(k.run_parked(run, wave.index));
                 let groups: std::collections::BTreeSet<&str> =
                     spec.tenants.values().filter(|t| t.wave == wave.index).map(|t| t.group.as_str()).collect();
                 keys.extend(groups.into_iter().map(|g| k.run_pending(run, wave.index, g)));

@@ -34,6 +34,8 @@ pub struct Runtime {
     /// Leases this process holds, and those whose handler was dropped (drain timeout)
     /// before it could finish: they are given back on the way out.
     leases: Arc<Mutex<Leases>>,
+    /// Cancelled when the process starts to drain: handlers stop taking tenants inline.
+    stopping: CancellationToken,
     /// Service definitions, for the steps that need more than the placement (migrations).
     services: std::collections::BTreeMap<String, crate::catalog::ServiceSpec>,
     /// Migration sets loaded per (run, service), checked against the run's snapshot.
@@ -99,6 +101,7 @@ impl Runtime {
             worker_id: worker_id(),
             specs: Mutex::new(HashMap::new()),
             leases: Arc::new(Mutex::new(Leases::default())),
+            stopping: CancellationToken::new(),
             services: Default::default(),
             migration_sets: Mutex::new(HashMap::new()),
         }
@@ -175,6 +178,15 @@ impl Runtime {
         let (state, dispatched) = self.store.advance(spec, self.grace()).await?;
         self.push(&spec.id, dispatched).await;
         Ok(state)
+    }
+
+    /// Moves a run forward after one of its tenants finished; returns one dispatched tenant
+    /// for the calling handler to run itself (none while the worker drains) and pushes the rest.
+    async fn advance_taking_one(&self, spec: &RunSpec) -> Result<Option<TenantTask>, StoreError> {
+        let (_, mut dispatched) = self.store.advance(spec, self.grace()).await?;
+        let own = if self.stopping.is_cancelled() || dispatched.is_empty() { None } else { Some(dispatched.remove(0)) };
+        self.push(&spec.id, dispatched).await;
+        Ok(own.map(|(tenant, dispatch)| TenantTask::new(spec.id.clone(), tenant, dispatch)))
     }
 
     /// Pushes dispatched tenants to the queue. A failed push is not lost: the tenant is
@@ -274,15 +286,22 @@ impl Runtime {
     /// The queue handler: work on one tenant of one run. Never fails: outcomes are
     /// recorded in the checkpoint, and infrastructure trouble leaves the tenant for the sweep.
     pub async fn handle(self: Arc<Self>, task: TenantTask) {
-        if let Err(e) = self.handle_inner(&task).await {
-            warn!(run = %task.run_id, tenant = %task.tenant, error = %e, "tenant left for the sweep");
+        // A finished tenant frees a slot; the next tenant it dispatches is run right here
+        // rather than through the queue, so the slot does not sit idle for a queue round
+        // trip (the rest go to the queue for any worker).
+        let mut next = Some(task);
+        while let Some(task) = next.take() {
+            match self.handle_inner(&task).await {
+                Ok(following) => next = following,
+                Err(e) => warn!(run = %task.run_id, tenant = %task.tenant, error = %e, "tenant left for the sweep"),
+            }
         }
     }
 
     #[tracing::instrument(skip_all, fields(run = %task.run_id, tenant = %task.tenant))]
-    async fn handle_inner(&self, task: &TenantTask) -> Result<(), StoreError> {
+    async fn handle_inner(&self, task: &TenantTask) -> Result<Option<TenantTask>, StoreError> {
         let spec = self.spec(&task.run_id).await?;
-        let Some(snapshot) = spec.tenants.get(&task.tenant) else { return Ok(()) };
+        let Some(snapshot) = spec.tenants.get(&task.tenant) else { return Ok(None) };
         let lease = self.settings.lease.0;
         // The lease counts from before the claim was sent: a reply delayed by a stalled
         // Redis must not make this worker believe in a lease that has already run out.
@@ -301,17 +320,17 @@ impl Runtime {
             Claim::Ok { holder, checkpoint } => (holder, checkpoint),
             Claim::Skip(why) => {
                 debug!(why, "nothing to do");
-                return Ok(());
+                return Ok(None);
             }
             Claim::Held => {
                 debug!("run paused or wave not approved: the tenant waits in its pending list");
-                return Ok(());
+                return Ok(None);
             }
             Claim::Stopped(state) => {
                 let outcome = if state == RunState::Cancelled { TenantState::Cancelled } else { TenantState::Skipped };
                 let patch = serde_json::json!({});
-                self.store.finish(&task.run_id, &task.tenant, None, outcome, None, &snapshot.group, &patch).await?;
-                return Ok(());
+                self.store.finish(&task.run_id, &task.tenant, None, outcome, None, snapshot, &patch).await?;
+                return Ok(None);
             }
         };
 
@@ -319,7 +338,7 @@ impl Runtime {
         if claim_sent.elapsed() >= lease {
             warn!("the claim's reply came after the lease had run out; giving the tenant back");
             self.give_back_when_redis_returns(task, Some(fence_token));
-            return Ok(());
+            return Ok(None);
         }
         let key = (task.run_id.clone(), task.tenant.clone());
         self.leases.lock().expect("lease registry").held.insert(key.clone(), (task.dispatch, fence_token));
@@ -373,15 +392,13 @@ impl Runtime {
         guard.done = true;
         let finished = match result {
             Ok(Some((state, error, patch))) => {
-                self.finish_retrying(task, &holder, state, error.as_deref(), &snapshot.group, &patch).await.map(Some)
+                self.finish_retrying(task, &holder, state, error.as_deref(), snapshot, &patch).await.map(Some)
             }
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         };
         match finished {
-            Ok(Some(true)) => {
-                self.advance(&spec).await?;
-            }
+            Ok(Some(true)) => return self.advance_taking_one(&spec).await,
             // Fenced, or the lease went to another worker, or the run was cancelled.
             Ok(Some(false) | None) if !cut_off.load(std::sync::atomic::Ordering::SeqCst) => {}
             // Cut off from Redis past the lease (the finish, if any, then found the lease
@@ -391,7 +408,7 @@ impl Runtime {
             }
             Err(e) => return Err(e),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// In the background, gives back a claim this worker lost only because Redis was
@@ -561,12 +578,12 @@ impl Runtime {
         holder: &str,
         state: TenantState,
         error: Option<&str>,
-        group: &str,
+        snapshot: &super::model::TenantSnapshot,
         patch: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         let deadline = tokio::time::Instant::now() + self.settings.lease.0;
         loop {
-            match self.store.finish(&task.run_id, &task.tenant, Some(holder), state, error, group, patch).await {
+            match self.store.finish(&task.run_id, &task.tenant, Some(holder), state, error, snapshot, patch).await {
                 Ok(ok) => return Ok(ok),
                 Err(StoreError::Redis(e)) if tokio::time::Instant::now() < deadline => {
                     debug!(error = %e, "finish failed; retrying");
@@ -579,6 +596,13 @@ impl Runtime {
 
     /// Runs the worker until `shutdown`: the queue consumer and the maintenance loop.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), super::queue::QueueError> {
+        {
+            let (shutdown, stopping) = (shutdown.clone(), self.stopping.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            });
+        }
         let maintenance = {
             let rt = self.clone();
             let shutdown = shutdown.clone();

@@ -7,19 +7,23 @@
 -- wave, end of a soak, resume after a pause, a restarted process): a wave that needs
 -- approval dispatches nothing until `approved:{wave}` is set by `tenantry approve`.
 --
+-- Cost: O(tenants dispatched), not O(host groups). Only the head of the wave's ready set
+-- is looked at; a group whose host is full is parked under that host (finish.lua puts it
+-- back when a tenant on the host finishes), and a served group goes to the back of the set.
+--
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] hosts hash, KEYS[4] inflight zset,
--- KEYS[5] events list, KEYS[6] active runs set
--- ARGV[1] key stem of the run ("{prefix}:run:{id}"), ARGV[2] now (ms),
--- ARGV[3] run concurrency, ARGV[4] host limits (JSON object host -> n),
--- ARGV[5] waves (JSON array of {size, max_failures, max_failure_rate, approval, soak_ms, name}),
--- ARGV[6] dispatch grace (ms): how long a dispatched task may wait for a worker.
+-- KEYS[5] events list, KEYS[6] active runs set, KEYS[7] host limits hash,
+-- then per wave w (0-based): KEYS[8 + 2w] ready zset, KEYS[9 + 2w] parked hash
+-- ARGV[1] key stem of the run ("{prefix}:run:{id}", for the per-group pending lists),
+-- ARGV[2] now (ms), ARGV[3] run concurrency,
+-- ARGV[4] waves (JSON array of {size, max_failures, max_failure_rate, approval, soak_ms, name}),
+-- ARGV[5] dispatch grace (ms): how long a dispatched task may wait for a worker.
 -- Returns {state, tenant|dispatch, ...}.
-local run, tenants, hosts, inflight_z, events, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local run, tenants, hosts, inflight_z, events, active, limits = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local stem, now = ARGV[1], tonumber(ARGV[2])
 local run_limit = tonumber(ARGV[3])
-local host_limits = cjson.decode(ARGV[4])
-local waves = cjson.decode(ARGV[5])
-local grace = tonumber(ARGV[6])
+local waves = cjson.decode(ARGV[4])
+local grace = tonumber(ARGV[5])
 
 local function event(text)
   redis.call('RPUSH', events, cjson.encode({at = now, event = text}))
@@ -33,12 +37,23 @@ local function finish(state, reason)
   return {state}
 end
 
+-- The first host of `group` that is at its limit, or nil.
+local function full_host(group)
+  for h in string.gmatch(group, '[^+]+') do
+    local used = tonumber(redis.call('HGET', hosts, h) or '0')
+    local limit = tonumber(redis.call('HGET', limits, h) or run_limit)
+    if used >= limit then return h end
+  end
+  return nil
+end
+
 local state = redis.call('HGET', run, 'state')
 if state ~= 'running' then return {state or 'missing'} end
 local soak_until = tonumber(redis.call('HGET', run, 'soak_until_ms') or '0')
 if soak_until > now then return {'soaking', tostring(soak_until)} end
 
 local wave = tonumber(redis.call('HGET', run, 'wave'))
+local unparked = false
 while true do
   local w = waves[wave + 1]
   if w.approval and redis.call('HGET', run, 'approved:' .. wave) ~= '1' then
@@ -67,58 +82,73 @@ while true do
     return finish('failed', reason)
   end
 
-  -- Dispatch within the limits.
+  -- Dispatch within the limits, from the head of the ready set.
+  local ready, parked = KEYS[8 + 2 * wave], KEYS[9 + 2 * wave]
   local inflight = tonumber(redis.call('HGET', run, 'inflight') or '0')
   local out = {'running'}
-  local groups_key = stem .. ':groups:' .. wave
-  for _, group in ipairs(redis.call('SMEMBERS', groups_key)) do
-    local group_hosts = {}
-    for h in string.gmatch(group, '[^+]+') do table.insert(group_hosts, h) end
-    local pending_key = stem .. ':pending:' .. wave .. ':' .. group
-    while inflight < run_limit do
-      local room = true
-      for _, h in ipairs(group_hosts) do
-        local used = tonumber(redis.call('HGET', hosts, h) or '0')
-        local limit = host_limits[h] or run_limit
-        if used >= limit then room = false end
-      end
-      if not room then break end
+  while inflight < run_limit do
+    local head = redis.call('ZRANGE', ready, 0, 0)
+    if #head == 0 then break end
+    local group = head[1]
+    local full = full_host(group)
+    if full then
+      redis.call('ZREM', ready, group)
+      local waiting = redis.call('HGET', parked, full)
+      redis.call('HSET', parked, full, waiting and (waiting .. ' ' .. group) or group)
+    else
+      local pending_key = stem .. ':pending:' .. wave .. ':' .. group
       local tenant = redis.call('LPOP', pending_key)
       if not tenant then
-        redis.call('SREM', groups_key, group)
-        break
+        redis.call('ZREM', ready, group)
+      else
+        local cp = cjson.decode(redis.call('HGET', tenants, tenant))
+        cp.state = 'queued'
+        cp.dispatch = (cp.dispatch or 0) + 1
+        cp.queued_ms = now
+        redis.call('HSET', tenants, tenant, cjson.encode(cp))
+        redis.call('ZADD', inflight_z, now + grace, tenant)
+        for h in string.gmatch(group, '[^+]+') do redis.call('HINCRBY', hosts, h, 1) end
+        inflight = inflight + 1
+        table.insert(out, tenant .. '|' .. cp.dispatch)
+        if redis.call('LLEN', pending_key) == 0 then
+          redis.call('ZREM', ready, group)
+        else
+          redis.call('ZADD', ready, redis.call('HINCRBY', run, 'served', 1), group)
+        end
       end
-      local cp = cjson.decode(redis.call('HGET', tenants, tenant))
-      cp.state = 'queued'
-      cp.dispatch = (cp.dispatch or 0) + 1
-      cp.queued_ms = now
-      redis.call('HSET', tenants, tenant, cjson.encode(cp))
-      redis.call('ZADD', inflight_z, now + grace, tenant)
-      for _, h in ipairs(group_hosts) do redis.call('HINCRBY', hosts, h, 1) end
-      inflight = inflight + 1
-      table.insert(out, tenant .. '|' .. cp.dispatch)
     end
   end
   redis.call('HSET', run, 'inflight', inflight, 'updated_ms', now)
-  if #out > 1 then return out end
-  if inflight > 0 or redis.call('SCARD', groups_key) > 0 then return out end
-
-  -- The wave is complete.
-  event('wave ' .. w.name .. ' complete')
-  if wave + 1 >= #waves then
-    local total_failed = tonumber(redis.call('HGET', run, 'failed') or '0')
-    if total_failed > 0 then
-      return finish('failed', string.format('completed: %d tenant(s) failed, within the failure budgets; `tenantry retry` re-runs them', total_failed))
+  if #out > 1 or inflight > 0 or redis.call('ZCARD', ready) > 0 then return out end
+  -- Nothing in flight can unpark a group any more: put parked groups back (a host limit
+  -- lowered mid-run, or counters repaired by hand) rather than end the wave without them.
+  local leftover = redis.call('HVALS', parked)
+  if #leftover > 0 then
+    -- Once per call: host counters that stay wrong must not spin this script.
+    if unparked then return out end
+    unparked = true
+    redis.call('DEL', parked)
+    for _, groups in ipairs(leftover) do
+      for g in string.gmatch(groups, '[^ ]+') do redis.call('ZADD', ready, 0, g) end
     end
-    return finish('succeeded', 'completed: every tenant succeeded')
-  end
-  wave = wave + 1
-  redis.call('HSET', run, 'wave', wave)
-  local nw = waves[wave + 1]
-  event('wave ' .. nw.name .. ' is next')
-  if w.soak_ms > 0 then
-    redis.call('HSET', run, 'soak_until_ms', now + w.soak_ms)
-    event('soaking ' .. w.soak_ms .. ' ms after wave ' .. w.name)
-    return {'soaking', tostring(now + w.soak_ms)}
+  else
+    -- The wave is complete.
+    event('wave ' .. w.name .. ' complete')
+    if wave + 1 >= #waves then
+      local total_failed = tonumber(redis.call('HGET', run, 'failed') or '0')
+      if total_failed > 0 then
+        return finish('failed', string.format('completed: %d tenant(s) failed, within the failure budgets; `tenantry retry` re-runs them', total_failed))
+      end
+      return finish('succeeded', 'completed: every tenant succeeded')
+    end
+    wave = wave + 1
+    redis.call('HSET', run, 'wave', wave)
+    local nw = waves[wave + 1]
+    event('wave ' .. nw.name .. ' is next')
+    if w.soak_ms > 0 then
+      redis.call('HSET', run, 'soak_until_ms', now + w.soak_ms)
+      event('soaking ' .. w.soak_ms .. ' ms after wave ' .. w.name)
+      return {'soaking', tostring(now + w.soak_ms)}
+    end
   end
 end

@@ -5,14 +5,14 @@
 --
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] lease key, KEYS[4] fence counter,
 -- KEYS[5] inflight zset, KEYS[6] hosts hash, KEYS[7] the tenant's pending list (its wave
--- and host group), KEYS[8] the wave's set of host groups with pending tenants
+-- and host group), KEYS[8] the wave's ready zset of host groups, KEYS[9] its parked hash
 -- ARGV[1] tenant, ARGV[2] worker id, ARGV[3] dispatch number, ARGV[4] lease (ms), ARGV[5] now (ms),
 -- ARGV[6] the tenant's host group ("a+b")
 -- Returns {'ok', fence, checkpoint JSON} or {reason}: 'gone', 'done', 'stale' (a newer
 -- dispatch exists), 'busy' (another worker holds the lease), 'held' (paused or not
 -- approved: back to pending), 'stopped' (the run no longer runs; the caller releases the tenant).
 local run, tenants, lease, fence_key, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local hosts, pending, groups = KEYS[6], KEYS[7], KEYS[8]
+local hosts, pending, ready, parked = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local tenant, worker, dispatch, lease_ms, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local group = ARGV[6]
 
@@ -34,11 +34,18 @@ if run_state == 'paused' or gated then
   cp.queued_ms = nil
   redis.call('HSET', tenants, tenant, cjson.encode(cp))
   if redis.call('ZREM', inflight, tenant) == 1 then
-    for h in string.gmatch(group, '[^+]+') do redis.call('HINCRBY', hosts, h, -1) end
+    for h in string.gmatch(group, '[^+]+') do
+      redis.call('HINCRBY', hosts, h, -1)
+      local waiting = redis.call('HGET', parked, h)
+      if waiting then
+        redis.call('HDEL', parked, h)
+        for g in string.gmatch(waiting, '[^ ]+') do redis.call('ZADD', ready, 0, g) end
+      end
+    end
     redis.call('HINCRBY', run, 'inflight', -1)
   end
   redis.call('LPUSH', pending, tenant)
-  redis.call('SADD', groups, group)
+  redis.call('ZADD', ready, 0, group)
   return {'held'}
 end
 local fence = redis.call('INCR', fence_key)

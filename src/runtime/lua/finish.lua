@@ -3,7 +3,9 @@
 -- tenant released because its run stopped) the tenant must not be leased.
 --
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] lease key, KEYS[4] hosts hash,
--- KEYS[5] inflight zset
+-- KEYS[5] inflight zset, KEYS[6] the tenant's wave's ready zset, KEYS[7] its parked hash
+-- (host groups waiting for room on a host: put back in the ready set when a tenant on that
+-- host finishes)
 -- ARGV[1] tenant, ARGV[2] "worker|fence" or "", ARGV[3] outcome (succeeded, failed,
 -- cancelled, skipped), ARGV[4] error or "", ARGV[5] now (ms), ARGV[6] hosts ("a+b"),
 -- ARGV[7] checkpoint patch (JSON object)
@@ -35,7 +37,14 @@ if err ~= '' then cp.last_error = err end
 redis.call('HSET', tenants, tenant, cjson.encode(cp))
 redis.call('DEL', lease)
 redis.call('ZREM', inflight, tenant)
-for h in string.gmatch(ARGV[6], '[^+]+') do redis.call('HINCRBY', hosts, h, -1) end
+for h in string.gmatch(ARGV[6], '[^+]+') do
+  redis.call('HINCRBY', hosts, h, -1)
+  local waiting = redis.call('HGET', KEYS[7], h)
+  if waiting then
+    redis.call('HDEL', KEYS[7], h)
+    for g in string.gmatch(waiting, '[^ ]+') do redis.call('ZADD', KEYS[6], 0, g) end
+  end
+end
 redis.call('HINCRBY', run, 'inflight', -1)
 redis.call('HINCRBY', run, outcome, 1)
 redis.call('HINCRBY', run, 'w' .. cp.wave .. ':' .. outcome, 1)
