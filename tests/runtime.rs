@@ -594,7 +594,7 @@ async fn a_stale_owner_is_refused_at_the_fence() {
         let run = run.clone();
         let snapshot = snapshot.clone();
         async move {
-            match store.claim(&run, "t000", &snapshot, worker, dispatch, lease).await.unwrap() {
+            match store.claim(&run, "t000", &snapshot, worker, dispatch, lease, &format!("{worker}#1")).await.unwrap() {
                 Claim::Ok { holder, .. } => holder,
                 other => panic!("{worker} could not claim dispatch {dispatch}: {other:?}"),
             }
@@ -832,4 +832,114 @@ async fn host_limits_hold_with_many_hosts_and_every_tenant_runs_once() {
         assert!(most <= run_limit as usize, "{most} tenants ran at once, the run allows {run_limit}");
         setup.drop().await;
     }
+}
+
+/// What an operator's SQL leaves in its session (a non-local setting, a session advisory
+/// lock) does not reach the next tenant served by the same pooled connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_state_left_by_a_tenants_sql_does_not_reach_the_next_tenant() {
+    let setup = Setup::new(4, |_| "all").await;
+    setup.workflow(
+        "leaky",
+        "[concurrency]\nrun = 1\n\n[[steps]]\nkind = \"sql\"\n\
+         sql = \"INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant') || '<' || coalesce(current_setting('app.owner', true), '')); \
+         SELECT set_config('app.owner', current_setting('tenantry.tenant'), false); SELECT pg_advisory_lock(4242)\"\n",
+    );
+    let _worker = WorkerProcess::spawn(setup.path());
+    let run = setup.run("leaky");
+    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let hits = setup.hits().await;
+    assert_eq!(hits.len(), 4, "{hits:?}");
+    let leaked: Vec<&String> = hits.keys().filter(|h| !h.ends_with('<')).collect();
+    assert!(leaked.is_empty(), "a tenant saw the previous tenant's session setting: {leaked:?}");
+    let mut admin = pg_admin().await;
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND d.datname = $1",
+    )
+    .bind(&setup.name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(locks, 0, "a session advisory lock outlived its step");
+    setup.drop().await;
+}
+
+/// Pausing a run stops a running tenant between two steps: the step in progress finishes,
+/// the next one waits for `resume`, and each runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_stops_a_running_tenant_between_two_steps() {
+    let setup = Setup::new(1, |_| "all").await;
+    let mut db = connect(&setup.name).await;
+    exec(&mut db, "CREATE TABLE public.second (tenant text)").await;
+    setup.workflow(
+        "two",
+        "[[steps]]\nname = \"first\"\nkind = \"sql\"\n\
+         sql = \"SELECT pg_sleep(1.5); INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant'))\"\n\n\
+         [[steps]]\nname = \"second\"\nkind = \"sql\"\n\
+         sql = \"INSERT INTO public.second VALUES (current_setting('tenantry.tenant'))\"\n",
+    );
+    let _worker = WorkerProcess::spawn(setup.path());
+    let run = setup.run("two");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status(setup.path(), &run)["tenants"]["t000"]["state"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "the tenant did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = tenantry(setup.path(), &["pause", &run], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    std::thread::sleep(Duration::from_secs(3));
+    let s = status(setup.path(), &run);
+    let c = &s["tenants"]["t000"];
+    assert_eq!(c["state"], "pending", "waits for resume: {c:#}");
+    assert_eq!(c["unit"], 1, "the first step finished and was recorded: {c:#}");
+    assert_eq!(c["lost"].as_u64().unwrap_or(0), 0, "{c:#}");
+    assert_eq!(setup.hits().await.len(), 1);
+    let (second,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.second").fetch_one(&mut db).await.unwrap();
+    assert_eq!(second, 0, "the second step did not start while paused");
+    let out = tenantry(setup.path(), &["resume", &run], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    assert_eq!(setup.hits().await.get("t000"), Some(&1), "the first step ran once");
+    let (second,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.second").fetch_one(&mut db).await.unwrap();
+    assert_eq!(second, 1, "the second step ran once after resume");
+    setup.drop().await;
+}
+
+/// The decision on vanished workers, pinned down: a tenant whose worker is killed three
+/// times in a row while running it still succeeds with `attempts = 1`, because vanished
+/// workers are charged to `lost_leases` (default 10), not to `attempts`. (The kill -9 test
+/// used to fail when one tenant happened to be on three killed workers.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_on_three_killed_workers_in_a_row_still_succeeds_with_one_attempt() {
+    let setup = Setup::new(1, |_| "all").await;
+    let mut db = connect(&setup.name).await;
+    exec(&mut db, "CREATE TABLE public.control (secs float8); INSERT INTO public.control VALUES (30)").await;
+    setup.workflow(
+        "unlucky",
+        "[retry]\nattempts = 1\n\n[[steps]]\nkind = \"sql\"\n\
+         sql = \"SELECT pg_sleep((SELECT secs FROM public.control)); INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant'))\"\n",
+    );
+    let run = setup.run("unlucky");
+    for kill in 0..3u64 {
+        let mut worker = WorkerProcess::spawn(setup.path());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = status(setup.path(), &run)["tenants"]["t000"].clone();
+            if c["state"] == "running" && c["lost"].as_u64().unwrap_or(0) == kill {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "kill {kill}: the tenant did not start again: {c:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        worker.kill9();
+    }
+    exec(&mut db, "UPDATE public.control SET secs = 0").await;
+    let _survivor = WorkerProcess::spawn(setup.path());
+    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    assert_eq!(s["tenants"]["t000"]["lost"], 3, "{s:#}");
+    assert_eq!(setup.hits().await.get("t000"), Some(&1));
+    setup.drop().await;
 }

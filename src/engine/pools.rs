@@ -91,6 +91,12 @@ impl Databases {
         super::session::PgSession::acquire(&pool, &self.cleanup).await.map_err(SessionError::Connect)
     }
 
+    /// Waits (up to `within`) for the terminations of abandoned sessions under way; true
+    /// when every one since the last call succeeded.
+    pub async fn settle_cleanup(&self, within: Duration) -> bool {
+        self.cleanup.settle(within).await
+    }
+
     /// Waits for the terminations of abandoned sessions that are under way, then closes
     /// every pool.
     pub async fn close(&self) {

@@ -17,6 +17,8 @@
 //!   [`Cleanup`], which a shutting-down worker waits for.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -28,17 +30,24 @@ use tokio_util::task::TaskTracker;
 /// server then ends the session by itself when it next writes to the closed socket).
 const TERMINATE_WITHIN: Duration = Duration::from_secs(10);
 
-/// Background terminations of abandoned sessions, awaited at shutdown so a draining worker
-/// does not exit with a tenant's statement still running.
+/// Background terminations of abandoned sessions, awaited before a tenant is given back to
+/// another worker and at shutdown, so no tenant runs twice at once and no worker exits with
+/// a tenant's statement still running.
 #[derive(Clone, Default)]
-pub struct Cleanup(TaskTracker);
+pub struct Cleanup {
+    tasks: TaskTracker,
+    /// Terminations that failed or timed out since the last [`Cleanup::settle`].
+    failed: Arc<AtomicUsize>,
+}
 
 impl Cleanup {
-    /// Waits (up to `within`) for the terminations already started.
-    pub async fn settle(&self, within: Duration) {
-        self.0.close();
-        let _ = tokio::time::timeout(within, self.0.wait()).await;
-        self.0.reopen();
+    /// Waits (up to `within`) for the terminations under way; true when they all ended and
+    /// every one since the last call succeeded.
+    pub async fn settle(&self, within: Duration) -> bool {
+        self.tasks.close();
+        let ended = tokio::time::timeout(within, self.tasks.wait()).await.is_ok();
+        self.tasks.reopen();
+        self.failed.swap(0, Ordering::SeqCst) == 0 && ended
     }
 }
 
@@ -71,8 +80,10 @@ impl PgSession {
         self.pid
     }
 
-    /// Says that the step changed session state (a non-local `SET`, a session advisory
-    /// lock): [`PgSession::release`] then resets it before the pool sees the connection.
+    /// Says that the step changed, or may have changed, session state (a non-local `SET`,
+    /// `SET ROLE`, a session advisory lock, a temporary table, `LISTEN`, a `BEGIN` it did not
+    /// end — anything an operator's SQL can do): [`PgSession::release`] then resets it before
+    /// the pool sees the connection, so nothing reaches the next tenant.
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
     }
@@ -82,14 +93,11 @@ impl PgSession {
     pub async fn release(mut self) {
         let Some(mut conn) = self.conn.take() else { return };
         // A transaction the step left open (an early return) is rolled back here rather
-        // than lazily by the next user of the connection.
-        let in_transaction = conn.is_in_transaction();
-        if self.dirty || in_transaction {
-            let reset = if in_transaction {
-                "ROLLBACK; RESET ALL; SELECT pg_advisory_unlock_all()"
-            } else {
-                "RESET ALL; SELECT pg_advisory_unlock_all()"
-            };
+        // than lazily by the next user of the connection. A dirty session may hold one that
+        // sqlx does not know about (a raw `BEGIN`): the ROLLBACK comes first either way.
+        if self.dirty || conn.is_in_transaction() {
+            let reset = "ROLLBACK; RESET ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; UNLISTEN *; \
+                         DISCARD TEMP; SELECT pg_advisory_unlock_all()";
             if sqlx::raw_sql(reset).execute(&mut *conn).await.is_err() {
                 let _ = conn.detach().close().await;
             }
@@ -115,29 +123,34 @@ impl Drop for PgSession {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         // Not returned to the pool: the pool would wait for the running statement and then
-        // hand its session (locks, settings) to the next step.
-        drop(conn.detach());
+        // hand its session (locks, settings) to the next step. The socket stays open until
+        // the backend is terminated, so the pid cannot have been reused by then.
+        let held = conn.detach();
         let (pid, options) = (self.pid, self.options.clone());
+        let failed = self.cleanup.failed.clone();
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let task = async move {
             let stop = async {
                 let mut other = options.connect().await?;
-                let stopped: Option<bool> = sqlx::query_scalar(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = 'tenantry'",
-                )
-                .bind(pid)
-                .fetch_optional(&mut other)
-                .await?;
+                let stopped: bool =
+                    sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut other).await?;
                 let _ = other.close().await;
-                Ok::<_, sqlx::Error>(stopped.unwrap_or(false))
+                Ok::<_, sqlx::Error>(stopped)
             };
-            match tokio::time::timeout(TERMINATE_WITHIN, stop).await {
-                Ok(Ok(true)) => tracing::debug!(pid, "stopped the backend of an abandoned step"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not stop the backend of an abandoned step"),
-                Err(_) => tracing::warn!(pid, "timed out stopping the backend of an abandoned step"),
+            let outcome = tokio::time::timeout(TERMINATE_WITHIN, stop).await;
+            drop(held);
+            match outcome {
+                Ok(Ok(_)) => tracing::debug!(pid, "stopped the backend of an abandoned step"),
+                Ok(Err(e)) => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(pid, error = %e, "could not stop the backend of an abandoned step")
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(pid, "timed out stopping the backend of an abandoned step")
+                }
             }
         };
-        self.cleanup.0.spawn_on(task, &handle);
+        self.cleanup.tasks.spawn_on(task, &handle);
     }
 }

@@ -272,6 +272,7 @@ impl RunStore {
         worker: &str,
         dispatch: u64,
         lease: Duration,
+        nonce: &str,
     ) -> Result<Claim, StoreError> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
@@ -293,6 +294,7 @@ impl RunStore {
             .arg(lease.as_millis() as u64)
             .arg(now_ms())
             .arg(&snapshot.group)
+            .arg(nonce)
             .invoke_async(&mut conn)
             .await?;
         match out.first().map(String::as_str) {
@@ -411,15 +413,13 @@ impl RunStore {
     /// Gives a claim back: the tenant is queued again at once with a new dispatch number
     /// (returned, to push), without counting as a lost worker; or, when the sweep already
     /// dispatched it again, the lost-worker charge for this claim is taken back. The claim
-    /// is `worker`'s of dispatch `dispatch`, with its fencing token when known (a claim
-    /// whose reply never arrived has none). None when another claim owns the tenant now.
+    /// is named by the nonce its worker sent with it. None when another claim owns the
+    /// tenant now (or it finished).
     pub async fn release(
         &self,
         run: &str,
         tenant: &str,
-        worker: &str,
-        dispatch: u64,
-        fence: Option<u64>,
+        nonce: &str,
         dispatch_grace: Duration,
     ) -> Result<Option<u64>, StoreError> {
         let k = &self.keys;
@@ -430,9 +430,7 @@ impl RunStore {
             .key(k.lease(run, tenant))
             .key(k.run_inflight(run))
             .key(k.run_tenants(run))
-            .arg(worker)
-            .arg(dispatch)
-            .arg(fence.map(|f| f.to_string()).unwrap_or_default())
+            .arg(nonce)
             .arg(tenant)
             .arg(now_ms())
             .arg(dispatch_grace.as_millis() as u64)

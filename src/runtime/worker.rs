@@ -44,10 +44,20 @@ pub struct Runtime {
 
 #[derive(Default)]
 struct Leases {
-    /// (run, tenant) -> (dispatch, fencing token) of the claim.
-    held: HashMap<(String, String), (u64, u64)>,
-    /// (run, tenant, dispatch, fencing token) of handlers dropped before they finished.
-    abandoned: Vec<(String, String, u64, u64)>,
+    /// (run, tenant) -> the nonce of the claim.
+    held: HashMap<(String, String), String>,
+    /// (run, tenant, claim nonce) of handlers dropped before they finished.
+    abandoned: Vec<(String, String, String)>,
+}
+
+/// How a tenant's turn on this worker ended.
+enum Ending {
+    /// Record this outcome (and checkpoint patch).
+    Finish(TenantState, Option<String>, serde_json::Value),
+    /// The lease is gone (another worker owns the tenant, or the run was cancelled).
+    Lost,
+    /// The run was paused between two units: give the tenant back to wait for `resume`.
+    Paused,
 }
 
 /// Stops the lease heartbeat however the handler ends (finished, fenced, or dropped).
@@ -70,10 +80,10 @@ struct LeaseGuard {
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         let mut leases = self.leases.lock().expect("lease registry");
-        if let Some((dispatch, fence)) = leases.held.remove(&self.key)
+        if let Some(nonce) = leases.held.remove(&self.key)
             && !self.done
         {
-            leases.abandoned.push((self.key.0.clone(), self.key.1.clone(), dispatch, fence));
+            leases.abandoned.push((self.key.0.clone(), self.key.1.clone(), nonce));
         }
     }
 }
@@ -178,6 +188,13 @@ impl Runtime {
         let (state, dispatched) = self.store.advance(spec, self.grace()).await?;
         self.push(&spec.id, dispatched).await;
         Ok(state)
+    }
+
+    /// A name for one claim attempt, unique across processes and attempts.
+    fn claim_nonce(&self) -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        format!("{}#{}", self.worker_id, NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Moves a run forward after one of its tenants finished; returns one dispatched tenant
@@ -306,16 +323,20 @@ impl Runtime {
         // The lease counts from before the claim was sent: a reply delayed by a stalled
         // Redis must not make this worker believe in a lease that has already run out.
         let claim_sent = tokio::time::Instant::now();
-        let claim =
-            match self.store.claim(&task.run_id, &task.tenant, snapshot, &self.worker_id, task.dispatch, lease).await {
-                Ok(claim) => claim,
-                Err(e @ StoreError::Redis(_)) => {
-                    // The claim may have happened without its reply reaching us.
-                    self.give_back_when_redis_returns(task, None);
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            };
+        let nonce = self.claim_nonce();
+        let claim = match self
+            .store
+            .claim(&task.run_id, &task.tenant, snapshot, &self.worker_id, task.dispatch, lease, &nonce)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(e @ StoreError::Redis(_)) => {
+                // The claim may have happened without its reply reaching us.
+                self.give_back_when_redis_returns(task, &nonce);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let (holder, checkpoint) = match claim {
             Claim::Ok { holder, checkpoint } => (holder, checkpoint),
             Claim::Skip(why) => {
@@ -334,14 +355,13 @@ impl Runtime {
             }
         };
 
-        let fence_token = holder.rsplit_once('|').and_then(|(_, f)| f.parse::<u64>().ok()).unwrap_or(0);
         if claim_sent.elapsed() >= lease {
             warn!("the claim's reply came after the lease had run out; giving the tenant back");
-            self.give_back_when_redis_returns(task, Some(fence_token));
+            self.give_back_when_redis_returns(task, &nonce);
             return Ok(None);
         }
         let key = (task.run_id.clone(), task.tenant.clone());
-        self.leases.lock().expect("lease registry").held.insert(key.clone(), (task.dispatch, fence_token));
+        self.leases.lock().expect("lease registry").held.insert(key.clone(), nonce.clone());
         let mut guard = LeaseGuard { leases: self.leases.clone(), key, done: false };
 
         // Renew the lease while we work. The lease is ours only until `valid_until` (from
@@ -358,16 +378,23 @@ impl Runtime {
             let cut_off = cut_off.clone();
             AbortOnDrop(tokio::spawn(async move {
                 let mut valid_until = claim_sent + lease;
+                let mut renewal_failed = false;
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     let sent = tokio::time::Instant::now();
                     if sent >= valid_until {
-                        cut_off.store(true, std::sync::atomic::Ordering::SeqCst);
+                        // Past the lease. Cut off only if renewals failed; a heartbeat that
+                        // merely woke late means this process stalled (paused VM, blocked
+                        // runtime), which is charged like a vanished worker.
+                        cut_off.store(renewal_failed, std::sync::atomic::Ordering::SeqCst);
                         lost.cancel();
                         break;
                     }
                     match tokio::time::timeout_at(valid_until, store.renew(&run, &tenant, &holder, lease)).await {
-                        Ok(Ok(Renewal::Held)) => valid_until = sent + lease,
+                        Ok(Ok(Renewal::Held)) => {
+                            valid_until = sent + lease;
+                            renewal_failed = false;
+                        }
                         Ok(Ok(Renewal::Cancelled)) => {
                             info!(run, tenant, "run cancelled: stopping the step");
                             lost.cancel();
@@ -382,7 +409,10 @@ impl Runtime {
                             lost.cancel();
                             break;
                         }
-                        Ok(Err(e)) => debug!(error = %e, "lease renewal failed; retrying until the lease runs out"),
+                        Ok(Err(e)) => {
+                            renewal_failed = true;
+                            debug!(error = %e, "lease renewal failed; retrying until the lease runs out")
+                        }
                     }
                 }
             }))
@@ -391,10 +421,19 @@ impl Runtime {
         let result = self.run_units(&spec, task, &holder, *checkpoint, &fence, &lost).await;
         guard.done = true;
         let finished = match result {
-            Ok(Some((state, error, patch))) => {
+            Ok(Ending::Finish(state, error, patch)) => {
                 self.finish_retrying(task, &holder, state, error.as_deref(), snapshot, &patch).await.map(Some)
             }
-            Ok(None) => Ok(None),
+            Ok(Ending::Paused) => {
+                // Back to the queue, where the claim holds it in its pending list until
+                // `resume`. Not a lost worker, not an attempt.
+                drop(_heartbeat);
+                if let Some(dispatch) = self.store.release(&task.run_id, &task.tenant, &nonce, self.grace()).await? {
+                    self.push(&task.run_id, vec![(task.tenant.clone(), dispatch)]).await;
+                }
+                return Ok(None);
+            }
+            Ok(Ending::Lost) => Ok(None),
             Err(e) => Err(e),
         };
         match finished {
@@ -403,9 +442,7 @@ impl Runtime {
             Ok(Some(false) | None) if !cut_off.load(std::sync::atomic::Ordering::SeqCst) => {}
             // Cut off from Redis past the lease (the finish, if any, then found the lease
             // gone): not a vanished worker.
-            Ok(Some(false) | None) | Err(StoreError::Redis(_)) => {
-                self.give_back_when_redis_returns(task, Some(fence_token))
-            }
+            Ok(Some(false) | None) | Err(StoreError::Redis(_)) => self.give_back_when_redis_returns(task, &nonce),
             Err(e) => return Err(e),
         }
         Ok(None)
@@ -413,16 +450,25 @@ impl Runtime {
 
     /// In the background, gives back a claim this worker lost only because Redis was
     /// unreachable, once Redis answers again (bounded: after `GIVE_BACK_FOR` the sweep's
-    /// accounting stands). `fence` is None when the claim's reply never arrived.
-    fn give_back_when_redis_returns(&self, task: &TenantTask, fence: Option<u64>) {
+    /// accounting stands). The claim is named by its nonce (its reply may never have
+    /// arrived). The step's abandoned database sessions are stopped first, so the tenant is
+    /// not handed to another worker while its old statement still runs.
+    fn give_back_when_redis_returns(&self, task: &TenantTask, nonce: &str) {
         const GIVE_BACK_FOR: Duration = Duration::from_secs(300);
-        let (store, queue, grace, worker) =
-            (self.store.clone(), self.queue.clone(), self.grace(), self.worker_id.clone());
-        let (run, tenant, dispatch) = (task.run_id.clone(), task.tenant.clone(), task.dispatch);
+        let (store, queue, grace, databases) =
+            (self.store.clone(), self.queue.clone(), self.grace(), self.databases.clone());
+        let (run, tenant, nonce) = (task.run_id.clone(), task.tenant.clone(), nonce.to_string());
         tokio::spawn(async move {
+            if !databases.settle_cleanup(Duration::from_secs(15)).await {
+                warn!(
+                    run,
+                    tenant, "a stopped step's statement could not be confirmed stopped; its lease is left to expire"
+                );
+                return;
+            }
             let deadline = tokio::time::Instant::now() + GIVE_BACK_FOR;
             while tokio::time::Instant::now() < deadline {
-                match store.release(&run, &tenant, &worker, dispatch, fence, grace).await {
+                match store.release(&run, &tenant, &nonce, grace).await {
                     Ok(Some(dispatch)) => {
                         info!(run, tenant, "a claim lost to a Redis outage was given back; the tenant is queued again");
                         let _ = queue.push(TenantTask::new(run.clone(), tenant.clone(), dispatch)).await;
@@ -445,7 +491,7 @@ impl Runtime {
         checkpoint: super::model::Checkpoint,
         fence: &Fence,
         lost: &CancellationToken,
-    ) -> Result<Option<(TenantState, Option<String>, serde_json::Value)>, StoreError> {
+    ) -> Result<Ending, StoreError> {
         let snapshot = &spec.tenants[&task.tenant];
         let max_attempts = spec.retry.attempts.max(1);
         // Workers that vanished while holding this tenant (killed, crashed, partitioned)
@@ -457,7 +503,7 @@ impl Runtime {
                 "worker lost {} times while running this tenant (retry.lost_leases = {max_lost}); giving up: check the worker logs for a crash or an out-of-memory kill at this tenant",
                 checkpoint.lost
             );
-            return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
+            return Ok(Ending::Finish(TenantState::Failed, Some(error), serde_json::json!({})));
         }
         let mut unit = checkpoint.unit;
         let mut attempt = checkpoint.attempt;
@@ -467,7 +513,7 @@ impl Runtime {
             let label = format!("{}/{}", step.label(), u.service);
             let Some(placement) = snapshot.placements.get(&u.service) else {
                 let error = format!("step {label}: no placement for service {}", u.service);
-                return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
+                return Ok(Ending::Finish(TenantState::Failed, Some(error), serde_json::json!({})));
             };
             attempt += 1;
             let stop = lost.child_token();
@@ -477,7 +523,7 @@ impl Runtime {
                     Ok(set) => Some(set),
                     Err(e) => {
                         let error = format!("step {label}: {e}");
-                        return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({}))));
+                        return Ok(Ending::Finish(TenantState::Failed, Some(error), serde_json::json!({})));
                     }
                 }
             } else {
@@ -507,20 +553,22 @@ impl Runtime {
                     stop.cancel();
                     Err(StepError::timed_out(format!("timed out after {}", humantime::format_duration(timeout))))
                 }
-                () = lost.cancelled() => return Ok(None),
+                () = lost.cancelled() => return Ok(Ending::Lost),
             };
             match result {
                 Ok(output) => {
                     let last = unit + 1 == snapshot.units.len();
                     let patch = serde_json::json!({ "unit": unit + 1, "attempt": 0, "outputs": { label.clone(): super::model::output_text(&output) } });
                     if last {
-                        return Ok(Some((TenantState::Succeeded, None, patch)));
+                        return Ok(Ending::Finish(TenantState::Succeeded, None, patch));
                     }
                     match self.progress_retrying(task, holder, &patch).await? {
-                        None => return Ok(None),
+                        None => return Ok(Ending::Lost),
                         Some(RunState::Cancelled) => {
-                            return Ok(Some((TenantState::Cancelled, None, serde_json::json!({}))));
+                            return Ok(Ending::Finish(TenantState::Cancelled, None, serde_json::json!({})));
                         }
+                        // Paused between two units: the rest waits for `resume`.
+                        Some(RunState::Paused) => return Ok(Ending::Paused),
                         Some(_) => {}
                     }
                     unit += 1;
@@ -533,21 +581,25 @@ impl Runtime {
                     info!(%message);
                     let patch = serde_json::json!({ "attempt": attempt, "last_error": message });
                     if self.progress_retrying(task, holder, &patch).await?.is_none() {
-                        return Ok(None);
+                        return Ok(Ending::Lost);
                     }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = lost.cancelled() => return Ok(None),
+                        () = lost.cancelled() => return Ok(Ending::Lost),
                     }
                 }
                 Err(e) => {
                     let kind = if e.is_transient() { "gave up" } else { "permanent error" };
                     let error = format!("step {label}, attempt {attempt} of {max_attempts} ({kind}): {e}");
-                    return Ok(Some((TenantState::Failed, Some(error), serde_json::json!({ "attempt": attempt }))));
+                    return Ok(Ending::Finish(
+                        TenantState::Failed,
+                        Some(error),
+                        serde_json::json!({ "attempt": attempt }),
+                    ));
                 }
             }
         }
-        Ok(Some((TenantState::Succeeded, None, serde_json::json!({}))))
+        Ok(Ending::Finish(TenantState::Succeeded, None, serde_json::json!({})))
     }
 
     /// Records progress, retrying while Redis is unreachable (up to the lease: after that
@@ -659,8 +711,19 @@ impl Runtime {
     /// expires — and without counting a lost worker against the tenant.
     async fn give_back_leases(&self) {
         let abandoned = std::mem::take(&mut self.leases.lock().expect("lease registry").abandoned);
-        for (run, tenant, dispatch, fence) in abandoned {
-            match self.store.release(&run, &tenant, &self.worker_id, dispatch, Some(fence), self.grace()).await {
+        if abandoned.is_empty() {
+            return;
+        }
+        // The dropped steps' statements must be stopped before anyone else runs the tenant.
+        if !self.databases.settle_cleanup(Duration::from_secs(15)).await {
+            warn!(
+                tenants = abandoned.len(),
+                "could not confirm that the stopped steps' statements ended; their leases are left to expire"
+            );
+            return;
+        }
+        for (run, tenant, nonce) in abandoned {
+            match self.store.release(&run, &tenant, &nonce, self.grace()).await {
                 Ok(Some(dispatch)) => {
                     info!(run, tenant, "lease given back at shutdown; another worker resumes the tenant");
                     self.push(&run, vec![(tenant, dispatch)]).await;

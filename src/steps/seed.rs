@@ -40,6 +40,8 @@ async fn apply_in(
     files: &[PathBuf],
 ) -> Result<serde_json::Value, StepError> {
     let schema = &ctx.placement.schema;
+    // Seed files are SQL like an operator's: reset whatever they leave in the session.
+    session.mark_dirty();
     receipt::ensure_table(session, &ctx.placement.host, &ctx.placement.database).await?;
     let mut tx = receipt::begin(session, schema, ctx.run, ctx.tenant).await?;
     let unit = format!("{}#seed", ctx.unit);

@@ -26,6 +26,10 @@ async fn apply(
     sql: String,
 ) -> Result<Option<serde_json::Value>, StepError> {
     let schema = &ctx.placement.schema;
+    // The operator's SQL can change the session in ways a transaction does not undo
+    // (`set_config(.., false)`, `SET ROLE`, advisory locks, temporary tables): reset it all
+    // before the connection serves another tenant.
+    session.mark_dirty();
     receipt::ensure_table(session, &ctx.placement.host, &ctx.placement.database).await?;
     let already = || Some(serde_json::json!({ "skipped": "already applied in this run (receipt found)" }));
     if ctx.step.transaction.unwrap_or(true) {
@@ -57,8 +61,6 @@ async fn apply(
         crate::engine::postgres::quote_literal(ctx.tenant),
         crate::engine::postgres::quote_literal(ctx.run)
     );
-    // Session settings: reset when the session is released.
-    session.mark_dirty();
     sqlx::raw_sql(sqlx::AssertSqlSafe(set))
         .execute(&mut **session)
         .await

@@ -7,14 +7,16 @@
 -- KEYS[5] inflight zset, KEYS[6] hosts hash, KEYS[7] the tenant's pending list (its wave
 -- and host group), KEYS[8] the wave's ready zset of host groups, KEYS[9] its parked hash
 -- ARGV[1] tenant, ARGV[2] worker id, ARGV[3] dispatch number, ARGV[4] lease (ms), ARGV[5] now (ms),
--- ARGV[6] the tenant's host group ("a+b")
+-- ARGV[6] the tenant's host group ("a+b"), ARGV[7] a nonce unique to this claim attempt
+-- (kept in the checkpoint: a worker whose claim's reply never arrived can still name the
+-- claim exactly when it gives it back)
 -- Returns {'ok', fence, checkpoint JSON} or {reason}: 'gone', 'done', 'stale' (a newer
 -- dispatch exists), 'busy' (another worker holds the lease), 'held' (paused or not
 -- approved: back to pending), 'stopped' (the run no longer runs; the caller releases the tenant).
 local run, tenants, lease, fence_key, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local hosts, pending, ready, parked = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local tenant, worker, dispatch, lease_ms, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local group = ARGV[6]
+local group, nonce = ARGV[6], ARGV[7]
 
 local raw = redis.call('HGET', tenants, tenant)
 if not raw then return {'gone'} end
@@ -53,6 +55,7 @@ redis.call('SET', lease, worker .. '|' .. fence, 'PX', lease_ms)
 cp.state = 'running'
 cp.worker = worker
 cp.fence = fence
+cp.claim = nonce
 if cp.started_ms == nil or cp.started_ms == cjson.null then cp.started_ms = now end
 cp.claimed_ms = now
 local encoded = cjson.encode(cp)

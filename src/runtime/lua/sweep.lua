@@ -16,11 +16,11 @@ for _, tenant in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMI
     local cp = cjson.decode(redis.call('HGET', tenants, tenant))
     if cp.state == 'queued' or cp.state == 'running' then
       -- A worker vanished with the lease: charged to the lost-lease budget, and noted with
-      -- the claim (worker and dispatch) so that a worker that was only cut off from Redis
-      -- can take the charge back (release.lua).
+      -- the claim's nonce so that a worker that was only cut off from Redis can take the
+      -- charge back (release.lua).
       if cp.state == 'running' then
         cp.lost = (cp.lost or 0) + 1
-        cp.lost_by = tostring(cp.worker) .. '#' .. tostring(cp.dispatch)
+        cp.lost_by = cp.claim
       end
       cp.state = 'queued'
       cp.dispatch = (cp.dispatch or 0) + 1
