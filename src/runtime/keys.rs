@@ -88,16 +88,6 @@ impl Keys {
         format!("{}:schedule:{workflow}", self.prefix)
     }
 
-    /// STRING (SET NX): one schedule tick of a workflow was enqueued.
-    pub fn tick(&self, workflow: &str, tick_ms: i64) -> String {
-        format!("{}:tick:{workflow}:{tick_ms}", self.prefix)
-    }
-
-    /// STRING: the last tick of a workflow that was handled, for catch-up after downtime.
-    pub fn last_tick(&self, workflow: &str) -> String {
-        format!("{}:last-tick:{workflow}", self.prefix)
-    }
-
     /// The apalis queue name; apalis derives its own keys from it.
     pub fn queue(&self) -> String {
         format!("{}:queue", self.prefix)

@@ -661,31 +661,6 @@ impl RunStore {
         Ok(tick_done(out))
     }
 
-    /// SET NX with a TTL: true for the first caller only. Used to enqueue a schedule tick once.
-    pub async fn set_once(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
-            .await?;
-        Ok(set.is_some())
-    }
-
-    pub async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        Ok(conn.get(key).await?)
-    }
-
-    pub async fn set_string(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        conn.set::<_, _, ()>(key, value).await?;
-        Ok(())
-    }
-
     /// Deletes every key under the prefix (tests and `tenantry` housekeeping only).
     pub async fn delete_all(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
