@@ -57,7 +57,11 @@ pub async fn serve(ctx: Context) -> Result<(), Failure> {
         let ctx = loader_ctx.clone();
         Box::pin(async move { ctx.checked_catalog().await.map_err(|f| f.to_string()) })
     });
-    let sched_ctx = crate::runtime::scheduler::Context { config: Arc::new(ctx.config.clone()), catalog: loader };
+    let sched_ctx = crate::runtime::scheduler::Context {
+        config: Arc::new(ctx.config.clone()),
+        catalog: loader,
+        clock: Arc::new(crate::runtime::clock::SystemClock),
+    };
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     let scheduled = workflows.iter().filter(|w| w.schedule.is_some()).count();

@@ -10,11 +10,12 @@
 //! - [`PgSession::release`] (the normal end) resets what the step changed in the session
 //!   (`RESET ALL`, `pg_advisory_unlock_all()`) when it said it changed something
 //!   ([`PgSession::mark_dirty`]), then returns the connection to the pool;
-//! - dropping it without `release` (timeout, lost lease, cancel, drain, an early `?`) closes
-//!   the connection instead of returning it, and terminates its backend from a separate
-//!   connection (`pg_terminate_backend`), so the statement stops, its transaction rolls back
-//!   and its session locks go, at once. The termination runs on a task tracked by
-//!   [`Cleanup`], which a shutting-down worker waits for.
+//! - dropping it without `release` (timeout, lost lease, cancel, drain, an early `?`) takes
+//!   the connection out of the pool and terminates its backend from a separate connection
+//!   (`pg_terminate_backend`, then waiting until the backend is gone), so the statement
+//!   stops, its transaction rolls back and its session locks go, at once. The termination
+//!   runs on a task tracked by [`Cleanup`], which is waited for before the tenant is given
+//!   to another worker and before a worker exits.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -134,6 +135,12 @@ impl Drop for PgSession {
                 let mut other = options.connect().await?;
                 let stopped: bool =
                     sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut other).await?;
+                // Terminating is a signal; the backend is gone (its transaction rolled back,
+                // its locks released) once it has left pg_stat_activity. The socket is still
+                // held, so the pid cannot belong to another session meanwhile.
+                while stopped && backend_alive(&mut other, pid).await? {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 let _ = other.close().await;
                 Ok::<_, sqlx::Error>(stopped)
             };
@@ -153,4 +160,9 @@ impl Drop for PgSession {
         };
         self.cleanup.tasks.spawn_on(task, &handle);
     }
+}
+
+/// Whether backend `pid` still exists.
+async fn backend_alive(conn: &mut PgConnection, pid: i32) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)").bind(pid).fetch_one(conn).await
 }

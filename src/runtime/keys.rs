@@ -94,14 +94,12 @@ impl Keys {
         format!("{}:run:{run}:events", self.prefix)
     }
 
-    /// STRING (SET NX): one schedule tick of a workflow was enqueued.
-    pub fn tick(&self, workflow: &str, tick_ms: i64) -> String {
-        format!("{}:tick:{workflow}:{tick_ms}", self.prefix)
-    }
-
-    /// STRING: the last tick of a workflow that was handled, for catch-up after downtime.
-    pub fn last_tick(&self, workflow: &str) -> String {
-        format!("{}:last-tick:{workflow}", self.prefix)
+    /// HASH: a scheduled workflow's progress, the only key the scheduler keeps per
+    /// workflow however often it fires. `done` = every tick up to this time (ms) is handled
+    /// (its run created, or deliberately skipped); `claim` = `tick|owner|expires_ms`, the
+    /// replica working on a tick right now (see `lua/tick_claim.lua`).
+    pub fn schedule(&self, workflow: &str) -> String {
+        format!("{}:schedule:{workflow}", self.prefix)
     }
 
     /// STRING (SET NX with a TTL): one process prunes finished runs at a time.
@@ -131,5 +129,6 @@ mod tests {
         assert_eq!(k.lease("r1", "acme"), "t:run:r1:lease:acme");
         assert_eq!(k.run_pending("r1", 2, "main"), "t:run:r1:pending:2:main");
         assert!(k.run_tenants("r1").starts_with(&k.run("r1")));
+        assert_eq!(k.schedule("nightly"), "t:schedule:nightly");
     }
 }

@@ -6,6 +6,7 @@
 //! last checkpoint, and finishes it; anything that dies in between loses its lease and the
 //! sweep dispatches the tenant again.
 
+pub mod clock;
 pub mod fence;
 pub mod keys;
 pub mod launch;

@@ -44,6 +44,41 @@ pub enum Claim {
     Stopped(RunState),
 }
 
+/// `tick_done.lua`, also sent as plain EVAL inside the MULTI/EXEC of
+/// [`RunStore::create_scheduled`] (an EVALSHA there could fail with NOSCRIPT after the
+/// rest of the transaction had run).
+const TICK_DONE_LUA: &str = include_str!("lua/tick_done.lua");
+
+/// One replica working on one schedule tick of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickClaim {
+    pub workflow: String,
+    pub tick_ms: i64,
+    /// The replica (its worker id).
+    pub owner: String,
+}
+
+/// What an attempt to claim a tick found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickClaimed {
+    /// The tick is ours to work on.
+    Ok,
+    /// Every tick up to this one (ms) is handled already.
+    Done(i64),
+    /// Another replica works on the workflow; its claim runs out in `expires_in` unless
+    /// it renews it.
+    Busy { owner: String, tick_ms: i64, expires_in: Duration },
+}
+
+/// Whether a tick was recorded as handled (with its run, when there is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickDone {
+    Recorded,
+    /// Nothing was written: the tick (or a newer one) was handled already, or another
+    /// replica is working on the workflow. Says which.
+    Refused(String),
+}
+
 /// The run store of one installation (one Redis, one key prefix).
 #[derive(Clone)]
 pub struct RunStore {
@@ -63,6 +98,8 @@ struct Scripts {
     transition: redis::Script,
     release: redis::Script,
     cancel: redis::Script,
+    tick_claim: redis::Script,
+    tick_done: redis::Script,
 }
 
 /// What a lease renewal found.
@@ -88,6 +125,8 @@ impl Scripts {
             transition: redis::Script::new(include_str!("lua/transition.lua")),
             release: redis::Script::new(include_str!("lua/release.lua")),
             cancel: redis::Script::new(include_str!("lua/cancel.lua")),
+            tick_claim: redis::Script::new(include_str!("lua/tick_claim.lua")),
+            tick_done: redis::Script::new(TICK_DONE_LUA),
         }
     }
 }
@@ -137,8 +176,54 @@ impl RunStore {
     /// The run starts `running` (or `awaiting_approval` when its first wave asks for it),
     /// or `queued` behind a previous run of its workflow.
     pub async fn create(&self, spec: &RunSpec, trigger: &Trigger, queued: bool) -> Result<(), StoreError> {
+        let now = now_ms();
+        let (mut pipe, _) = self.create_pipe(spec, trigger, queued, now);
+        pipe.zadd(self.keys.runs(), &spec.id, now);
+        pipe.sadd(self.keys.active_runs(), &spec.id);
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// [`RunStore::create`] for the run of a schedule tick: the same MULTI/EXEC ends with
+    /// `tick_done.lua`, which records the tick as done and publishes the run, or refuses
+    /// (the tick or a newer one is done already; another replica holds the workflow) and
+    /// deletes what the transaction wrote. So the run exists exactly when its tick is
+    /// recorded, whatever crashes or expired claims came in between.
+    pub async fn create_scheduled(
+        &self,
+        spec: &RunSpec,
+        trigger: &Trigger,
+        queued: bool,
+        claim: &TickClaim,
+    ) -> Result<TickDone, StoreError> {
         let k = &self.keys;
         let now = now_ms();
+        let (mut pipe, written) = self.create_pipe(spec, trigger, queued, now);
+        pipe.cmd("EVAL")
+            .arg(TICK_DONE_LUA)
+            .arg(3 + written.len())
+            .arg(k.schedule(&claim.workflow))
+            .arg(k.runs())
+            .arg(k.active_runs())
+            .arg(&written)
+            .arg(claim.tick_ms)
+            .arg(&claim.owner)
+            .arg(&spec.id)
+            .arg(now);
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let out: Vec<String> = match replies.last() {
+            Some(reply) => redis::from_redis_value_ref(reply).map_err(redis::RedisError::from)?,
+            None => Vec::new(),
+        };
+        Ok(tick_done(out))
+    }
+
+    /// The commands that write a new run (everything but the runs index and the active
+    /// set, which publish it), in one atomic pipeline, and the keys they write.
+    fn create_pipe(&self, spec: &RunSpec, trigger: &Trigger, queued: bool, now: i64) -> (redis::Pipeline, Vec<String>) {
+        let k = &self.keys;
         let parent = match trigger {
             Trigger::Retry { parent } => parent.clone(),
             _ => String::new(),
@@ -149,6 +234,7 @@ impl RunStore {
             (false, true) => RunState::AwaitingApproval,
             (false, false) => RunState::Running,
         };
+        let mut written = vec![k.run(&spec.id), k.run_spec(&spec.id), k.run_tenants(&spec.id), k.run_events(&spec.id)];
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hset_multiple(
@@ -203,7 +289,11 @@ impl RunStore {
                 pipe.rpush(k.run_pending(&spec.id, *wave, group), chunk);
             }
             pipe.zadd(k.run_ready(&spec.id, *wave), *group, 0);
+            written.push(k.run_pending(&spec.id, *wave, group));
+            written.push(k.run_ready(&spec.id, *wave));
         }
+        written.sort();
+        written.dedup();
         let done: u64 = done_per_wave.values().sum();
         if done > 0 {
             pipe.hset(k.run(&spec.id), "succeeded", done);
@@ -220,13 +310,10 @@ impl RunStore {
         for wave in spec.waves.iter().filter(|w| w.approval) {
             pipe.hset(k.run(&spec.id), format!("gate:{}", wave.index), "1");
         }
-        pipe.zadd(k.runs(), &spec.id, now);
-        pipe.sadd(k.active_runs(), &spec.id);
+        written.push(k.run_limits(&spec.id));
         let created = serde_json::json!({"at": now, "event": format!("run created by {trigger}: {} tenant(s) in {} wave(s)", spec.tenants.len(), spec.waves.len())});
         pipe.rpush(k.run_events(&spec.id), created.to_string());
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        (pipe, written)
     }
 
     /// Moves the run forward; returns the tenants (with dispatch numbers) to push to the queue.
@@ -264,6 +351,7 @@ impl RunStore {
 
     /// Claims a dispatched tenant for `worker`. `snapshot` tells where the tenant goes back
     /// to when the run is paused or its wave is not approved (its wave and host group).
+    #[allow(clippy::too_many_arguments)]
     pub async fn claim(
         &self,
         run: &str,
@@ -690,7 +778,7 @@ impl RunStore {
         Ok(())
     }
 
-    /// SET NX with a TTL: true for the first caller only. Used to enqueue a schedule tick once.
+    /// SET NX with a TTL: true for the first caller only (the prune lock).
     pub async fn set_once(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
@@ -704,15 +792,54 @@ impl RunStore {
         Ok(set.is_some())
     }
 
-    pub async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
+    /// The `done` watermark of a scheduled workflow (ms): every tick up to it is handled.
+    /// When there is none yet (first start, or a Redis that lost its data), `floor` is
+    /// written (only if still absent, so concurrent replicas agree) and returned.
+    pub async fn schedule_done(&self, workflow: &str, floor: i64) -> Result<i64, StoreError> {
+        let key = self.keys.schedule(workflow);
         let mut conn = self.conn.clone();
-        Ok(conn.get(key).await?)
+        let (done,): (i64,) =
+            redis::pipe().hset_nx(&key, "done", floor).ignore().hget(&key, "done").query_async(&mut conn).await?;
+        Ok(done)
     }
 
-    pub async fn set_string(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    /// Claims a tick for `claim.owner` for `lifetime` (see `lua/tick_claim.lua`).
+    pub async fn claim_tick(&self, claim: &TickClaim, lifetime: Duration) -> Result<TickClaimed, StoreError> {
         let mut conn = self.conn.clone();
-        conn.set::<_, _, ()>(key, value).await?;
-        Ok(())
+        let out: Vec<String> = self
+            .scripts
+            .tick_claim
+            .key(self.keys.schedule(&claim.workflow))
+            .arg(claim.tick_ms)
+            .arg(&claim.owner)
+            .arg(lifetime.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        let num = |i: usize| out.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or_default();
+        Ok(match out.first().map(String::as_str) {
+            Some("ok") => TickClaimed::Ok,
+            Some("done") => TickClaimed::Done(num(1)),
+            _ => TickClaimed::Busy {
+                owner: out.get(2).cloned().unwrap_or_default(),
+                tick_ms: num(1),
+                expires_in: Duration::from_millis(num(3).max(0) as u64),
+            },
+        })
+    }
+
+    /// Records a tick as handled without a run (skipped on purpose: overlap, catch-up,
+    /// nothing selected), giving up `claim` (see `lua/tick_done.lua`).
+    pub async fn skip_tick(&self, claim: &TickClaim) -> Result<TickDone, StoreError> {
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .tick_done
+            .key(self.keys.schedule(&claim.workflow))
+            .arg(claim.tick_ms)
+            .arg(&claim.owner)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(tick_done(out))
     }
 
     /// Deletes every key under the prefix (tests and `tenantry` housekeeping only).
@@ -731,6 +858,13 @@ impl RunStore {
             conn.del::<_, ()>(chunk).await?;
         }
         Ok(())
+    }
+}
+
+fn tick_done(out: Vec<String>) -> TickDone {
+    match out.first().map(String::as_str) {
+        Some("ok") => TickDone::Recorded,
+        _ => TickDone::Refused(out.get(1).cloned().unwrap_or_else(|| "no reply".to_string())),
     }
 }
 

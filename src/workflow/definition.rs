@@ -50,18 +50,24 @@ fn default_timeout() -> HumanDuration {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
+    /// Drop the tick.
     #[default]
     Skip,
+    /// Run it when the previous run ends. One run waits at most: a tick while one is
+    /// already waiting is dropped.
     Queue,
 }
 
-/// What to do with ticks missed while no scheduler ran.
+/// What to do with ticks missed while no scheduler ran, or while Redis or the catalog was
+/// down.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
-    /// One run for all the missed ticks.
+    /// One run for all the missed ticks (for the newest of them).
     #[default]
     Latest,
+    /// No run for them. A tick counts as missed when it is handled more than a minute
+    /// after its time; a shorter delay (a Redis restart) still runs it.
     None,
 }
 
