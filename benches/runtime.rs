@@ -65,6 +65,7 @@ const USAGE: &str = "usage: cargo bench --bench runtime -- [--tenants N] [--conc
   --concurrency C   run and per-host concurrency of the workflow, and worker_concurrency (default 32)
   --pool P          PostgreSQL connections per worker, and of the parallel loops (default 8)
   --workers W       `tenantry worker` processes (default 1)
+  --hosts H         also run the fleet with its tenants spread over H hosts (default: one host per tenant; 1 skips it)
   --timeout SECS    limit per tenantry run (default 300)
   --no-docs         print the table only; leave docs/benchmarks.md alone";
 
@@ -78,6 +79,8 @@ struct Args {
     concurrency: u32,
     pool: u32,
     workers: usize,
+    /// Hosts of the many-hosts run (0: one per tenant; 1: no many-hosts run).
+    hosts: usize,
     timeout: Duration,
     docs: bool,
     command_line: Vec<String>,
@@ -89,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 32,
         pool: 8,
         workers: 1,
+        hosts: 0,
         timeout: Duration::from_secs(300),
         docs: true,
         command_line: Vec::new(),
@@ -106,6 +110,7 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => args.concurrency = value("--concurrency")? as u32,
             "--pool" => args.pool = value("--pool")? as u32,
             "--workers" => args.workers = value("--workers")? as usize,
+            "--hosts" => args.hosts = value("--hosts")? as usize,
             "--timeout" => args.timeout = Duration::from_secs(value("--timeout")?),
             "--no-docs" => args.docs = false,
             "-h" | "--help" => {
@@ -124,6 +129,9 @@ fn parse_args() -> Result<Args, String> {
         format!("--pool {}", args.pool),
         format!("--workers {}", args.workers),
     ];
+    if args.hosts > 0 {
+        args.command_line.push(format!("--hosts {}", args.hosts));
+    }
     Ok(args)
 }
 
@@ -314,6 +322,39 @@ schema = "tenant_{{tenant}}"
         self.dir.path().join("tenantry.toml")
     }
 
+    /// A second config for the same database and workflow, with tenant i on host
+    /// `h{i % hosts}` (every host the same server, over a plain TCP connection:
+    /// `sslmode=disable`, as a worker inside a VPC would often connect), one tenant at a time
+    /// per host, and at most 2 × concurrency pools kept per worker.
+    fn write_many_hosts_config(&self, args: &Args, hosts: usize) -> Result<PathBuf> {
+        let main = std::fs::read_to_string(self.config_path())?;
+        let mut url = url::Url::parse(&pg_url())?;
+        url.query_pairs_mut().append_pair("sslmode", "disable");
+        let mut config = main
+            .replacen("[runtime]", &format!("[limits]\nmax_pools = {}\n\n[runtime]", 2 * args.concurrency), 1)
+            .replace("\nservices = [\"app\"]\n", "\n");
+        let mut with_hosts = String::with_capacity(config.len() * 2);
+        for (i, chunk) in config.split("\n[[catalog.tenants]]\n").enumerate() {
+            if i == 0 {
+                with_hosts.push_str(chunk);
+                continue;
+            }
+            let _ = write!(
+                with_hosts,
+                "\n[[catalog.tenants]]\n{}placements = {{ app = {{ host = \"h{:05}\" }} }}\n",
+                chunk.trim_end().to_string() + "\n",
+                (i - 1) % hosts
+            );
+        }
+        config = with_hosts;
+        for h in 0..hosts {
+            let _ = write!(config, "\n[hosts.h{h:05}]\nengine = \"postgres\"\nurl = \"{url}\"\nmax_concurrency = 1\n");
+        }
+        let path = self.dir.path().join("tenantry-many-hosts.toml");
+        std::fs::write(&path, config)?;
+        Ok(path)
+    }
+
     /// Receipts written under run id `run` (one receipts table per database).
     async fn receipts(&self, run: &str) -> Result<i64> {
         let mut db = pg_connect(&self.name).await?;
@@ -369,6 +410,8 @@ struct Row {
     /// Runs only: dispatch-to-start p50/p99 and claim-to-finish p50/p99 (ms).
     delays: Option<[i64; 4]>,
     usage: Option<Usage>,
+    /// Peak resident memory (VmHWM, MiB) of the largest `tenantry` process of the row.
+    peak_rss_mib: Option<f64>,
 }
 
 async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
@@ -394,13 +437,36 @@ async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
     let starter = ctx.runtime().await.map_err(|f| f.to_string())?;
     let bench = Bench { fleet, args, ctx: &ctx, catalog: &catalog, wf: &wf, starter: &starter };
 
-    let mut workers = Workers::start(fleet, args.workers).await?;
-    rows.push(bench.run("tenantry run, fresh fleet (first run)").await?);
+    let mut workers = Workers::start(fleet, args.workers, &fleet.config_path()).await?;
+    let mut row = bench.run("tenantry run, fresh fleet (first run)").await?;
+    row.peak_rss_mib = workers.peak_rss_mib();
+    rows.push(row);
     workers.stop()?;
-    let mut workers = Workers::start(fleet, args.workers).await?;
+    let mut workers = Workers::start(fleet, args.workers, &fleet.config_path()).await?;
     rows.push(bench.run("tenantry run, workers just started").await?);
-    rows.push(bench.run("tenantry run, steady state").await?);
+    let mut row = bench.run("tenantry run, steady state").await?;
+    row.peak_rss_mib = workers.peak_rss_mib();
+    rows.push(row);
+    // `tenantry run --wait`, the CLI an operator uses, on the same fleet and workers.
+    rows.push(cli_run_wait(fleet, args).await?);
     workers.stop()?;
+
+    // The same tenants, each on its own host (an RDS instance per tenant): one pool and
+    // one connection per tenant, host limits and the dispatcher's parking at full scale.
+    if args.hosts != 1 {
+        let hosts = if args.hosts == 0 { fleet.tenants } else { args.hosts };
+        let config = fleet.write_many_hosts_config(args, hosts)?;
+        let many = Context::load(Some(&config), &[]).map_err(|f| f.to_string())?;
+        let many_catalog = many.checked_catalog().await.map_err(|f| f.to_string())?;
+        let many_wf = workflow::find(&many.config.workflows_dir(), WORKFLOW).map_err(|d| d.to_string())?;
+        let many_bench = Bench { fleet, args, ctx: &many, catalog: &many_catalog, wf: &many_wf, starter: &starter };
+        let mut workers = Workers::start(fleet, args.workers, &config).await?;
+        let mut row = many_bench.run(&format!("tenantry run, {} tenants on {hosts} hosts", fleet.tenants)).await?;
+        row.connections = format!("{} × 1 per host", args.workers);
+        row.peak_rss_mib = workers.peak_rss_mib();
+        rows.push(row);
+        workers.stop()?;
+    }
 
     // Measured last (it needs the receipts table), shown next to the loops.
     rows.insert(2, bench.step_only().await?);
@@ -412,11 +478,13 @@ async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
 struct Workers(Vec<std::process::Child>);
 
 impl Workers {
-    async fn start(fleet: &Fleet, n: usize) -> Result<Workers> {
+    async fn start(fleet: &Fleet, n: usize, config: &Path) -> Result<Workers> {
         let mut workers = Workers(Vec::with_capacity(n));
         for _ in 0..n {
             let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
                 .current_dir(fleet.dir.path())
+                .arg("--config")
+                .arg(config)
                 .arg("worker")
                 .env("TENANTRY_LOG", std::env::var("TENANTRY_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdin(std::process::Stdio::null())
@@ -434,6 +502,11 @@ impl Workers {
             }
         }
         Ok(workers)
+    }
+
+    /// The largest peak resident memory of the workers so far (MiB).
+    fn peak_rss_mib(&self) -> Option<f64> {
+        self.0.iter().filter_map(|w| peak_rss_mib(w.id())).reduce(f64::max)
     }
 
     /// SIGTERM, then waits (bounded) for each worker to drain and exit 0.
@@ -470,6 +543,58 @@ impl Drop for Workers {
             let _ = w.wait();
         }
     }
+}
+
+/// VmHWM of a live process, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// `tenantry run bench --wait` as an operator runs it, with the peak memory of that CLI
+/// process (polled from /proc while it runs).
+async fn cli_run_wait(fleet: &Fleet, args: &Args) -> Result<Row> {
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .current_dir(fleet.dir.path())
+        .args(["--config"])
+        .arg(fleet.config_path())
+        .args(["run", WORKFLOW, "--wait"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut peak: f64 = 0.0;
+    let status = loop {
+        if let Some(mb) = peak_rss_mib(child.id()) {
+            peak = peak.max(mb);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > args.timeout {
+            let _ = child.kill();
+            return Err(format!("`tenantry run --wait` did not end within {:?}", args.timeout).into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if !status.success() {
+        return Err(format!("`tenantry run --wait` exited with {status}").into());
+    }
+    let wall = started.elapsed();
+    Ok(Row {
+        label: "`tenantry run --wait` (the CLI process)".to_string(),
+        per_tenant: "snapshot, start, follow with progress bars until the run ends",
+        connections: format!("{} × {}", args.workers, args.pool),
+        tenants: fleet.tenants,
+        wall,
+        tasks_per_sec: fleet.tenants as f64 / wall.as_secs_f64(),
+        delays: None,
+        usage: None,
+        peak_rss_mib: Some(peak),
+    })
 }
 
 /// `SET search_path TO "tenant_x"; SELECT 1` per tenant, from `connections` tasks over a
@@ -514,6 +639,7 @@ async fn plain_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, connections: u32)
         tasks_per_sec: done as f64 / wall.as_secs_f64(),
         delays: None,
         usage: None,
+        peak_rss_mib: None,
     };
     eprintln!("bench: {}: {:.0} statements/s", row.label, row.tasks_per_sec);
     Ok(row)
@@ -617,6 +743,7 @@ impl Bench<'_> {
                 percentile(&claim_to_finish, 99.0),
             ]),
             usage: Some(usage),
+            peak_rss_mib: None,
         };
         eprintln!(
             "bench: {label}: run {id} succeeded, {n} tenants and receipts, {:.0} tasks/s, end to end {:.2?}",
@@ -634,7 +761,7 @@ impl Bench<'_> {
     async fn step_only(&self) -> Result<Row> {
         let spec: Arc<RunSpec> = Arc::new(launch::snapshot(self.wf, self.catalog, &self.ctx.config, &[]));
         let c = &self.ctx.config.config;
-        let databases = Arc::new(Databases::new(c.hosts.clone(), self.args.pool, 256));
+        let databases = Arc::new(Databases::new(c.hosts.clone(), self.args.pool, c.limits.max_pools as usize));
         // Open the connections before the clock starts, as for the plain loops.
         let pool = databases.postgres("main", &self.fleet.name)?;
         warm(&pool, self.args.pool).await?;
@@ -656,6 +783,7 @@ impl Bench<'_> {
             tasks_per_sec: n as f64 / wall.as_secs_f64(),
             delays: None,
             usage: None,
+            peak_rss_mib: None,
         };
         eprintln!("bench: {}: {:.0} tasks/s", row.label, row.tasks_per_sec);
         Ok(row)
@@ -920,9 +1048,9 @@ async fn render(args: &Args, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        "| what | per tenant | connections | tasks/s | end to end | dispatch→start p50 / p99 | claim→finish p50 / p99 |"
+        "| what | per tenant | connections | tasks/s | end to end | dispatch→start p50 / p99 | claim→finish p50 / p99 | peak RSS |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let (d, f) = match r.delays {
             Some([d50, d99, f50, f99]) => (format!("{d50} / {d99} ms"), format!("{f50} / {f99} ms")),
@@ -930,12 +1058,13 @@ async fn render(args: &Args, rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | **{:.0}** | {:.2} s | {d} | {f} |",
+            "| {} | {} | {} | **{:.0}** | {:.2} s | {d} | {f} | {} |",
             r.label,
             r.per_tenant,
             r.connections,
             r.tasks_per_sec,
-            r.wall.as_secs_f64()
+            r.wall.as_secs_f64(),
+            r.peak_rss_mib.map_or("–".to_string(), |m| format!("{m:.0} MiB"))
         );
     }
     let runs: Vec<&Row> = rows.iter().filter(|r| r.usage.is_some()).collect();

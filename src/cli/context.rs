@@ -144,7 +144,11 @@ impl Context {
             .await
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
         let per_pool = c.hosts.values().filter_map(|h| h.max_concurrency).max().unwrap_or(c.limits.per_host);
-        let databases = std::sync::Arc::new(crate::engine::pools::Databases::new(c.hosts.clone(), per_pool, 256));
+        let databases = std::sync::Arc::new(crate::engine::pools::Databases::new(
+            c.hosts.clone(),
+            per_pool,
+            c.limits.max_pools as usize,
+        ));
         Ok(std::sync::Arc::new(
             crate::runtime::worker::Runtime::new(
                 store,

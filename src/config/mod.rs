@@ -91,12 +91,25 @@ pub struct LimitsConfig {
     pub per_host: u32,
     #[serde(default = "default_plan_connections")]
     pub plan_connections: u32,
+    /// Connection pools (one per host and database) a worker keeps; beyond it the least
+    /// recently used is closed. Lower it when many tenant databases share one server's
+    /// `max_connections` (a database per tenant on few servers).
+    #[serde(default = "default_max_pools")]
+    pub max_pools: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { per_host: default_per_host(), plan_connections: default_plan_connections() }
+        Self {
+            per_host: default_per_host(),
+            plan_connections: default_plan_connections(),
+            max_pools: default_max_pools(),
+        }
     }
+}
+
+fn default_max_pools() -> u32 {
+    256
 }
 
 fn default_per_host() -> u32 {
