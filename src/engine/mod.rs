@@ -1,5 +1,6 @@
 //! What differs between database engines: connecting, quoting, and the queries each step needs.
 
+pub mod fleet;
 pub mod pools;
 pub mod postgres;
 pub mod session;

@@ -13,17 +13,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
 
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnection;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::OnceCell;
 
 use super::migrate::HISTORY_TABLE;
 use super::{StepContext, StepError};
 use crate::catalog::{HostSpec, Isolation, Placement};
-use crate::engine::postgres;
 
 /// Tables that are tenantry's bookkeeping, not the application's schema.
 pub const EXCLUDED_TABLES: [&str; 2] = [HISTORY_TABLE, "tenantry_receipts"];
@@ -31,9 +28,6 @@ pub const EXCLUDED_TABLES: [&str; 2] = [HISTORY_TABLE, "tenantry_receipts"];
 /// Schemas per fact query when reading many schemas of one database: a few round trips for
 /// 1,000 schemas, and result sets of a bounded size.
 const SCHEMA_BATCH: usize = 250;
-
-/// How long to wait for a connection before calling a database unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Diff lines quoted in a failing step's error; the rest is counted (the command shows all).
 const DIFF_LINES_IN_ERROR: usize = 20;
@@ -263,111 +257,27 @@ pub async fn read_fingerprints(
     Ok(out)
 }
 
-/// Why a target's fingerprint could not be read. `unreachable` is a database that cannot
-/// be reached right now (exit status 3 at the command line), as opposed to one that is
-/// there but wrong (missing, no such schema, no permission).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadError {
-    pub unreachable: bool,
-    pub message: String,
-}
+pub use crate::engine::fleet::{ReadError, TargetKey};
 
-/// `(host, database, schema)`.
-pub type TargetKey = (String, String, String);
-
-/// Reads the fingerprints of every target, grouped per (host, database) — one connection and
-/// a few queries per database — with at most `per_host` connections per host at a time.
-/// Errors are per target, so one unreachable database does not hide the rest of the fleet.
-/// Identical fingerprints are shared, so a fleet of identical schemas costs one in memory.
+/// Reads the fingerprints of every target through the fleet reader (one connection and a
+/// few queries per database, at most `per_host` connections per host at a time). Identical
+/// fingerprints are shared, so a fleet of identical schemas costs one in memory.
 pub async fn read_fleet(
     hosts: &BTreeMap<String, HostSpec>,
     groups: BTreeMap<(String, String), BTreeSet<String>>,
     per_host: usize,
 ) -> BTreeMap<TargetKey, Result<Arc<Fingerprint>, ReadError>> {
-    let per_host = per_host.max(1);
-    let semaphores: BTreeMap<&str, Arc<Semaphore>> =
-        hosts.keys().map(|h| (h.as_str(), Arc::new(Semaphore::new(per_host)))).collect();
-    let total = per_host * semaphores.len().max(1);
-    let results = futures::stream::iter(groups)
-        .map(|((host, database), schemas)| {
-            let semaphore = semaphores.get(host.as_str()).cloned();
-            let url = hosts.get(&host).map(|h| h.url.with_database(&database));
-            async move {
-                let schemas: Vec<String> = schemas.into_iter().collect();
-                let result = match (semaphore, url) {
-                    (Some(semaphore), Some(url)) => {
-                        let _permit = semaphore.acquire().await.expect("semaphore is never closed");
-                        read_database(&url, &host, &database, &schemas).await
-                    }
-                    _ => Err(ReadError { unreachable: false, message: format!("unknown host {host:?}") }),
-                };
-                (host, database, schemas, result)
-            }
-        })
-        .buffer_unordered(total)
-        .collect::<Vec<_>>()
-        .await;
+    let read = crate::engine::fleet::read_targets(hosts, groups, per_host, "the schemas", async |conn, schemas| {
+        read_fingerprints(conn, schemas).await
+    })
+    .await;
     let mut shared: HashMap<String, Arc<Fingerprint>> = HashMap::new();
-    let mut out = BTreeMap::new();
-    for (host, database, schemas, result) in results {
-        let mut found = match result {
-            Ok(found) => found,
-            Err(e) => {
-                for schema in schemas {
-                    out.insert((host.clone(), database.clone(), schema), Err(e.clone()));
-                }
-                continue;
-            }
-        };
-        for schema in schemas {
-            let entry = match found.remove(&schema) {
-                Some(fp) => Ok(shared.entry(fp.hash().to_string()).or_insert_with(|| Arc::new(fp)).clone()),
-                None => Err(ReadError {
-                    unreachable: false,
-                    message: format!("schema {schema:?} does not exist in database {database:?} on host {host}"),
-                }),
-            };
-            out.insert((host.clone(), database.clone(), schema), entry);
-        }
-    }
-    out
-}
-
-async fn read_database(
-    url: &crate::secret::SecretUrl,
-    host: &str,
-    database: &str,
-    schemas: &[String],
-) -> Result<BTreeMap<String, Fingerprint>, ReadError> {
-    let connect_error = |e: &sqlx::Error| match e.as_database_error().and_then(|d| d.code()) {
-        Some(code) if code == "3D000" => {
-            ReadError { unreachable: false, message: format!("database {database:?} does not exist on host {host}") }
-        }
-        _ => ReadError {
-            unreachable: StepError::from_sqlx("", e).is_transient(),
-            message: format!("cannot connect to database {database:?} on host {host} ({}): {e}", url.server()),
-        },
-    };
-    let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, postgres::connect(url)).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(connect_error(&e)),
-        Err(_) => {
-            return Err(ReadError {
-                unreachable: true,
-                message: format!(
-                    "cannot connect to database {database:?} on host {host} ({}): no answer within {}s",
-                    url.server(),
-                    CONNECT_TIMEOUT.as_secs()
-                ),
-            });
-        }
-    };
-    let result = read_fingerprints(&mut conn, schemas).await.map_err(|e| ReadError {
-        unreachable: StepError::from_sqlx("", &e).is_transient(),
-        message: format!("cannot read the schemas of database {database:?} on host {host}: {e}"),
-    });
-    postgres::close(conn).await;
-    result
+    read.into_iter()
+        .map(|(key, result)| {
+            let result = result.map(|fp| shared.entry(fp.hash().to_string()).or_insert_with(|| Arc::new(fp)).clone());
+            (key, result)
+        })
+        .collect()
 }
 
 /// Where the reference tenant's data of the same service lives. The step sees only its own

@@ -1,16 +1,12 @@
 //! `plan`: what a workflow would do per wave, per tenant and per step, from the catalog and the targets' current state. Changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 use super::{Wave, Workflow, assign, target};
 use crate::catalog::{Catalog, Engine, Placement, TenantId};
 use crate::config::LoadedConfig;
-use crate::engine::postgres;
 use crate::migrations::MigrationSet;
 use crate::steps::StepKind;
 use crate::steps::migrate::{AppliedMigration, MigrationStatus, compare, read_histories};
@@ -193,55 +189,16 @@ pub async fn read_all_histories(
     config: &LoadedConfig,
     groups: BTreeMap<(String, String), BTreeSet<String>>,
 ) -> BTreeMap<TargetKey, Result<Vec<AppliedMigration>, String>> {
-    let per_host = config.config.limits.plan_connections.max(1) as usize;
-    let semaphores: BTreeMap<String, Arc<Semaphore>> =
-        catalog.hosts.keys().map(|h| (h.clone(), Arc::new(Semaphore::new(per_host)))).collect();
-    let total = per_host * semaphores.len().max(1);
-    let results = futures::stream::iter(groups)
-        .map(|((host, database), schemas)| {
-            let semaphore = semaphores.get(&host).cloned();
-            let url = catalog.hosts.get(&host).map(|h| h.url.with_database(&database));
-            async move {
-                let schemas: Vec<String> = schemas.into_iter().collect();
-                let result = match (semaphore, url) {
-                    (Some(semaphore), Some(url)) => {
-                        let _permit = semaphore.acquire().await.expect("semaphore is never closed");
-                        read_group(&url, &database, &schemas).await
-                    }
-                    _ => Err(format!("unknown host {host:?}")),
-                };
-                (host, database, schemas, result)
-            }
-        })
-        .buffer_unordered(total)
-        .collect::<Vec<_>>()
-        .await;
-    let mut out = BTreeMap::new();
-    for (host, database, schemas, result) in results {
-        for schema in schemas {
-            let entry = match &result {
-                Ok(map) => map
-                    .get(&schema)
-                    .cloned()
-                    .ok_or_else(|| format!("schema {schema:?} does not exist in database {database:?}")),
-                Err(e) => Err(e.clone()),
-            };
-            out.insert((host.clone(), database.clone(), schema), entry);
-        }
-    }
-    out
-}
-
-async fn read_group(
-    url: &crate::secret::SecretUrl,
-    database: &str,
-    schemas: &[String],
-) -> Result<BTreeMap<String, Vec<AppliedMigration>>, String> {
-    let mut conn = postgres::connect(url).await.map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
-        Some(code) if code == "3D000" => format!("database {database:?} does not exist"),
-        _ => format!("cannot connect to database {database:?} at {}: {e}", url.server()),
-    })?;
-    let result = read_histories(&mut conn, schemas).await.map_err(|e| format!("cannot read migration history: {e}"));
-    postgres::close(conn).await;
-    result
+    let per_host = config.config.limits.plan_connections as usize;
+    crate::engine::fleet::read_targets(
+        &catalog.hosts,
+        groups,
+        per_host,
+        "the migration history",
+        async |conn, schemas| read_histories(conn, schemas).await,
+    )
+    .await
+    .into_iter()
+    .map(|(key, result)| (key, result.map_err(|e| e.message)))
+    .collect()
 }
