@@ -161,6 +161,8 @@ async fn too_many_connections_is_transient_on_both_engines() {
         let mut url = url::Url::parse(&support::mysql_url()).unwrap();
         url.set_username(&user).unwrap();
         url.set_password(None).unwrap();
+        // No default database: the new account has no rights on the admin URL's (`mysql`).
+        url.set_path("");
         url.to_string()
     };
     let first = sqlx::MySqlConnection::connect(&url).await.unwrap();
