@@ -461,6 +461,7 @@ async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
         let many_wf = workflow::find(&many.config.workflows_dir(), WORKFLOW).map_err(|d| d.to_string())?;
         let many_bench = Bench { fleet, args, ctx: &many, catalog: &many_catalog, wf: &many_wf, starter: &starter };
         let mut workers = Workers::start(fleet, args.workers, &config).await?;
+        rows.push(connect_per_tenant_loop(fleet, &schemas, args.concurrency).await?);
         let mut row = many_bench.run(&format!("tenantry run, {} tenants on {hosts} hosts", fleet.tenants)).await?;
         row.connections = format!("{} × 1 per host", args.workers);
         row.peak_rss_mib = workers.peak_rss_mib();
@@ -642,6 +643,53 @@ async fn plain_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, connections: u32)
         peak_rss_mib: None,
     };
     eprintln!("bench: {}: {:.0} statements/s", row.label, row.tasks_per_sec);
+    Ok(row)
+}
+
+/// The floor of a fleet with a host per tenant: a new connection per tenant (as a worker
+/// must open one per host), `SET search_path; SELECT 1`, close; from `tasks` tasks at once,
+/// plain TCP (`sslmode=disable`) like the many-hosts run.
+async fn connect_per_tenant_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, tasks_n: u32) -> Result<Row> {
+    let mut url = url::Url::parse(&database_url(&fleet.name))?;
+    url.query_pairs_mut().append_pair("sslmode", "disable");
+    let options: Arc<PgConnectOptions> = Arc::new(url.as_str().parse()?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..tasks_n {
+        let (options, next, schemas) = (options.clone(), next.clone(), schemas.clone());
+        tasks.push(tokio::spawn(async move {
+            use sqlx::ConnectOptions;
+            let mut done = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(schema) = schemas.get(i) else { break };
+                let mut conn = options.connect().await?;
+                let sql = format!("SET search_path TO \"{schema}\"; SELECT 1");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+                conn.close().await?;
+                done += 1;
+            }
+            Ok::<usize, sqlx::Error>(done)
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await??;
+    }
+    let wall = started.elapsed();
+    let row = Row {
+        label: format!("sqlx loop, a new connection per tenant, {tasks_n} at once"),
+        per_tenant: "connect, `SET search_path; SELECT 1`, close",
+        connections: format!("{tasks_n} (new each time)"),
+        tenants: done,
+        wall,
+        tasks_per_sec: done as f64 / wall.as_secs_f64(),
+        delays: None,
+        usage: None,
+        peak_rss_mib: None,
+    };
+    eprintln!("bench: {}: {:.0} tenants/s", row.label, row.tasks_per_sec);
     Ok(row)
 }
 
