@@ -109,6 +109,47 @@ schema = "tenant_{{tenant}}"
         }
     }
 
+    /// `tenantry ARGS`, which must exit 0.
+    fn ok(&self, args: &[&str]) -> support::Run {
+        let out = tenantry(self.path(), args, &[]);
+        assert_eq!(out.code(), 0, "`tenantry {}`: {}", args.join(" "), out.all());
+        out
+    }
+
+    /// Waits for `run` to end and asserts it succeeded; its status.
+    fn succeeds(&self, run: &str) -> serde_json::Value {
+        let s = wait_for_state(self.path(), run, &["succeeded", "failed", "cancelled"], Duration::from_secs(60));
+        assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+        s
+    }
+
+    /// Waits until at least `n` tenants of `run` are running.
+    fn wait_running(&self, run: &str, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tenant_states(&status(self.path(), run)).values().filter(|s| *s == "running").count() < n {
+            assert!(std::time::Instant::now() < deadline, "{n} tenant(s) of {run} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kills` times: starts a worker, waits until it runs `tenant` (with that many lost
+    /// leases so far), and kills it with SIGKILL.
+    fn kill_workers_running(&self, run: &str, tenant: &str, kills: u64) {
+        for kill in 0..kills {
+            let mut worker = WorkerProcess::spawn(self.path());
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let c = status(self.path(), run)["tenants"][tenant].clone();
+                if c["state"] == "running" && c["lost"].as_u64().unwrap_or(0) == kill {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "kill {kill}: {tenant} did not start again: {c:#}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            worker.kill9();
+        }
+    }
+
     fn workflow(&self, name: &str, text: &str) {
         std::fs::write(self.path().join("workflows").join(format!("{name}.toml")), text).unwrap();
     }
@@ -250,8 +291,7 @@ async fn a_wave_over_budget_halts_the_run_and_retry_runs_only_the_failed() {
 
     // Fix the data, retry: only the three run.
     exec(&mut db, "CREATE TABLE tenant_t002.items (n int); CREATE TABLE tenant_t005.items (n int); CREATE TABLE tenant_t007.items (n int);").await;
-    let out = tenantry(setup.path(), &["retry", &run, "--wait"], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
+    let out = setup.ok(&["retry", &run, "--wait"]);
     let retry_run = out.stdout().lines().next().unwrap().trim().to_string();
     let r = status(setup.path(), &retry_run);
     assert_eq!(r["run"]["parent"], run.as_str());
@@ -289,8 +329,7 @@ async fn retry_reuses_the_original_runs_receipts_and_does_not_redo_committed_uni
 
     // Fix t001 only and retry: t001 goes on from `fill`; t003 fails at `fill` again.
     exec(&mut db, "CREATE TABLE tenant_t001.items (n int);").await;
-    let out = tenantry(setup.path(), &["retry", &root], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
+    let out = setup.ok(&["retry", &root]);
     let first = out.stdout().lines().next().unwrap().trim().to_string();
     let r = wait_for_state(setup.path(), &first, &["succeeded", "failed"], Duration::from_secs(60));
     assert_eq!(
@@ -311,8 +350,7 @@ async fn retry_reuses_the_original_runs_receipts_and_does_not_redo_committed_uni
         &format!("INSERT INTO tenantry.receipts (run_id, tenant, step) VALUES ('{root}', 't003', 'fill/app')"),
     )
     .await;
-    let out = tenantry(setup.path(), &["retry", &first], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
+    let out = setup.ok(&["retry", &first]);
     let second = out.stdout().lines().next().unwrap().trim().to_string();
     let r = wait_for_state(setup.path(), &second, &["succeeded", "failed"], Duration::from_secs(60));
     assert_eq!(r["run"]["state"], "succeeded", "{r:#}");
@@ -343,10 +381,8 @@ async fn approval_gate_waits_and_approve_lets_it_go_on() {
     assert_eq!(status(setup.path(), &run)["run"]["state"], "awaiting_approval");
     assert_eq!(setup.hits().await.len(), 1);
 
-    let out = tenantry(setup.path(), &["approve", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    setup.ok(&["approve", &run]);
+    setup.succeeds(&run);
     assert_eq!(setup.hits().await.len(), 6);
     // Approving again is refused with a clear message.
     let out = tenantry(setup.path(), &["approve", &run], &[]);
@@ -368,18 +404,14 @@ async fn cancel_stops_running_statements_and_leaves_no_tenant_queued_or_running(
     );
     let _worker = WorkerProcess::spawn(setup.path());
     let run = setup.run("slow");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tenant_states(&status(setup.path(), &run)).values().filter(|s| *s == "running").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "two tenants did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    setup.wait_running(&run, 2);
     // A tenant shows `running` from its claim on; its statement starts a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while setup.active_statements().await.len() < 2 {
         assert!(std::time::Instant::now() < deadline, "two statements did not start before the cancel");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = tenantry(setup.path(), &["cancel", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
+    let out = setup.ok(&["cancel", &run]);
     assert!(out.stdout().contains("cancelled"), "{}", out.all());
     let s = status(setup.path(), &run);
     assert_eq!(s["run"]["state"], "cancelled");
@@ -429,10 +461,8 @@ async fn approval_holds_a_wave_that_follows_a_soak() {
     let s = status(setup.path(), &run);
     assert_eq!(s["run"]["state"], "awaiting_approval", "{s:#}");
     assert_eq!(setup.hits().await.len(), 1);
-    let out = tenantry(setup.path(), &["approve", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    setup.ok(&["approve", &run]);
+    setup.succeeds(&run);
     assert_eq!(setup.hits().await.len(), 6);
     setup.drop().await;
 }
@@ -451,8 +481,7 @@ async fn approval_holds_across_pause_and_resume() {
     let run = setup.run("gated");
     assert_eq!(status(setup.path(), &run)["run"]["state"], "awaiting_approval");
     for (action, expect) in [("pause", "paused"), ("resume", "awaiting_approval")] {
-        let out = tenantry(setup.path(), &[action, &run], &[]);
-        assert_eq!(out.code(), 0, "{}", out.all());
+        let out = setup.ok(&[action, &run]);
         assert!(out.stdout().contains(expect), "after {action}: {}", out.all());
     }
     std::thread::sleep(Duration::from_millis(1500));
@@ -460,10 +489,8 @@ async fn approval_holds_across_pause_and_resume() {
     assert_eq!(s["run"]["state"], "awaiting_approval", "{s:#}");
     assert!(tenant_states(&s).values().all(|st| st == "pending"), "{s:#}");
     assert_eq!(setup.hits().await.len(), 0, "no tenant ran without approval");
-    let out = tenantry(setup.path(), &["approve", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    setup.ok(&["approve", &run]);
+    setup.succeeds(&run);
     assert_eq!(setup.hits().await.len(), 4);
     setup.drop().await;
 }
@@ -483,8 +510,7 @@ async fn pause_holds_tenants_that_were_already_queued() {
     let states = tenant_states(&s);
     // The host allows 8 at a time: 8 dispatched to the queue, none started.
     assert_eq!(states.values().filter(|st| *st == "queued").count(), 8, "{s:#}");
-    let out = tenantry(setup.path(), &["pause", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
+    setup.ok(&["pause", &run]);
     let _worker = WorkerProcess::spawn(setup.path());
     std::thread::sleep(Duration::from_secs(3));
     let s = status(setup.path(), &run);
@@ -492,10 +518,8 @@ async fn pause_holds_tenants_that_were_already_queued() {
     assert_eq!(setup.hits().await.len(), 0, "a paused run started no tenant: {s:#}");
     assert!(tenant_states(&s).values().all(|st| st == "pending"), "held back to pending: {s:#}");
     assert_eq!(s["run"]["inflight"], 0);
-    let out = tenantry(setup.path(), &["resume", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    setup.ok(&["resume", &run]);
+    setup.succeeds(&run);
     let hits = setup.hits().await;
     assert_eq!(hits.len(), 10);
     assert!(hits.values().all(|n| *n == 1), "{hits:?}");
@@ -517,11 +541,7 @@ async fn a_lease_given_back_at_drain_is_requeued_without_counting_a_lost_worker(
     );
     let mut first = WorkerProcess::spawn(setup.path());
     let run = setup.run("slow");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tenant_states(&status(setup.path(), &run)).values().filter(|s| *s == "running").count() < 3 {
-        assert!(std::time::Instant::now() < deadline, "three tenants did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    setup.wait_running(&run, 3);
     let stopped = std::time::Instant::now();
     assert!(first.terminate().success(), "a worker that gave its leases back exits 0");
     assert!(stopped.elapsed() < Duration::from_secs(4), "drain took {:?}", stopped.elapsed());
@@ -536,8 +556,7 @@ async fn a_lease_given_back_at_drain_is_requeued_without_counting_a_lost_worker(
     assert_eq!(setup.hits().await.len(), 0);
 
     let _second = WorkerProcess::spawn(setup.path());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(60));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    setup.succeeds(&run);
     let hits = setup.hits().await;
     assert_eq!(hits.len(), 3);
     assert!(hits.values().all(|n| *n == 1), "{hits:?}");
@@ -555,19 +574,7 @@ async fn a_tenant_whose_worker_vanishes_too_often_fails_on_the_lost_lease_budget
          sql = \"SELECT pg_sleep(30); INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant'))\"\n",
     );
     let run = setup.run("poison");
-    for kill in 0..2u64 {
-        let mut worker = WorkerProcess::spawn(setup.path());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let c = status(setup.path(), &run)["tenants"]["t000"].clone();
-            if c["state"] == "running" && c["lost"].as_u64().unwrap_or(0) == kill {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "kill {kill}: the tenant did not start again: {c:#}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        worker.kill9();
-    }
+    setup.kill_workers_running(&run, "t000", 2);
     let _survivor = WorkerProcess::spawn(setup.path());
     let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(60));
     assert_eq!(s["run"]["state"], "failed", "{s:#}");
@@ -650,8 +657,7 @@ async fn two_serve_processes_enqueue_each_tick_once() {
     assert!(a.terminate().success(), "serve drains and exits 0 on SIGTERM");
     assert!(b.terminate().success(), "serve drains and exits 0 on SIGTERM");
 
-    let out = tenantry(setup.path(), &["runs", "--limit", "100", "--json"], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
+    let out = setup.ok(&["runs", "--limit", "100", "--json"]);
     let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout()).unwrap();
     let mut ticks: Vec<i64> = runs
         .iter()
@@ -712,8 +718,7 @@ async fn sigterm_drains_in_flight_tenants_and_another_worker_finishes_the_run() 
     assert_eq!(s["run"]["state"], "running", "the run goes on without workers");
 
     let _second = WorkerProcess::spawn(setup.path());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(60));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let s = setup.succeeds(&run);
     let hits = setup.hits().await;
     assert_eq!(hits.len(), 12);
     assert!(hits.values().all(|n| *n == 1), "{hits:?}");
@@ -748,8 +753,7 @@ async fn finished_runs_are_pruned_and_the_key_count_returns_to_its_baseline() {
     let mut baseline = 0;
     for i in 0..5 {
         let run = setup.run("fill");
-        let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
-        assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+        setup.succeeds(&run);
         runs.push(run);
         if i == 0 {
             std::thread::sleep(Duration::from_millis(600));
@@ -861,8 +865,7 @@ async fn session_state_left_by_a_tenants_sql_does_not_reach_the_next_tenant() {
     );
     let _worker = WorkerProcess::spawn(setup.path());
     let run = setup.run("leaky");
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    setup.succeeds(&run);
     let hits = setup.hits().await;
     assert_eq!(hits.len(), 4, "{hits:?}");
     let leaked: Vec<&String> = hits.keys().filter(|h| !h.ends_with('<')).collect();
@@ -900,8 +903,7 @@ async fn pause_stops_a_running_tenant_between_two_steps() {
         assert!(std::time::Instant::now() < deadline, "the tenant did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = tenantry(setup.path(), &["pause", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
+    setup.ok(&["pause", &run]);
     std::thread::sleep(Duration::from_secs(3));
     let s = status(setup.path(), &run);
     let c = &s["tenants"]["t000"];
@@ -911,10 +913,8 @@ async fn pause_stops_a_running_tenant_between_two_steps() {
     assert_eq!(setup.hits().await.len(), 1);
     let (second,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.second").fetch_one(&mut db).await.unwrap();
     assert_eq!(second, 0, "the second step did not start while paused");
-    let out = tenantry(setup.path(), &["resume", &run], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(30));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    setup.ok(&["resume", &run]);
+    setup.succeeds(&run);
     assert_eq!(setup.hits().await.get("t000"), Some(&1), "the first step ran once");
     let (second,): (i64,) = sqlx::query_as("SELECT count(*) FROM public.second").fetch_one(&mut db).await.unwrap();
     assert_eq!(second, 1, "the second step ran once after resume");
@@ -936,23 +936,10 @@ async fn a_tenant_on_three_killed_workers_in_a_row_still_succeeds_with_one_attem
          sql = \"SELECT pg_sleep((SELECT secs FROM public.control)); INSERT INTO public.hits (tenant) VALUES (current_setting('tenantry.tenant'))\"\n",
     );
     let run = setup.run("unlucky");
-    for kill in 0..3u64 {
-        let mut worker = WorkerProcess::spawn(setup.path());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let c = status(setup.path(), &run)["tenants"]["t000"].clone();
-            if c["state"] == "running" && c["lost"].as_u64().unwrap_or(0) == kill {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "kill {kill}: the tenant did not start again: {c:#}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        worker.kill9();
-    }
+    setup.kill_workers_running(&run, "t000", 3);
     exec(&mut db, "UPDATE public.control SET secs = 0").await;
     let _survivor = WorkerProcess::spawn(setup.path());
-    let s = wait_for_state(setup.path(), &run, &["succeeded", "failed"], Duration::from_secs(60));
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let s = setup.succeeds(&run);
     assert_eq!(s["tenants"]["t000"]["lost"], 3, "{s:#}");
     assert_eq!(setup.hits().await.get("t000"), Some(&1));
     setup.drop().await;
