@@ -72,12 +72,6 @@ impl Databases {
         Ok(pool)
     }
 
-    /// A pool on the host's administrative database (the one its URL names), for
-    /// statements such as CREATE DATABASE.
-    pub fn admin(&self, host: &str) -> Result<PgPool, String> {
-        self.postgres(host, &self.admin_database(host)?)
-    }
-
     /// The administrative database of `host` (the one its URL names, else `postgres`).
     pub fn admin_database(&self, host: &str) -> Result<String, String> {
         let spec =

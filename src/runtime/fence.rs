@@ -47,17 +47,6 @@ impl Fence {
         }
     }
 
-    /// The holder string ("worker|fencing token"), for records that name who wrote them.
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
-    /// The fencing token alone (strictly increasing per run): stored beside an effect, it
-    /// tells a newer owner's record from a stale one's.
-    pub fn token(&self) -> u64 {
-        self.holder.rsplit_once('|').and_then(|(_, t)| t.parse().ok()).unwrap_or(0)
-    }
-
     /// Ok while this worker still holds the lease. Call it right before an effect that no
     /// receipt covers; on `Err`, do not perform the effect. A Redis error is transient (the
     /// effect is not performed now; the step may be retried).
