@@ -950,7 +950,7 @@ impl Bench<'_> {
         for _ in 0..3 {
             let started = Instant::now();
             let histories =
-                tenantry::workflow::plan::read_all_histories(self.catalog, &self.ctx.config, groups.clone()).await;
+                tenantry::steps::migrate::read_all_histories(self.catalog, &self.ctx.config, groups.clone()).await;
             best(&mut out.all, started.elapsed());
             if histories.len() != schemas.len() || histories.values().any(|h| h.is_err()) {
                 return Err(
@@ -1149,6 +1149,8 @@ impl Bench<'_> {
                         service: services.get(&unit.service),
                         cancel: &tokio_util::sync::CancellationToken::new(),
                         fence: &tenantry::runtime::fence::Fence::none(&spec.id, tenant),
+                        objects: None,
+                        clock: &tenantry::runtime::clock::SystemClock,
                     };
                     execute(&ctx).await.map_err(|e| format!("tenant {tenant}: {e}"))?;
                     done += 1;
@@ -1548,7 +1550,7 @@ async fn render(args: &Args, results: &Results) -> String {
     if let Some(h) = &results.history_read {
         let _ = writeln!(
             out,
-            "\nThe bulk history read alone (best of three, N = {}): `plan::read_all_histories` {}; its parts called \
+            "\nThe bulk history read alone (best of three, N = {}): `migrate::read_all_histories` {}; its parts called \
              directly: connect {}, `read_histories` over the N schemas {}, close {} (connect with `sslmode=disable`: {}).",
             args.tenants,
             ms(h.all),

@@ -880,6 +880,8 @@ impl Bench<'_> {
                         service: services.get(&unit.service),
                         cancel: &cancel,
                         fence: &tenantry::runtime::fence::Fence::none(&run_id, tenant),
+                        objects: None,
+                        clock: &tenantry::runtime::clock::SystemClock,
                     };
                     execute(&ctx).await.map_err(|e| format!("tenant {tenant}: {e}"))?;
                     done += 1;

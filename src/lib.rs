@@ -15,5 +15,6 @@ pub mod runtime;
 pub mod secret;
 pub mod source;
 pub mod steps;
+pub mod storage;
 pub mod units;
 pub mod workflow;

@@ -285,6 +285,6 @@ async fn plan_shows_steps_that_cannot_run_yet_as_blocked() {
         }
     }
     let text = tenantry(fleet.path(), &["plan", "maintain"], &[]);
-    assert!(text.stdout().contains("BLOCKED: step kind vacuum does not run yet"), "{}", text.all());
+    assert!(text.stdout().contains("BLOCKED: vacuum does not run yet"), "{}", text.all());
     fleet.drop().await;
 }

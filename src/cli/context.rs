@@ -149,6 +149,15 @@ impl Context {
             per_pool,
             c.limits.max_pools as usize,
         ));
+        let objects = match &c.storage {
+            Some(storage) => {
+                let mut storage = storage.clone();
+                storage.path = storage.path.as_ref().map(|p| self.config.resolve_path(p));
+                let opened = crate::storage::ObjectStore::open(&storage).await;
+                Some(std::sync::Arc::new(opened.map_err(|e| Failure::Unreachable(e.to_string()))?))
+            }
+            None => None,
+        };
         Ok(std::sync::Arc::new(
             crate::runtime::worker::Runtime::new(
                 store,
@@ -157,7 +166,8 @@ impl Context {
                 c.runtime.clone(),
                 self.config.base_dir.clone(),
             )
-            .with_services(c.services.clone()),
+            .with_services(c.services.clone())
+            .with_objects(objects),
         ))
     }
 

@@ -185,6 +185,37 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
             }
             _ => {}
         }
+        match s.sse.as_deref() {
+            None | Some("AES256") => {}
+            Some("aws:kms") if s.kms_key_id.is_none() => {
+                err(path!["storage", "sse"], "storage.sse = \"aws:kms\" needs storage.kms_key_id".into())
+            }
+            Some("aws:kms") => {}
+            Some(other) => err(
+                path!["storage", "sse"],
+                format!("storage.sse must be \"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS), not {other:?}"),
+            ),
+        }
+        if s.kms_key_id.is_some() && s.sse.as_deref() != Some("aws:kms") {
+            err(path!["storage", "kms_key_id"], "storage.kms_key_id is only used with sse = \"aws:kms\"".into());
+        }
+        if let Some(size) = s.part_size
+            && size.0 < 5 << 20
+        {
+            err(
+                path!["storage", "part_size"],
+                format!("storage.part_size must be at least 5MiB (S3's minimum), not {} bytes", size.0),
+            );
+        }
+        if s.parts_in_flight == Some(0) {
+            err(path!["storage", "parts_in_flight"], "storage.parts_in_flight must be at least 1".into());
+        }
+        if s.access_key_id.is_some() != s.secret_access_key.is_some() {
+            err(
+                path!["storage"],
+                "storage needs both access_key_id and secret_access_key, or neither (the standard AWS credential chain)".into(),
+            );
+        }
     }
     out
 }

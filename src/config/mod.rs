@@ -186,4 +186,19 @@ pub struct StorageConfig {
     pub secret_access_key: Option<Secret>,
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers
+    /// need; default true when an `endpoint` is set, false for AWS.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// Server-side encryption: `"AES256"` (SSE-S3) or `"aws:kms"` (SSE-KMS, with `kms_key_id`).
+    #[serde(default)]
+    pub sse: Option<String>,
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// Part size of multipart uploads (default 8MiB, at least 5MiB).
+    #[serde(default)]
+    pub part_size: Option<crate::units::ByteSize>,
+    /// Parts of one upload in flight at once (default 3).
+    #[serde(default)]
+    pub parts_in_flight: Option<u32>,
 }

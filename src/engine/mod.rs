@@ -5,3 +5,4 @@ pub mod pools;
 pub mod postgres;
 pub mod session;
 pub mod split;
+pub mod tools;

@@ -40,6 +40,11 @@ impl Databases {
         }
     }
 
+    /// A host of this worker's configuration.
+    pub fn host(&self, host: &str) -> Result<&HostSpec, String> {
+        self.hosts.get(host).ok_or_else(|| format!("host {host:?} is not in this worker's configuration"))
+    }
+
     /// A pool for `database` on `host` (connections are opened lazily).
     pub fn postgres(&self, host: &str, database: &str) -> Result<PgPool, String> {
         let spec =

@@ -126,13 +126,19 @@ pub fn retry_snapshot(parent: &RunSpec, failed: &BTreeMap<String, usize>) -> Run
 /// reports them. Returns how many tenants need no work.
 pub async fn skip_up_to_date(spec: &mut RunSpec, catalog: &Catalog, config: &LoadedConfig) -> usize {
     use crate::steps::StepKind;
-    use crate::steps::migrate::compare;
+    use crate::steps::migrate::{Options, compare};
+    // A migrate step's options (validated when the run was made); `to` pins a version, so
+    // its targets are never skipped.
+    let options: Vec<Option<Options>> = spec
+        .steps
+        .iter()
+        .map(|s| (s.kind == StepKind::Migrate).then(|| s.options_as::<Options>().ok()).flatten())
+        .map(|o| o.filter(|o| o.to.is_none()))
+        .collect();
     let mut groups: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for t in spec.tenants.values() {
         for u in &t.units {
-            let step = &spec.steps[u.step];
-            if step.kind == StepKind::Migrate
-                && step.to.is_none()
+            if options[u.step].is_some()
                 && let Some(p) = t.placements.get(&u.service)
                 && p.engine == crate::catalog::Engine::Postgres
             {
@@ -143,7 +149,7 @@ pub async fn skip_up_to_date(spec: &mut RunSpec, catalog: &Catalog, config: &Loa
     if groups.is_empty() {
         return 0;
     }
-    let histories = crate::workflow::plan::read_all_histories(catalog, config, groups).await;
+    let histories = crate::steps::migrate::read_all_histories(catalog, config, groups).await;
     // The migration sets of the services this run migrates (not every service's).
     let mut sets = BTreeMap::new();
     for service in spec.migrations.keys() {
@@ -153,19 +159,15 @@ pub async fn skip_up_to_date(spec: &mut RunSpec, catalog: &Catalog, config: &Loa
             sets.insert(service.clone(), set);
         }
     }
-    let steps = spec.steps.clone();
     let mut skipped = 0;
     for t in spec.tenants.values_mut() {
         let before = t.units.len();
         t.units.retain(|u| {
-            let step = &steps[u.step];
-            if step.kind != StepKind::Migrate || step.to.is_some() {
-                return true;
-            }
+            let Some(options) = &options[u.step] else { return true };
             let (Some(p), Some(set)) = (t.placements.get(&u.service), sets.get(&u.service)) else { return true };
             match histories.get(&(p.host.clone(), p.database.clone(), p.schema.clone())) {
                 Some(Ok(history)) => {
-                    let status = compare(set, history, step.allow_out_of_order.unwrap_or(false));
+                    let status = compare(set, history, options.allow_out_of_order());
                     !(status.pending.is_empty() && status.problems.is_empty())
                 }
                 _ => true,

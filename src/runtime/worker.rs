@@ -38,6 +38,8 @@ pub struct Runtime {
     stopping: CancellationToken,
     /// Service definitions, for the steps that need more than the placement (migrations).
     services: std::collections::BTreeMap<String, crate::catalog::ServiceSpec>,
+    /// The object store of `[storage]` (backups), when configured.
+    objects: Option<Arc<crate::storage::ObjectStore>>,
     /// Migration sets loaded per (run, service), checked against the run's snapshot.
     migration_sets: Mutex<HashMap<(String, String), Arc<crate::migrations::MigrationSet>>>,
 }
@@ -113,6 +115,7 @@ impl Runtime {
             leases: Arc::new(Mutex::new(Leases::default())),
             stopping: CancellationToken::new(),
             services: Default::default(),
+            objects: None,
             migration_sets: Mutex::new(HashMap::new()),
         }
     }
@@ -120,6 +123,12 @@ impl Runtime {
     /// The service definitions of this process's configuration.
     pub fn with_services(mut self, services: std::collections::BTreeMap<String, crate::catalog::ServiceSpec>) -> Self {
         self.services = services;
+        self
+    }
+
+    /// The object store the steps write backups to.
+    pub fn with_objects(mut self, objects: Option<Arc<crate::storage::ObjectStore>>) -> Self {
+        self.objects = objects;
         self
     }
 
@@ -542,6 +551,8 @@ impl Runtime {
                 base_dir: &self.base_dir,
                 cancel: &stop,
                 fence,
+                objects: self.objects.as_deref(),
+                clock: &crate::runtime::clock::SystemClock,
             };
             let timeout = step.timeout.unwrap_or(spec.timeout).0;
             // Whichever comes first ends the step: its result, its timeout, or the loss of

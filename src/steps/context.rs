@@ -1,13 +1,14 @@
-//! What a step gets to run one tenant: the run, the tenant, its placement, the step's options, database sessions, the cancellation signal and the lease's fence; and the dispatch to each kind.
+//! What a step gets to run one tenant: the run, the tenant, its placement, the step, database sessions, the cancellation signal, the lease's fence and the clock.
 
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{StepError, StepKind, StepSpec};
-use crate::catalog::{Engine, Placement};
+use super::{StepError, StepSpec};
+use crate::catalog::Placement;
 use crate::engine::pools::{Databases, SessionError};
 use crate::engine::session::PgSession;
+use crate::runtime::clock::Clock;
 use crate::runtime::fence::Fence;
 
 pub struct StepContext<'a> {
@@ -35,6 +36,10 @@ pub struct StepContext<'a> {
     /// The lease: check it right before an effect that no receipt covers (see
     /// [`crate::runtime::fence`] for the rule).
     pub fence: &'a Fence,
+    /// The object store of `[storage]`, when the config has one (backups).
+    pub objects: Option<&'a crate::storage::ObjectStore>,
+    /// The time, for windows and timestamps (the scheduler's clock; a test can move it).
+    pub clock: &'a dyn Clock,
 }
 
 impl StepContext<'_> {
@@ -62,13 +67,8 @@ impl StepContext<'_> {
     }
 
     fn postgres_only(&self) -> Result<(), StepError> {
-        if self.placement.engine != Engine::Postgres {
-            return Err(StepError::permanent(format!(
-                "{} is not supported on {} yet",
-                self.step.kind, self.placement.engine
-            )));
-        }
-        Ok(())
+        super::define::postgres_only(self.placement.engine)
+            .map_err(|why| StepError::permanent(format!("{} {why}", self.step.kind)))
     }
 }
 
@@ -79,33 +79,8 @@ fn session_result(result: Result<PgSession, SessionError>) -> Result<PgSession, 
     })
 }
 
-/// The registry: which step kinds this version runs, on which engine. `execute` below and
-/// this function are the two lines a new kind adds; `plan` reports a step that cannot run
-/// as blocked, and `validate` warns about it, from here.
-pub fn can_run(kind: StepKind, engine: Engine) -> Result<(), String> {
-    let implemented = matches!(
-        kind,
-        StepKind::Sql | StepKind::Health | StepKind::Migrate | StepKind::Drift | StepKind::Seed | StepKind::Provision
-    );
-    if !implemented {
-        return Err(format!("step kind {kind} does not run yet in this version of tenantry"));
-    }
-    if engine != Engine::Postgres {
-        return Err(format!("{kind} is not supported on {engine} yet"));
-    }
-    Ok(())
-}
-
-/// Runs one unit. The result is what the step reports (stored in the checkpoint).
+/// Runs one unit with its kind's definition (see [`super::StepKind::def`]). The result is what the
+/// step reports (stored in the checkpoint).
 pub async fn execute(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
-    can_run(ctx.step.kind, ctx.placement.engine).map_err(StepError::permanent)?;
-    match ctx.step.kind {
-        StepKind::Sql => super::sql::run(ctx).await,
-        StepKind::Health => super::health::run(ctx).await,
-        StepKind::Migrate => super::migrate::run(ctx).await,
-        StepKind::Drift => super::drift::run(ctx).await,
-        StepKind::Seed => super::seed::run(ctx).await,
-        StepKind::Provision => super::provision::run(ctx).await,
-        other => Err(StepError::permanent(format!("step kind {other} has no implementation registered"))),
-    }
+    ctx.step.kind.def().run(ctx).await
 }

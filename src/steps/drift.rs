@@ -14,10 +14,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnection;
 use tokio::sync::OnceCell;
 
+use super::define::{Findings, Step};
 use super::migrate::HISTORY_TABLE;
 use super::{StepContext, StepError};
 use crate::catalog::{HostSpec, Isolation, Placement};
@@ -377,15 +379,41 @@ async fn read_target(ctx: &StepContext<'_>, placement: &Placement, whose: &str) 
     })
 }
 
+pub struct Drift;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// The tenant whose schema the others are compared with; without it the step records
+    /// each tenant's fingerprint.
+    pub reference: Option<String>,
+}
+
+impl Step for Drift {
+    type Options = Options;
+
+    fn check(options: &Options, out: &mut Findings) {
+        if let Some(reference) = &options.reference
+            && let Err(e) = crate::catalog::TenantId::parse(reference)
+        {
+            out.push(("reference".into(), e));
+        }
+    }
+
+    async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
+        run(ctx, options).await
+    }
+}
+
 /// Fingerprints the tenant's target. With `reference`, compares it with the reference
 /// tenant's and fails permanently with the diff when they differ (a retry cannot help:
 /// the schemas have to be brought in line). Without, records the hash and succeeds.
 #[tracing::instrument(skip_all, fields(run = ctx.run, tenant = ctx.tenant, service = %ctx.placement.service, step = ctx.unit))]
-pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
     // Refuses engines other than PostgreSQL with a clear message.
     ctx.session().await?.release().await;
     let own = read_target(ctx, ctx.placement, &format!("tenant {}", ctx.tenant)).await?;
-    let Some(reference) = ctx.step.reference.as_deref() else {
+    let Some(reference) = options.reference.as_deref() else {
         return Ok(serde_json::json!({ "hash": own.hash(), "facts": own.len(), "reference": null }));
     };
     let ref_placement = if reference == ctx.tenant {

@@ -6,20 +6,43 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
+use super::define::Step;
 use super::{StepContext, StepError};
 use crate::catalog::Isolation;
+use crate::units::HumanDuration;
 
 /// Transaction-id age at which PostgreSQL starts warning is 1.4 billion (autovacuum
 /// emergencies start at 200 million by default); 1 billion leaves room to act.
 const DEFAULT_MAX_XID_AGE: u64 = 1_000_000_000;
 const DEFAULT_LONG_TRANSACTION: Duration = Duration::from_secs(5 * 60);
 
-pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+pub struct Health;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// A transaction open longer than this makes the tenant unhealthy (default 5m).
+    pub long_transaction: Option<HumanDuration>,
+    /// A transaction-id age above this makes the tenant unhealthy (default 1 billion).
+    pub max_xid_age: Option<u64>,
+}
+
+impl Step for Health {
+    type Options = Options;
+
+    async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
+        run(ctx, options).await
+    }
+}
+
+async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
     let started = Instant::now();
     let mut conn = ctx.session().await?;
     let connect_ms = started.elapsed().as_millis() as u64;
-    let long = ctx.step.long_transaction.map_or(DEFAULT_LONG_TRANSACTION, |d| d.0);
-    let max_xid_age = ctx.step.max_xid_age.unwrap_or(DEFAULT_MAX_XID_AGE);
+    let long = options.long_transaction.map_or(DEFAULT_LONG_TRANSACTION, |d| d.0);
+    let max_xid_age = options.max_xid_age.unwrap_or(DEFAULT_MAX_XID_AGE);
 
     let (database_bytes, xid_age, connections, long_transactions, oldest_s): (i64, i64, i64, i64, Option<f64>) =
         sqlx::query_as(include_str!("health_database.sql"))

@@ -1,10 +1,11 @@
-//! The step kinds, their options and the services (isolation, engine) each can run on.
+//! The step kinds by name, and the registry that maps each to its definition in its own file.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Engine, Isolation, ServiceSpec};
+use super::define::{Kind, registered};
+use crate::catalog::{Engine, ServiceSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,50 +63,43 @@ impl StepKind {
         }
     }
 
+    /// The registry: what each kind is, from its own file. A new kind adds its variant
+    /// above and its line here.
+    pub fn def(self) -> &'static dyn Kind {
+        use super::{backup, drift, health, migrate, planned, provision, seed, sql};
+        match self {
+            Self::Migrate => registered::<migrate::Migrate>(),
+            Self::Seed => registered::<seed::Seed>(),
+            Self::Provision => registered::<provision::Provision>(),
+            Self::Backup => registered::<backup::Backup>(),
+            Self::PruneBackups => registered::<planned::PruneBackups>(),
+            Self::VerifyRestore => registered::<planned::VerifyRestore>(),
+            Self::RdsSnapshot => registered::<planned::RdsSnapshot>(),
+            Self::VerifySnapshot => registered::<planned::VerifySnapshot>(),
+            Self::Vacuum => registered::<planned::Vacuum>(),
+            Self::AnalyzeIndexes => registered::<planned::AnalyzeIndexes>(),
+            Self::Purge => registered::<planned::Purge>(),
+            Self::Health => registered::<health::Health>(),
+            Self::Sql => registered::<sql::Sql>(),
+            Self::Drift => registered::<drift::Drift>(),
+        }
+    }
+
     /// The options this kind takes, besides the common ones (`kind`, `name`, `services`,
     /// `timeout`). Anything else in a step of this kind is reported by `validate`.
     pub fn options(self) -> &'static [&'static str] {
-        match self {
-            Self::Migrate => &["to", "allow_out_of_order", "lock_timeout", "statement_timeout"],
-            Self::Seed => &["lock_timeout"],
-            Self::Provision => &["seed", "lock_timeout"],
-            Self::Backup => &["compression"],
-            Self::PruneBackups => &["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "dry_run"],
-            Self::VerifyRestore => &["backup", "sample", "smoke_queries", "scratch_host"],
-            Self::RdsSnapshot => &["keep_last"],
-            Self::VerifySnapshot => &["sample", "smoke_queries"],
-            Self::Vacuum => &["min_dead_tuples", "min_dead_ratio", "analyze"],
-            Self::AnalyzeIndexes => &["reindex_invalid", "min_bloat_ratio"],
-            Self::Purge => {
-                &["table", "column", "older_than", "retention_label", "batch_size", "pause", "time_budget", "dry_run"]
-            }
-            Self::Health => &["long_transaction", "max_xid_age"],
-            Self::Sql => &["sql", "file", "transaction"],
-            Self::Drift => &["reference"],
-        }
+        self.def().options()
     }
 
     /// Whether a step of this kind can run on a service; `Err` says why not, for `validate`.
     pub fn fits(self, service: &ServiceSpec) -> Result<(), String> {
-        let isolation = service.isolation;
-        let engine = service.engine;
-        match self {
-            Self::RdsSnapshot | Self::VerifySnapshot if isolation != Isolation::Database => Err(format!(
-                "{self} needs a managed instance per tenant (database isolation), not {isolation} isolation"
-            )),
-            Self::RdsSnapshot | Self::VerifySnapshot | Self::Vacuum | Self::AnalyzeIndexes if engine != Engine::Postgres => {
-                Err(format!("{self} runs on PostgreSQL services only, not {engine}"))
-            }
-            Self::Provision if isolation == Isolation::Row => Err(
-                "provision creates a tenant's own database or schema; row isolation tenants live in shared tables (use migrate on the shared database)"
-                    .to_string(),
-            ),
-            Self::Migrate | Self::Provision if service.migrations.is_none() => {
-                Err(format!("{self} needs the service's `migrations` directory, which is not set"))
-            }
-            Self::Seed if service.seeds.is_none() => Err("seed needs the service's `seeds` directory, which is not set".to_string()),
-            _ => Ok(()),
-        }
+        self.def().fits(service)
+    }
+
+    /// Whether this version runs the kind on `engine`; `Err` says why not (`plan` shows the
+    /// step as blocked, `validate` warns, a run fails the step).
+    pub fn runs_on(self, engine: Engine) -> Result<(), String> {
+        self.def().runs_on(engine).map_err(|why| format!("{self} {why}"))
     }
 }
 

@@ -1,18 +1,132 @@
-//! The `migrate` step: the history table inside each target, reading histories in bulk, and comparing them with a migrations directory.
+//! The `migrate` step: pending migrations applied per target under its advisory lock, each with its history row; the history read in bulk for `plan` and the rollout fast path.
 //!
 //! The history table lives in the tenant's own database/schema (for `row` isolation, in the
 //! shared one), so a lost checkpoint in Redis can never cause a second apply: the target
-//! itself knows what it has. Applying is the runtime's part (a later issue); this module
-//! answers "what is applied, what is pending, and is anything wrong".
+//! itself knows what it has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
+use super::define::{Findings, PlanEnv, Step};
+use crate::catalog::{Catalog, Engine, Isolation, Placement, ServiceSpec};
+use crate::config::LoadedConfig;
 use crate::engine::postgres::quote_ident;
 use crate::migrations::{MigrationSet, Version};
+use crate::units::HumanDuration;
+use crate::workflow::plan::{StepAction, TargetKey};
+
+pub struct Migrate;
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Migrate up or down to this version instead of the newest.
+    pub to: Option<String>,
+    /// Accept pending versions older than the newest applied one.
+    pub allow_out_of_order: Option<bool>,
+    /// How long a migration waits for a lock held by the application (default 5s).
+    pub lock_timeout: Option<HumanDuration>,
+    /// A limit on each statement of a migration (default: none).
+    pub statement_timeout: Option<HumanDuration>,
+}
+
+impl Options {
+    pub fn allow_out_of_order(&self) -> bool {
+        self.allow_out_of_order.unwrap_or(false)
+    }
+}
+
+impl Step for Migrate {
+    type Options = Options;
+
+    fn fits(service: &ServiceSpec) -> Result<(), String> {
+        match service.migrations {
+            None => Err("migrate needs the service's `migrations` directory, which is not set".to_string()),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn check(options: &Options, out: &mut Findings) {
+        if let Some(to) = &options.to
+            && to.parse::<Version>().is_err()
+        {
+            out.push(("to".into(), format!("`to` must be a migration version such as \"3\" or \"1.2\", not {to:?}")));
+        }
+        super::seed::check_lock_timeout(options.lock_timeout, out);
+        if options.statement_timeout.is_some_and(|d| d.0.is_zero()) {
+            out.push(("statement_timeout".into(), "statement_timeout must be longer than zero".to_string()));
+        }
+    }
+
+    async fn plan(options: &Options, targets: &[&Placement], env: PlanEnv<'_>) -> Vec<StepAction> {
+        plan(options, targets, env).await
+    }
+
+    async fn run(ctx: &super::StepContext<'_>, options: &Options) -> Result<serde_json::Value, super::StepError> {
+        apply(ctx, options).await
+    }
+}
+
+/// What each target's history says against its service's migrations.
+async fn plan(options: &Options, targets: &[&Placement], env: PlanEnv<'_>) -> Vec<StepAction> {
+    let mut sets: BTreeMap<&str, Result<MigrationSet, String>> = BTreeMap::new();
+    let mut to_read: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for p in targets {
+        sets.entry(&p.service).or_insert_with(|| {
+            match env.catalog.services.get(&p.service).and_then(|s| s.migrations.as_ref()) {
+                None => Err("the service has no migrations directory".to_string()),
+                Some(dir) => MigrationSet::load(&env.config.resolve_path(dir)).map_err(|e| e.to_string()),
+            }
+        });
+        if p.engine == Engine::Postgres {
+            to_read.entry((p.host.clone(), p.database.clone())).or_default().insert(p.schema.clone());
+        }
+    }
+    let histories = read_all_histories(env.catalog, env.config, to_read).await;
+    targets
+        .iter()
+        .map(|p| {
+            let set = match sets.get(p.service.as_str()) {
+                Some(Ok(set)) => set,
+                Some(Err(e)) => return StepAction::Blocked { reason: e.clone() },
+                None => return StepAction::Blocked { reason: "no migrations".to_string() },
+            };
+            match histories.get(&(p.host.clone(), p.database.clone(), p.schema.clone())) {
+                Some(Ok(history)) => StepAction::Migrate {
+                    status: compare(set, history, options.allow_out_of_order()),
+                    shared: p.isolation == Isolation::Row,
+                },
+                Some(Err(e)) => StepAction::Blocked { reason: e.clone() },
+                None => StepAction::Blocked { reason: "history was not read".to_string() },
+            }
+        })
+        .collect()
+}
+
+/// Reads the histories of every (host, database) group, at most `limits.plan_connections`
+/// connections per host at a time. Errors are per target, so one unreachable database
+/// shows up in its tenants' plans without hiding the rest of the fleet.
+pub async fn read_all_histories(
+    catalog: &Catalog,
+    config: &LoadedConfig,
+    groups: BTreeMap<(String, String), BTreeSet<String>>,
+) -> BTreeMap<TargetKey, Result<Vec<AppliedMigration>, String>> {
+    let per_host = config.config.limits.plan_connections as usize;
+    crate::engine::fleet::read_targets(
+        &catalog.hosts,
+        groups,
+        per_host,
+        "the migration history",
+        async |conn, schemas| read_histories(conn, schemas).await,
+    )
+    .await
+    .into_iter()
+    .map(|(key, result)| (key, result.map_err(|e| e.message)))
+    .collect()
+}
 
 /// Name of the history table in every target.
 pub const HISTORY_TABLE: &str = "tenantry_migrations";
@@ -164,7 +278,7 @@ const LOCK_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(200
 
 /// Applies the pending migrations of one target (or reverts to `to`), one transaction per
 /// migration with its history row, under the target's advisory lock.
-pub async fn run(ctx: &super::StepContext<'_>) -> Result<serde_json::Value, super::StepError> {
+pub async fn apply(ctx: &super::StepContext<'_>, options: &Options) -> Result<serde_json::Value, super::StepError> {
     use super::StepError;
     let set = ctx.migrations.ok_or_else(|| StepError::permanent("the service has no migrations directory"))?;
     let mut conn = ctx.session().await?;
@@ -194,7 +308,7 @@ pub async fn run(ctx: &super::StepContext<'_>) -> Result<serde_json::Value, supe
         }
         tokio::time::sleep(LOCK_WAIT_POLL).await;
     }
-    let result = apply_locked(ctx, set, &mut conn, &schema).await;
+    let result = apply_locked(ctx, options, set, &mut conn, &schema).await;
     conn.release().await;
     result.map(|mut v| {
         v["waited_for_lock_ms"] = serde_json::json!(if waited { started.elapsed().as_millis() as u64 } else { 0 });
@@ -204,6 +318,7 @@ pub async fn run(ctx: &super::StepContext<'_>) -> Result<serde_json::Value, supe
 
 async fn apply_locked(
     ctx: &super::StepContext<'_>,
+    options: &Options,
     set: &MigrationSet,
     conn: &mut PgConnection,
     schema: &str,
@@ -218,8 +333,7 @@ async fn apply_locked(
         .await
         .map_err(|e| StepError::from_sqlx("reading the migration history", &e))?;
     let history = histories.get(schema).cloned().unwrap_or_default();
-    let allow_out_of_order = ctx.step.allow_out_of_order.unwrap_or(false);
-    let status = compare(set, &history, allow_out_of_order);
+    let status = compare(set, &history, options.allow_out_of_order());
     let target = ctx.placement.target_key();
     if !status.problems.is_empty() {
         return Err(StepError::permanent(format!(
@@ -228,7 +342,7 @@ async fn apply_locked(
             status.problems.join("; ")
         )));
     }
-    let to: Option<Version> = match &ctx.step.to {
+    let to: Option<Version> = match &options.to {
         Some(v) => Some(v.parse().map_err(|_| StepError::permanent(format!("invalid `to` version {v:?}")))?),
         None => None,
     };
@@ -237,8 +351,8 @@ async fn apply_locked(
         v.sort();
         v
     };
-    let lock_timeout = ctx.step.lock_timeout.map_or(std::time::Duration::from_secs(5), |d| d.0);
-    let statement_timeout = ctx.step.statement_timeout.map(|d| d.0);
+    let lock_timeout = options.lock_timeout.map_or(std::time::Duration::from_secs(5), |d| d.0);
+    let statement_timeout = options.statement_timeout.map(|d| d.0);
     let mut done = Vec::new();
 
     // Down: revert applied versions newer than `to`, newest first.

@@ -1,10 +1,47 @@
 //! The `provision` step: onboarding a tenant — create its database or schema when missing, apply every migration, then the service's seeds.
 
-use super::{StepContext, StepError};
-use crate::catalog::Isolation;
-use crate::engine::postgres::quote_ident;
+use serde::Deserialize;
 
-pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+use super::define::{Findings, Step};
+use super::{StepContext, StepError};
+use crate::catalog::{Isolation, ServiceSpec};
+use crate::engine::postgres::quote_ident;
+use crate::units::HumanDuration;
+
+pub struct Provision;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Apply the service's seeds after the migrations (default true, when it has seeds).
+    pub seed: Option<bool>,
+    /// How long migrations and seeds wait for a lock (migrate's default: 5s).
+    pub lock_timeout: Option<HumanDuration>,
+}
+
+impl Step for Provision {
+    type Options = Options;
+
+    fn fits(service: &ServiceSpec) -> Result<(), String> {
+        if service.isolation == Isolation::Row {
+            return Err(
+                "provision creates a tenant's own database or schema; row isolation tenants live in shared tables (use migrate on the shared database)"
+                    .to_string(),
+            );
+        }
+        super::migrate::Migrate::fits(service).map_err(|why| why.replacen("migrate", "provision", 1))
+    }
+
+    fn check(options: &Options, out: &mut Findings) {
+        super::seed::check_lock_timeout(options.lock_timeout, out);
+    }
+
+    async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
+        run(ctx, options).await
+    }
+}
+
+async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
     let created = match ctx.placement.isolation {
         Isolation::Database => create_database(ctx).await?,
         Isolation::Schema => create_schema(ctx).await?,
@@ -14,11 +51,12 @@ pub async fn run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> 
             ));
         }
     };
-    let migrated = super::migrate::run(ctx).await?;
+    let migrate = super::migrate::Options { lock_timeout: options.lock_timeout, ..Default::default() };
+    let migrated = super::migrate::apply(ctx, &migrate).await?;
     let seeded = match ctx.service.and_then(|s| s.seeds.as_ref()) {
-        Some(_) if ctx.step.seed.unwrap_or(true) => {
+        Some(_) if options.seed.unwrap_or(true) => {
             let files = super::seed::seed_files(ctx)?;
-            super::seed::apply(ctx, &files).await?
+            super::seed::apply(ctx, &files, options.lock_timeout).await?
         }
         _ => serde_json::Value::Null,
     };

@@ -229,7 +229,7 @@ fn check_steps(
             }
         }
         for (key, message) in step.check_values() {
-            err(at(key), format!("step {label}: {message}"));
+            err(at(&key), format!("step {label}: {message}"));
         }
         match &step.services {
             Some(list) => {
@@ -284,7 +284,7 @@ pub fn warnings(spec: &WorkflowSpec, source: &SourceFile, services: &BTreeMap<St
             .iter()
             .filter_map(|n| services.get(*n))
             .filter(|svc| step.kind.fits(svc).is_ok())
-            .filter_map(|svc| crate::steps::can_run(step.kind, svc.engine).err())
+            .filter_map(|svc| step.kind.runs_on(svc.engine).err())
             .collect();
         for reason in reasons {
             out.push(source.error_at(

@@ -1,15 +1,15 @@
 //! `plan`: what a workflow would do per wave, per tenant and per step, from the catalog and the targets' current state. Changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::{Wave, Workflow, assign, target};
-use crate::catalog::{Catalog, Engine, Placement, TenantId};
+use crate::catalog::{Catalog, Placement, TenantId};
 use crate::config::LoadedConfig;
-use crate::migrations::MigrationSet;
 use crate::steps::StepKind;
-use crate::steps::migrate::{AppliedMigration, MigrationStatus, compare, read_histories};
+use crate::steps::define::PlanEnv;
+use crate::steps::migrate::MigrationStatus;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -86,28 +86,36 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
     let waves = assign(&spec.waves, &tenants, &workflow.name);
     let services = target::target_services(&spec.target, catalog);
 
-    // Per migrate step's service: its migration set, and every target to read.
-    let mut sets: BTreeMap<String, Result<MigrationSet, String>> = BTreeMap::new();
-    let mut to_read: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for step in spec.steps.iter().filter(|s| s.kind == StepKind::Migrate) {
-        for service in target::step_services(step, &services, catalog) {
-            let Some(service_spec) = catalog.services.get(service) else {
-                continue;
-            };
-            sets.entry(service.to_string()).or_insert_with(|| match &service_spec.migrations {
-                None => Err("the service has no migrations directory".to_string()),
-                Some(dir) => MigrationSet::load(&config.resolve_path(dir)).map_err(|e| e.to_string()),
-            });
-            for t in &tenants {
-                if let Some(p) = t.placements.get(service)
-                    && p.engine == Engine::Postgres
-                {
-                    to_read.entry((p.host.clone(), p.database.clone())).or_default().insert(p.schema.clone());
+    // Each step's kind looks at all of its targets at once (migrate reads the histories in
+    // bulk), then the answers are laid out per wave, tenant and step.
+    let env = PlanEnv { catalog, config };
+    let mut actions: Vec<BTreeMap<(&TenantId, &str), StepAction>> = Vec::new();
+    for step in &spec.steps {
+        let mut keys = Vec::new();
+        let mut targets: Vec<&Placement> = Vec::new();
+        for tenant in &tenants {
+            for service in target::step_services(step, &services, catalog) {
+                if let Some(placement) = tenant.placements.get(service) {
+                    keys.push((&tenant.id, service));
+                    targets.push(placement);
                 }
             }
         }
+        // Targets on an engine the kind does not run on yet are blocked without asking it.
+        let (runnable, blocked): (Vec<usize>, Vec<usize>) =
+            (0..targets.len()).partition(|&i| step.kind.runs_on(targets[i].engine).is_ok());
+        let asked: Vec<&Placement> = runnable.iter().map(|&i| targets[i]).collect();
+        let answers = step.kind.def().plan(step, &asked, env).await;
+        let mut by_key = BTreeMap::new();
+        for (i, action) in runnable.into_iter().zip(answers) {
+            by_key.insert(keys[i], action);
+        }
+        for i in blocked {
+            let reason = step.kind.runs_on(targets[i].engine).unwrap_err();
+            by_key.insert(keys[i], StepAction::Blocked { reason });
+        }
+        actions.push(by_key);
     }
-    let histories = read_all_histories(catalog, config, to_read).await;
 
     let by_id: BTreeMap<&TenantId, &crate::catalog::Tenant> = tenants.iter().map(|t| (&t.id, *t)).collect();
     let waves = waves
@@ -119,29 +127,19 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
                 .map(|id| {
                     let tenant = by_id[id];
                     let mut steps = Vec::new();
-                    for step in &spec.steps {
+                    for (step, actions) in spec.steps.iter().zip(&actions) {
                         for service in target::step_services(step, &services, catalog) {
-                            let Some(placement) = tenant.placements.get(service) else {
+                            let (Some(placement), Some(action)) =
+                                (tenant.placements.get(service), actions.get(&(&tenant.id, service)))
+                            else {
                                 continue;
-                            };
-                            let action = match step.kind {
-                                _ if let Err(reason) = crate::steps::can_run(step.kind, placement.engine) => {
-                                    StepAction::Blocked { reason }
-                                }
-                                StepKind::Migrate => migrate_action(
-                                    placement,
-                                    &sets,
-                                    &histories,
-                                    step.allow_out_of_order.unwrap_or(false),
-                                ),
-                                _ => StepAction::Run,
                             };
                             steps.push(StepPlan {
                                 step: step.label(),
                                 kind: step.kind,
                                 service: service.to_string(),
                                 target: placement.target_key(),
-                                action,
+                                action: action.clone(),
                             });
                         }
                     }
@@ -152,53 +150,4 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
         })
         .collect();
     Plan { workflow: workflow.name.clone(), tenants: tenants.len(), waves }
-}
-
-fn migrate_action(
-    placement: &Placement,
-    sets: &BTreeMap<String, Result<MigrationSet, String>>,
-    histories: &BTreeMap<TargetKey, Result<Vec<AppliedMigration>, String>>,
-    allow_out_of_order: bool,
-) -> StepAction {
-    if placement.engine != Engine::Postgres {
-        return StepAction::Blocked { reason: format!("migrate on {} is not supported yet", placement.engine) };
-    }
-    let set = match sets.get(&placement.service) {
-        Some(Ok(set)) => set,
-        Some(Err(e)) => return StepAction::Blocked { reason: e.clone() },
-        None => {
-            return StepAction::Blocked { reason: "no migrations".to_string() };
-        }
-    };
-    let key = (placement.host.clone(), placement.database.clone(), placement.schema.clone());
-    match histories.get(&key) {
-        Some(Ok(history)) => StepAction::Migrate {
-            status: compare(set, history, allow_out_of_order),
-            shared: placement.isolation == crate::catalog::Isolation::Row,
-        },
-        Some(Err(e)) => StepAction::Blocked { reason: e.clone() },
-        None => StepAction::Blocked { reason: "history was not read".to_string() },
-    }
-}
-
-/// Reads the histories of every (host, database) group, at most `limits.plan_connections`
-/// connections per host at a time. Errors are per target, so one unreachable database
-/// shows up in its tenants' plans without hiding the rest of the fleet.
-pub async fn read_all_histories(
-    catalog: &Catalog,
-    config: &LoadedConfig,
-    groups: BTreeMap<(String, String), BTreeSet<String>>,
-) -> BTreeMap<TargetKey, Result<Vec<AppliedMigration>, String>> {
-    let per_host = config.config.limits.plan_connections as usize;
-    crate::engine::fleet::read_targets(
-        &catalog.hosts,
-        groups,
-        per_host,
-        "the migration history",
-        async |conn, schemas| read_histories(conn, schemas).await,
-    )
-    .await
-    .into_iter()
-    .map(|(key, result)| (key, result.map_err(|e| e.message)))
-    .collect()
 }

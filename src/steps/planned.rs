@@ -1,0 +1,299 @@
+//! The kinds SPEC §4 declares that this version does not run yet: their options, fit rules and checks, so `validate` checks workflows that use them and `plan` shows them as blocked.
+//!
+//! Building one of them means moving its struct and `Options` into a file of its own (as
+//! `sql.rs`), writing its `run`, and pointing its registry line in `kind.rs` there.
+
+use serde::Deserialize;
+
+use super::define::{Findings, Step};
+use super::{StepContext, StepError};
+use crate::catalog::{Engine, Isolation, ServiceSpec};
+use crate::units::HumanDuration;
+
+fn not_yet(_engine: Engine) -> Result<(), String> {
+    Err("does not run yet in this version of tenantry".to_string())
+}
+
+async fn unreachable_run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
+    // `runs_on` refuses first; this is for a registry pointing here by mistake.
+    Err(StepError::permanent(format!("step kind {} has no implementation", ctx.step.kind)))
+}
+
+fn postgres_service(kind: &str, service: &ServiceSpec) -> Result<(), String> {
+    if service.engine != Engine::Postgres {
+        return Err(format!("{kind} runs on PostgreSQL services only, not {}", service.engine));
+    }
+    Ok(())
+}
+
+fn instance_per_tenant(kind: &str, service: &ServiceSpec) -> Result<(), String> {
+    if service.isolation != Isolation::Database {
+        return Err(format!(
+            "{kind} needs a managed instance per tenant (database isolation), not {} isolation",
+            service.isolation
+        ));
+    }
+    postgres_service(kind, service)
+}
+
+fn check_sample(sample: Option<f64>, out: &mut Findings) {
+    if let Some(sample) = sample
+        && !(sample > 0.0 && sample <= 100.0)
+    {
+        out.push(("sample".into(), format!("sample is a percentage of tenants and must be in (0, 100], not {sample}")));
+    }
+}
+
+fn check_smoke_queries(queries: &Option<Vec<String>>, out: &mut Findings) {
+    if queries.as_ref().is_some_and(|q| q.iter().any(|q| q.trim().is_empty())) {
+        out.push(("smoke_queries".into(), "smoke_queries contains an empty query".to_string()));
+    }
+}
+
+fn check_ratio(key: &str, ratio: Option<f64>, out: &mut Findings) {
+    if let Some(r) = ratio
+        && !(0.0..=1.0).contains(&r)
+    {
+        out.push((key.into(), format!("{key} is a ratio and must be in [0, 1], not {r}")));
+    }
+}
+
+/// `prune_backups`: a tenant's backups past the retention (last N, daily, weekly, monthly).
+pub struct PruneBackups;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneBackupsOptions {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub dry_run: Option<bool>,
+}
+
+impl Step for PruneBackups {
+    type Options = PruneBackupsOptions;
+
+    fn check(o: &PruneBackupsOptions, out: &mut Findings) {
+        if [o.keep_last, o.keep_daily, o.keep_weekly, o.keep_monthly].iter().all(|k| k.unwrap_or(0) == 0) {
+            out.push((
+                "kind".into(),
+                "prune_backups without any keep_* would delete every backup; set keep_last, keep_daily, keep_weekly or keep_monthly"
+                    .to_string(),
+            ));
+        }
+    }
+
+    fn runs_on(engine: Engine) -> Result<(), String> {
+        not_yet(engine)
+    }
+
+    async fn run(ctx: &StepContext<'_>, _options: &PruneBackupsOptions) -> Result<serde_json::Value, StepError> {
+        unreachable_run(ctx).await
+    }
+}
+
+/// `verify_restore`: a tenant's backup restored into a scratch database and checked.
+pub struct VerifyRestore;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyRestoreOptions {
+    pub backup: Option<String>,
+    pub sample: Option<f64>,
+    pub smoke_queries: Option<Vec<String>>,
+    pub scratch_host: Option<String>,
+}
+
+impl Step for VerifyRestore {
+    type Options = VerifyRestoreOptions;
+
+    fn check(o: &VerifyRestoreOptions, out: &mut Findings) {
+        check_sample(o.sample, out);
+        check_smoke_queries(&o.smoke_queries, out);
+    }
+
+    fn runs_on(engine: Engine) -> Result<(), String> {
+        not_yet(engine)
+    }
+
+    async fn run(ctx: &StepContext<'_>, _options: &VerifyRestoreOptions) -> Result<serde_json::Value, StepError> {
+        unreachable_run(ctx).await
+    }
+}
+
+/// `rds_snapshot`: a snapshot of the tenant's RDS instance.
+pub struct RdsSnapshot;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdsSnapshotOptions {
+    pub keep_last: Option<u32>,
+}
+
+impl Step for RdsSnapshot {
+    type Options = RdsSnapshotOptions;
+
+    fn fits(service: &ServiceSpec) -> Result<(), String> {
+        instance_per_tenant("rds_snapshot", service)
+    }
+
+    fn check(o: &RdsSnapshotOptions, out: &mut Findings) {
+        if o.keep_last == Some(0) {
+            out.push(("keep_last".into(), "keep_last = 0 would delete the snapshot just taken".to_string()));
+        }
+    }
+
+    fn runs_on(engine: Engine) -> Result<(), String> {
+        not_yet(engine)
+    }
+
+    async fn run(ctx: &StepContext<'_>, _options: &RdsSnapshotOptions) -> Result<serde_json::Value, StepError> {
+        unreachable_run(ctx).await
+    }
+}
+
+/// `verify_snapshot`: a snapshot restored to a scratch instance and checked.
+pub struct VerifySnapshot;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifySnapshotOptions {
+    pub sample: Option<f64>,
+    pub smoke_queries: Option<Vec<String>>,
+}
+
+impl Step for VerifySnapshot {
+    type Options = VerifySnapshotOptions;
+
+    fn fits(service: &ServiceSpec) -> Result<(), String> {
+        instance_per_tenant("verify_snapshot", service)
+    }
+
+    fn check(o: &VerifySnapshotOptions, out: &mut Findings) {
+        check_sample(o.sample, out);
+        check_smoke_queries(&o.smoke_queries, out);
+    }
+
+    fn runs_on(engine: Engine) -> Result<(), String> {
+        not_yet(engine)
+    }
+
+    async fn run(ctx: &StepContext<'_>, _options: &VerifySnapshotOptions) -> Result<serde_json::Value, StepError> {
+        unreachable_run(ctx).await
+    }
+}
+
+/// `vacuum`: `VACUUM (ANALYZE)` of the tables past their thresholds.
+pub struct Vacuum;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VacuumOptions {
+    pub min_dead_tuples: Option<u64>,
+    pub min_dead_ratio: Option<f64>,
+    pub analyze: Option<bool>,
+}
+
+impl Step for Vacuum {
+    type Options = VacuumOptions;
+
+    fn fits(service: &ServiceSpec) -> Result<(), String> {
+        postgres_service("vacuum", service)
+    }
+
+    fn check(o: &VacuumOptions, out: &mut Findings) {
+        check_ratio("min_dead_ratio", o.min_dead_ratio, out);
+    }
+
+    fn runs_on(engine: Engine) -> Result<(), String> {
+        not_yet(engine)
+    }
+
+    async fn run(ctx: &StepContext<'_>, _options: &VacuumOptions) -> Result<serde_json::Value, StepError> {
+        unreachable_run(ctx).await
+    }
+}
+
+/// `analyze_indexes`: unused, duplicate, invalid and bloated indexes.
+pub struct AnalyzeIndexes;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyzeIndexesOptions {
+    pub reindex_invalid: Option<bool>,
+    pub min_bloat_ratio: Option<f64>,
+}
+
+impl Step for AnalyzeIndexes {
+    type Options = AnalyzeIndexesOptions;
+
+    fn fits(service: &ServiceSpec) -> Result<(), String> {
+        postgres_service("analyze_indexes", service)
+    }
+
+    fn check(o: &AnalyzeIndexesOptions, out: &mut Findings) {
+        check_ratio("min_bloat_ratio", o.min_bloat_ratio, out);
+    }
+
+    fn runs_on(engine: Engine) -> Result<(), String> {
+        not_yet(engine)
+    }
+
+    async fn run(ctx: &StepContext<'_>, _options: &AnalyzeIndexesOptions) -> Result<serde_json::Value, StepError> {
+        unreachable_run(ctx).await
+    }
+}
+
+/// `purge`: rows past the retention deleted in bounded batches.
+pub struct Purge;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeOptions {
+    pub table: Option<String>,
+    pub column: Option<String>,
+    pub older_than: Option<HumanDuration>,
+    pub retention_label: Option<String>,
+    pub batch_size: Option<u32>,
+    pub pause: Option<HumanDuration>,
+    pub time_budget: Option<HumanDuration>,
+    pub dry_run: Option<bool>,
+}
+
+impl Step for Purge {
+    type Options = PurgeOptions;
+
+    fn check(o: &PurgeOptions, out: &mut Findings) {
+        if o.table.as_deref().unwrap_or("").is_empty() {
+            out.push(("kind".into(), "purge step needs `table` (the table to delete from)".to_string()));
+        }
+        if o.column.as_deref().unwrap_or("").is_empty() {
+            out.push((
+                "kind".into(),
+                "purge step needs `column` (the timestamp column compared with the retention)".to_string(),
+            ));
+        }
+        if o.older_than.is_none() && o.retention_label.is_none() {
+            out.push((
+                "kind".into(),
+                "purge step needs `older_than` (e.g. \"90d\") or `retention_label` (a tenant label holding days), or both"
+                    .to_string(),
+            ));
+        }
+        if o.batch_size == Some(0) {
+            out.push(("batch_size".into(), "batch_size must be at least 1".to_string()));
+        }
+        if o.time_budget.is_some_and(|d| d.0.is_zero()) {
+            out.push(("time_budget".into(), "time_budget must be longer than zero".to_string()));
+        }
+    }
+
+    fn runs_on(engine: Engine) -> Result<(), String> {
+        not_yet(engine)
+    }
+
+    async fn run(ctx: &StepContext<'_>, _options: &PurgeOptions) -> Result<serde_json::Value, StepError> {
+        unreachable_run(ctx).await
+    }
+}

@@ -1,0 +1,289 @@
+//! `backup`: per-tenant dumps streamed to a real S3 server (s3s-fs) or a directory, restored with plain `pg_restore` from objects fetched by a separate S3 client.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::{
+    WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, tenantry, unique, wait_for_state,
+};
+
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+
+/// `core`: a database per tenant; `clinic`: a schema per tenant. Each tenant has its own
+/// number of rows, so a dump of the wrong tenant cannot pass for the right one.
+struct Fleet {
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+fn s3_env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the tests through deploy/local/test.sh"))
+}
+
+impl Fleet {
+    async fn new(storage: &str) -> Fleet {
+        let name = unique("tbackup");
+        let mut admin = pg_admin().await;
+        exec(&mut admin, &format!("CREATE DATABASE {name}_clinic")).await;
+        for (i, t) in TENANTS.iter().enumerate() {
+            exec(&mut admin, &format!("CREATE DATABASE {name}_core_{t}")).await;
+            let mut core = connect_db(&format!("{name}_core_{t}")).await;
+            exec(
+                &mut core,
+                &format!(
+                    "CREATE TABLE customers (id int PRIMARY KEY, name text);
+                     CREATE TABLE orders (id int PRIMARY KEY, customer int REFERENCES customers, total numeric);
+                     INSERT INTO customers SELECT g, '{t}-' || g FROM generate_series(1, {c}) g;
+                     INSERT INTO orders SELECT g, 1 + g % {c}, g * 1.5 FROM generate_series(1, {o}) g;",
+                    c = 10 + i,
+                    o = 100 * (i + 1)
+                ),
+            )
+            .await;
+        }
+        let mut clinic = connect_db(&format!("{name}_clinic")).await;
+        for (i, t) in TENANTS.iter().enumerate() {
+            exec(
+                &mut clinic,
+                &format!(
+                    "CREATE SCHEMA tenant_{t}; CREATE TABLE tenant_{t}.visits (id int PRIMARY KEY, note text);
+                     INSERT INTO tenant_{t}.visits SELECT g, 'visit ' || g FROM generate_series(1, {n}) g;",
+                    n = 5 * (i + 1)
+                ),
+            )
+            .await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("workflows")).unwrap();
+        let storage = match storage {
+            "s3" => format!(
+                "[storage]\nkind = \"s3\"\nbucket = \"{}\"\nprefix = \"{name}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+                s3_env("TENANTRY_TEST_S3_BUCKET"),
+                s3_env("TENANTRY_TEST_S3_ENDPOINT"),
+                s3_env("TENANTRY_TEST_S3_ACCESS_KEY"),
+                s3_env("TENANTRY_TEST_S3_SECRET_KEY"),
+            ),
+            _ => "[storage]\nkind = \"fs\"\npath = \"backups\"\n".to_string(),
+        };
+        let mut config = format!(
+            r#"
+[redis]
+url = "{redis}"
+prefix = "{name}"
+
+[runtime]
+lease = "3s"
+sweep_interval = "200ms"
+
+{storage}
+
+[hosts.main]
+engine = "postgres"
+url = "{pg}"
+
+[services.core]
+engine = "postgres"
+isolation = "database"
+host = "main"
+database = "{name}_core_{{tenant}}"
+
+[services.clinic]
+engine = "postgres"
+isolation = "schema"
+host = "main"
+database = "{name}_clinic"
+schema = "tenant_{{tenant}}"
+"#,
+            redis = redis_url(),
+            pg = pg_url()
+        );
+        for t in TENANTS {
+            config.push_str(&format!("\n[[catalog.tenants]]\nid = \"{t}\"\nservices = [\"core\", \"clinic\"]\n"));
+        }
+        std::fs::write(dir.path().join("tenantry.toml"), config).unwrap();
+        std::fs::write(dir.path().join("workflows/nightly.toml"), "[[steps]]\nkind = \"backup\"\n").unwrap();
+        Fleet { name, dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run_and_wait(&self, workflow: &str) -> (String, serde_json::Value) {
+        let out = tenantry(self.path(), &["run", workflow], &[]);
+        assert_eq!(out.code(), 0, "{}", out.all());
+        let run = out.stdout().trim().to_string();
+        let s = wait_for_state(self.path(), &run, &["succeeded", "failed", "cancelled"], Duration::from_secs(90));
+        (run, s)
+    }
+
+    async fn drop(self) {
+        clear_redis(&self.name).await;
+        let mut admin = pg_admin().await;
+        let mut dbs = vec![format!("{}_clinic", self.name)];
+        dbs.extend(TENANTS.iter().map(|t| format!("{}_core_{t}", self.name)));
+        for db in dbs {
+            exec(&mut admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+        }
+    }
+}
+
+/// An S3 client of the test's own, not tenantry's reader.
+async fn s3() -> aws_sdk_s3::Client {
+    let creds = aws_sdk_s3::config::Credentials::new(
+        s3_env("TENANTRY_TEST_S3_ACCESS_KEY"),
+        s3_env("TENANTRY_TEST_S3_SECRET_KEY"),
+        None,
+        None,
+        "test",
+    );
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(s3_env("TENANTRY_TEST_S3_ENDPOINT"))
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+async fn s3_keys(client: &aws_sdk_s3::Client, prefix: &str) -> Vec<String> {
+    let out = client.list_objects_v2().bucket(s3_env("TENANTRY_TEST_S3_BUCKET")).prefix(prefix).send().await.unwrap();
+    let mut keys: Vec<String> = out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
+    keys.sort();
+    keys
+}
+
+async fn s3_get(client: &aws_sdk_s3::Client, key: &str) -> Vec<u8> {
+    let out = client.get_object().bucket(s3_env("TENANTRY_TEST_S3_BUCKET")).key(key).send().await.unwrap();
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Restores a custom-format dump with plain `pg_restore` into a new database.
+async fn pg_restore_into(dump: &[u8], database: &str) {
+    let mut admin = pg_admin().await;
+    exec(&mut admin, &format!("CREATE DATABASE {database}")).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), dump).unwrap();
+    let url = url::Url::parse(&pg_url()).unwrap();
+    let out = std::process::Command::new("pg_restore")
+        .args(["--no-owner", "--exit-on-error", "-h"])
+        .arg(url.host_str().unwrap())
+        .arg("-p")
+        .arg(url.port().unwrap_or(5432).to_string())
+        .arg("-U")
+        .arg(if url.username().is_empty() { "postgres" } else { url.username() })
+        .arg("-d")
+        .arg(database)
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_restore failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn count(database: &str, table: &str) -> i64 {
+    let mut conn = connect_db(database).await;
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(&mut conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_restore_with_plain_pg_restore_and_hold_exactly_the_tenants_rows() {
+    let fleet = Fleet::new("s3").await;
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let (run, s) = fleet.run_and_wait("nightly");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+
+    let client = s3().await;
+    let all = s3_keys(&client, &format!("{}/", fleet.name)).await;
+    // One folder per tenant and service, each with one dump and its manifest.
+    assert_eq!(all.len(), 2 * TENANTS.len() * 2, "{all:#?}");
+    let mut restored = Vec::new();
+    for (i, t) in TENANTS.iter().enumerate() {
+        for service in ["core", "clinic"] {
+            let keys = s3_keys(&client, &format!("{}/{service}/{t}/", fleet.name)).await;
+            assert_eq!(keys.len(), 2, "{keys:#?}");
+            let manifest_key = keys.iter().find(|k| k.ends_with("/manifest.json")).expect("manifest");
+            assert!(manifest_key.contains(&format!("_{run}/")), "{manifest_key} is not in the run's folder");
+            let manifest: serde_json::Value = serde_json::from_slice(&s3_get(&client, manifest_key).await).unwrap();
+            assert_eq!(manifest["tenant"], *t);
+            assert_eq!(manifest["service"], service);
+            assert_eq!(manifest["run"], run);
+            assert!(manifest["tool_version"].as_str().unwrap().contains("pg_dump"), "{manifest:#}");
+            let dump_key = format!("{}/{}", fleet.name, manifest["dump"]["key"].as_str().unwrap());
+            assert!(keys.contains(&dump_key), "{dump_key} not in {keys:#?}");
+            let dump = s3_get(&client, &dump_key).await;
+            assert_eq!(manifest["dump"]["size"], dump.len() as u64);
+            assert_eq!(manifest["dump"]["sha256"], sha256_hex(&dump));
+            assert!(dump.starts_with(b"PGDMP"), "not a custom-format dump");
+
+            let target = format!("{}_restored_{service}_{t}", fleet.name);
+            pg_restore_into(&dump, &target).await;
+            restored.push(target.clone());
+            let tables = manifest["tables"].as_array().unwrap();
+            if service == "core" {
+                assert_eq!(count(&target, "customers").await, 10 + i as i64);
+                assert_eq!(count(&target, "orders").await, 100 * (i as i64 + 1));
+                let rows = |name: &str| tables.iter().find(|t| t["table"] == name).unwrap()["rows"].as_i64().unwrap();
+                assert_eq!(rows("customers"), 10 + i as i64, "{manifest:#}");
+                assert_eq!(rows("orders"), 100 * (i as i64 + 1), "{manifest:#}");
+            } else {
+                // Only the tenant's own schema is in the dump.
+                let mut conn = connect_db(&target).await;
+                let schemas: Vec<String> = sqlx::query_scalar(
+                    "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tenant\\_%' ORDER BY 1",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                assert_eq!(schemas, vec![format!("tenant_{t}")]);
+                assert_eq!(count(&target, &format!("tenant_{t}.visits")).await, 5 * (i as i64 + 1));
+                assert_eq!(tables.len(), 1, "{manifest:#}");
+                assert_eq!(tables[0]["rows"], 5 * (i as i64 + 1));
+            }
+        }
+    }
+    let mut admin = pg_admin().await;
+    for db in restored {
+        exec(&mut admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+    }
+    for key in all {
+        client.delete_object().bucket(s3_env("TENANTRY_TEST_S3_BUCKET")).key(key).send().await.unwrap();
+    }
+    fleet.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_directory_store_holds_the_same_backups() {
+    let fleet = Fleet::new("fs").await;
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let (run, s) = fleet.run_and_wait("nightly");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let folder = fleet.path().join("backups/core/globex");
+    let runs: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].file_name().unwrap().to_string_lossy().ends_with(&format!("_{run}")));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].join("manifest.json")).unwrap()).unwrap();
+    let dump = std::fs::read(fleet.path().join("backups").join(manifest["dump"]["key"].as_str().unwrap())).unwrap();
+    assert_eq!(manifest["dump"]["sha256"], sha256_hex(&dump));
+    let target = format!("{}_restored_fs", fleet.name);
+    pg_restore_into(&dump, &target).await;
+    assert_eq!(count(&target, "orders").await, 200);
+    // Nothing half-written is left beside the objects.
+    let leftovers: Vec<_> = std::fs::read_dir(&runs[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let mut admin = pg_admin().await;
+    exec(&mut admin, &format!("DROP DATABASE IF EXISTS {target} WITH (FORCE)")).await;
+    fleet.drop().await;
+}
