@@ -1,8 +1,13 @@
 //! Running the engines' command-line tools (`pg_dump`, `pg_restore`, `psql`) against a configured host: the connection goes through libpq's environment, so no password is ever on a command line.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 
-use tokio::process::Command;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::process::{Child, ChildStdout, Command};
 
 use crate::secret::SecretUrl;
 
@@ -58,7 +63,95 @@ pub async fn version(program: &str) -> Result<String, String> {
         .output()
         .await
         .map_err(|e| format!("cannot run {program}: {e} (install the PostgreSQL client tools)"))?;
+    if !out.status.success() {
+        return Err(format!("`{program} --version` failed ({}): {}", out.status, tail(&out.stderr, 500)));
+    }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The standard output of a tool (a child spawned with piped stdout and stderr) as a
+/// stream that ends with an error, not an end of file, when the tool exits unsuccessfully:
+/// a reader uploading it (see [`crate::storage::ObjectStore::upload`]) aborts instead of
+/// storing a truncated object. Its stderr is kept, bounded, for the message; dropping the
+/// reader kills the tool.
+pub struct CheckedOutput {
+    program: &'static str,
+    stdout: ChildStdout,
+    child: Option<Child>,
+    stderr: Option<tokio::task::JoinHandle<Vec<u8>>>,
+    finish: Option<Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>>,
+    done: bool,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+/// How much of a tool's stderr is kept (its end).
+const STDERR_KEPT: usize = 4096;
+
+impl CheckedOutput {
+    pub fn new(program: &'static str, mut child: Child) -> Self {
+        let stdout = child.stdout.take().expect("spawned with piped stdout");
+        let stderr = child.stderr.take().map(|mut pipe| {
+            tokio::spawn(async move {
+                let mut kept = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > STDERR_KEPT {
+                        kept.drain(..kept.len() - STDERR_KEPT);
+                    }
+                }
+                kept
+            })
+        });
+        Self { program, stdout, child: Some(child), stderr, finish: None, done: false, failure: Arc::default() }
+    }
+
+    /// Why the tool failed, once the stream ended with its failure.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure slot").clone()
+    }
+}
+
+impl AsyncRead for CheckedOutput {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Ok(()));
+        }
+        if this.finish.is_none() {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.stdout).poll_read(cx, buf))?;
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+            // The end of the output: the tool's exit status decides what it means.
+            let (mut child, stderr) = (this.child.take(), this.stderr.take());
+            let (program, failure) = (this.program, this.failure.clone());
+            this.finish = Some(Box::pin(async move {
+                let status = match child.as_mut() {
+                    Some(c) => c.wait().await?,
+                    None => return Ok(()),
+                };
+                let stderr = match stderr {
+                    Some(task) => task.await.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                if status.success() {
+                    return Ok(());
+                }
+                let message = format!("{program} failed ({status}): {}", tail(&stderr, STDERR_KEPT));
+                *failure.lock().expect("failure slot") = Some(message.clone());
+                Err(std::io::Error::other(message))
+            }));
+        }
+        let result = ready!(this.finish.as_mut().expect("set above").as_mut().poll(cx));
+        this.finish = None;
+        this.done = true;
+        Poll::Ready(result)
+    }
 }
 
 /// The last `limit` bytes of a tool's stderr, for an error message (libpq tools never

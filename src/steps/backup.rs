@@ -31,6 +31,8 @@ pub struct Options {
     /// `pg_dump` compression level, 0-9 (default: pg_dump's, gzip level 6 for the custom
     /// format).
     pub compression: Option<u32>,
+    /// How long `pg_dump` waits for a table lock held by someone else (default 1m).
+    pub lock_timeout: Option<crate::units::HumanDuration>,
 }
 
 /// The manifest's name in a backup folder.
@@ -90,6 +92,7 @@ impl Step for Backup {
         {
             out.push(("compression".into(), format!("compression must be 0-9, not {level}")));
         }
+        super::seed::check_lock_timeout(options.lock_timeout, out);
     }
 
     async fn plan(_options: &Options, targets: &[&Placement], env: PlanEnv<'_>) -> Vec<StepAction> {
@@ -111,9 +114,16 @@ impl Step for Backup {
     }
 }
 
-/// The folder of the run's backup of this tenant's target.
-pub fn folder(service: &str, tenant: &str, receipt_run: &str) -> String {
-    format!("{service}/{tenant}/{}_{receipt_run}", run_stamp(receipt_run))
+/// The folder of the run's backup of this tenant's target. A step with a name of its own
+/// (a second backup in one workflow: before and after a migration) gets a folder of its own.
+pub fn folder(service: &str, tenant: &str, receipt_run: &str, step: &str) -> String {
+    let base = format!("{service}/{tenant}/{}_{receipt_run}", run_stamp(receipt_run));
+    if step == "backup" {
+        return base;
+    }
+    let step: String =
+        step.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).collect();
+    format!("{base}_{step}")
 }
 
 /// `20261124T230501Z` from a run id `20261124-230501-3fa9c1` (ids start with their UTC
@@ -137,23 +147,27 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     if p.isolation == Isolation::Row {
         return Err(StepError::permanent("backup of row isolation tenants is not built yet"));
     }
-    let folder = folder(&p.service, ctx.tenant, ctx.receipt_run());
+    let folder = folder(&p.service, ctx.tenant, ctx.receipt_run(), &ctx.step.label());
     let manifest_key = format!("{folder}/{MANIFEST}");
-    if let Some(bytes) = store.get_bytes(&manifest_key).await.map_err(store_error)? {
-        let existing: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| StepError::permanent(format!("{manifest_key} is not a manifest: {e}")))?;
+    if let Some(existing) = read_manifest(store, &manifest_key).await? {
+        tidy(ctx, store, &folder, &existing).await;
         return Ok(serde_json::json!({
             "skipped": "already backed up in this run (manifest found)",
             "manifest": manifest_key,
             "size": existing.dump.size,
         }));
     }
+    // Uploads an earlier attempt of this run left open (its worker was killed, or the store
+    // went away before the abort reached it): only this tenant's attempts write here, and
+    // only the lease's owner aborts them.
+    ctx.fence.check().await?;
+    store.abort_stale_uploads(&format!("{folder}/"), std::time::Duration::ZERO).await.map_err(store_error)?;
 
     let started_at = ctx.clock.now();
     let started = Instant::now();
     let tool_version = crate::engine::tools::version("pg_dump").await.map_err(StepError::permanent)?;
     let mut session = ctx.session().await?;
-    let outcome = dump(ctx, options, store, &folder, &mut session).await;
+    let outcome = dump(ctx, options, store, &folder, &tool_version, &mut session).await;
     // The snapshot's transaction ends here whatever happened; a dropped step terminates it.
     session.release().await;
     let (dump, tables, schema_version, server_version) = outcome?;
@@ -178,15 +192,29 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
         receipt_run: ctx.receipt_run().to_string(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| StepError::permanent(e.to_string()))?;
-    // The commit point: only the lease's owner writes it.
-    ctx.fence.check().await?;
-    store.put(&manifest_key, bytes).await.map_err(store_error)?;
-    // Dumps of earlier, killed attempts of this run: no manifest names them.
-    for o in store.list(&format!("{folder}/")).await.map_err(store_error)? {
-        if o.key != manifest.dump.key && o.key != manifest_key {
-            store.delete(&o.key).await.map_err(store_error)?;
+    // The commit point: only the lease's owner writes it, and only once (the store refuses
+    // a second manifest, so a stale owner that passed the fence just before losing its
+    // lease cannot replace the new owner's).
+    let committed = match ctx.fence.check().await {
+        Ok(()) => store.put_new(&manifest_key, bytes).await.map_err(store_error),
+        Err(e) => Err(e),
+    };
+    match committed {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = store.delete(&manifest.dump.key).await;
+            return Ok(serde_json::json!({
+                "skipped": "another attempt of this run wrote the manifest first",
+                "manifest": manifest_key,
+            }));
+        }
+        Err(e) => {
+            // This dump will never be named by a manifest.
+            let _ = store.delete(&manifest.dump.key).await;
+            return Err(e);
         }
     }
+    tidy(ctx, store, &folder, &manifest).await;
     Ok(serde_json::json!({
         "manifest": manifest_key,
         "dump": manifest.dump.key,
@@ -198,6 +226,39 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     }))
 }
 
+async fn read_manifest(store: &ObjectStore, key: &str) -> Result<Option<Manifest>, StepError> {
+    match store.get_bytes(key).await.map_err(store_error)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StepError::permanent(format!("{key} is not a manifest: {e}"))),
+    }
+}
+
+/// Deletes the dumps of other attempts of this run (killed, or stale owners that finished
+/// after the manifest): no manifest names them. Best effort and fenced; a failure leaves an
+/// orphan for the next attempt or `prune_backups`, never fails a committed backup.
+async fn tidy(ctx: &StepContext<'_>, store: &ObjectStore, folder: &str, manifest: &Manifest) {
+    if ctx.fence.check().await.is_err() {
+        return;
+    }
+    let listed = match store.list(&format!("{folder}/")).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(folder, error = %e, "could not list the backup folder to remove other attempts' dumps");
+            return;
+        }
+    };
+    for o in listed {
+        if o.key != manifest.dump.key
+            && !o.key.ends_with(&format!("/{MANIFEST}"))
+            && let Err(e) = store.delete(&o.key).await
+        {
+            tracing::warn!(key = o.key, error = %e, "could not delete another attempt's dump");
+        }
+    }
+}
+
 type Dumped = (DumpInfo, Vec<TableRows>, Option<String>, String);
 
 /// Exports a snapshot, counts the rows in it, and streams `pg_dump` of that snapshot into
@@ -207,30 +268,48 @@ async fn dump(
     options: &Options,
     store: &ObjectStore,
     folder: &str,
+    tool_version: &str,
     session: &mut crate::engine::session::PgSession,
 ) -> Result<Dumped, StepError> {
     let p = ctx.placement;
     let sql_error = |what: &'static str| move |e: sqlx::Error| StepError::from_sqlx(what, &e);
     session.mark_dirty();
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut **session)
-        .await
-        .map_err(sql_error("starting the snapshot"))?;
+    // The exporting session sits idle in its transaction for the whole dump: a server's
+    // idle-in-transaction limit must not end it (and the snapshot) half-way.
+    sqlx::raw_sql(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL idle_in_transaction_session_timeout = 0",
+    )
+    .execute(&mut **session)
+    .await
+    .map_err(sql_error("starting the snapshot"))?;
     let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
         .fetch_one(&mut **session)
         .await
         .map_err(sql_error("exporting the snapshot"))?;
-    let server_version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&mut **session)
-        .await
-        .map_err(sql_error("reading the server version"))?;
+    let (server_version, server_major): (String, i32) =
+        sqlx::query_as("SELECT current_setting('server_version'), current_setting('server_version_num')::int / 10000")
+            .fetch_one(&mut **session)
+            .await
+            .map_err(sql_error("reading the server version"))?;
+    if let Some(tool_major) = major_version(tool_version)
+        && tool_major < server_major
+    {
+        return Err(StepError::permanent(format!(
+            "{tool_version} cannot dump a PostgreSQL {server_major} server; install the client tools of version {server_major} or newer on this worker"
+        )));
+    }
     let schema_only = p.isolation == Isolation::Schema;
     let tables = count_rows(session, schema_only.then_some(p.schema.as_str())).await?;
     let schema_version = schema_version(session, &p.schema).await?;
 
     let host = ctx.databases.host(&p.host).map_err(StepError::permanent)?;
+    let attempt = attempt_id();
     let mut cmd = crate::engine::tools::libpq_command("pg_dump", &host.url, &p.database);
+    // Its own application name, so that its backend can be found and stopped with the step.
+    let app_name = format!("tenantry-backup-{attempt}");
+    cmd.env("PGAPPNAME", &app_name);
     cmd.arg("--format=custom").arg(format!("--snapshot={snapshot}")).arg("--no-password");
+    cmd.arg(format!("--lock-wait-timeout={}", options.lock_timeout.map_or(60_000, |d| d.0.as_millis())));
     if let Some(level) = options.compression {
         cmd.arg(format!("--compress={level}"));
     }
@@ -239,36 +318,19 @@ async fn dump(
         cmd.arg(format!("--schema=\"{}\"", p.schema.replace('"', "\"\"")));
     }
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| StepError::permanent(format!("cannot run pg_dump: {e}")))?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let errors = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
-        buf
-    });
-    let key = format!("{folder}/dump-{}.pgdump", attempt_id());
-    let uploaded = store.upload(&key, &mut stdout).await;
-    // Closing the pipe ends a pg_dump whose output is no longer read.
-    drop(stdout);
-    if let Err(e) = uploaded {
-        let _ = child.kill().await;
-        return Err(store_error(e));
-    }
-    let status = child.wait().await.map_err(|e| StepError::permanent(format!("waiting for pg_dump: {e}")))?;
-    let stderr = errors.await.unwrap_or_default();
-    if !status.success() {
-        let _ = store.delete(&key).await;
+    let child = cmd.spawn().map_err(|e| StepError::permanent(format!("cannot run pg_dump: {e}")))?;
+    let _stop = StopBackend::new(ctx, &app_name);
+    let mut output = crate::engine::tools::CheckedOutput::new("pg_dump", child);
+    let key = format!("{folder}/dump-{attempt}.pgdump");
+    let uploaded = store.upload(&key, &mut output).await;
+    if let Some(failure) = output.failure() {
         // pg_dump reports a lost connection like any other error; one more attempt is
-        // allowed, not more.
-        return Err(StepError {
-            retry: super::Retry::TransientOnce,
-            message: format!("pg_dump failed ({status}): {}", crate::engine::tools::tail(&stderr, 2000)),
-            cause: None,
-        });
+        // allowed, not more. The upload saw an error, not an end: nothing was stored.
+        return Err(StepError { retry: super::Retry::TransientOnce, message: failure, cause: None });
     }
     let stored = uploaded.map_err(store_error)?;
-    sqlx::raw_sql("COMMIT").execute(&mut **session).await.map_err(sql_error("ending the snapshot"))?;
+    // The dump is complete: a failing COMMIT of the read-only snapshot changes nothing.
+    let _ = sqlx::raw_sql("COMMIT").execute(&mut **session).await;
     let dump = DumpInfo {
         key: stored.key,
         format: "pg_dump_custom".to_string(),
@@ -279,15 +341,52 @@ async fn dump(
     Ok((dump, tables, schema_version, server_version))
 }
 
+/// `15` from "pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)".
+fn major_version(tool_version: &str) -> Option<i32> {
+    tool_version.split_whitespace().find_map(|w| w.split('.').next()?.parse().ok())
+}
+
+/// Terminates `pg_dump`'s backend when the step ends before it did (timeout, lost lease,
+/// cancel): killing the client alone can leave its backend waiting in a lock queue.
+struct StopBackend {
+    pool: Option<sqlx::PgPool>,
+    app_name: String,
+}
+
+impl StopBackend {
+    fn new(ctx: &StepContext<'_>, app_name: &str) -> Self {
+        let pool = ctx.databases.postgres(&ctx.placement.host, &ctx.placement.database).ok();
+        Self { pool, app_name: app_name.to_string() }
+    }
+}
+
+impl Drop for StopBackend {
+    fn drop(&mut self) {
+        let (Some(pool), Ok(runtime)) = (self.pool.take(), tokio::runtime::Handle::try_current()) else { return };
+        let app_name = std::mem::take(&mut self.app_name);
+        runtime.spawn(async move {
+            let _ = sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(app_name)
+                .execute(&pool)
+                .await;
+        });
+    }
+}
+
 /// Row counts of every table (of `schema`, or of the whole database), in the session's
 /// snapshot.
 pub async fn count_rows(
     session: &mut crate::engine::session::PgSession,
     schema: Option<&str>,
 ) -> Result<Vec<TableRows>, StepError> {
-    let list: Vec<(String, String)> = sqlx::query_as(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+    // A table's own rows (`ONLY`: an inheritance parent's count would include its children,
+    // which pg_dump copies as tables of their own); a partitioned table with its partitions.
+    // Tables of extensions are left out: pg_dump does not copy their rows.
+    let list: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                           AND d.objid = c.oid AND d.deptype = 'e') \
            AND ($1::text IS NULL AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                 AND n.nspname NOT LIKE 'pg\\_%' OR n.nspname = $1) \
          ORDER BY 1, 2",
@@ -301,8 +400,9 @@ pub async fn count_rows(
         let sql = chunk
             .iter()
             .enumerate()
-            .map(|(i, (s, t))| {
-                format!("SELECT {i}::int AS idx, count(*) AS n FROM {}.{}", quote_ident(s), quote_ident(t))
+            .map(|(i, (s, t, partitioned))| {
+                let only = if *partitioned { "" } else { "ONLY " };
+                format!("SELECT {i}::int AS idx, count(*) AS n FROM {only}{}.{}", quote_ident(s), quote_ident(t))
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
@@ -314,7 +414,7 @@ pub async fn count_rows(
         {
             counts[row.get::<i32, _>("idx") as usize] = row.get("n");
         }
-        out.extend(chunk.iter().zip(counts).map(|((s, t), rows)| TableRows {
+        out.extend(chunk.iter().zip(counts).map(|((s, t, _), rows)| TableRows {
             schema: s.clone(),
             table: t.clone(),
             rows,
@@ -364,7 +464,12 @@ mod tests {
 
     #[test]
     fn folders_start_with_the_runs_time() {
-        assert_eq!(folder("core", "t1", "20261124-230501-3fa9c1"), "core/t1/20261124T230501Z_20261124-230501-3fa9c1");
+        assert_eq!(
+            folder("core", "t1", "20261124-230501-3fa9c1", "backup"),
+            "core/t1/20261124T230501Z_20261124-230501-3fa9c1"
+        );
+        assert_eq!(folder("core", "t1", "r", "before migrate/x"), "core/t1/r_r_before-migrate-x");
+        assert_eq!(major_version("pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)"), Some(15));
         assert_eq!(run_stamp("manual"), "manual");
     }
 }

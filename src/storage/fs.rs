@@ -32,6 +32,25 @@ impl FsStore {
         self.upload(key, &mut &bytes[..]).await.map(|_| ())
     }
 
+    /// Writes a temporary file, then links it to `key` unless that exists (a link, unlike a
+    /// rename, never replaces).
+    pub async fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        let path = self.path(key)?;
+        let tmp = format!("{key}{PARTIAL}new-{:016x}", rand_suffix());
+        self.upload(&tmp, &mut &bytes[..]).await?;
+        let tmp_path = self.root.join(&tmp);
+        let linked = tokio::fs::hard_link(&tmp_path, &path).await;
+        let _ = tokio::fs::remove_file(&tmp_path).await;
+        match linked {
+            Ok(()) => {
+                sync_dir(&path).await;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StorageError::transient(format!("linking {}: {e}", path.display()))),
+        }
+    }
+
     pub async fn upload(
         &self,
         key: &str,
@@ -64,6 +83,7 @@ impl FsStore {
         drop(file);
         tokio::fs::rename(&partial.path, &path).await.map_err(|e| io("renaming into", e))?;
         partial.armed = false;
+        sync_dir(&path).await;
         Ok(Stored { key: key.to_string(), size, sha256: hex::encode(hasher.finalize()) })
     }
 
@@ -81,7 +101,7 @@ impl FsStore {
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &root, &mut |key, meta| {
+            walk(&root, &prefix_dir(&root, &prefix), &mut |key, meta| {
                 if key.starts_with(&prefix) && !key.contains(PARTIAL) {
                     out.push(ObjectInfo {
                         key,
@@ -112,7 +132,7 @@ impl FsStore {
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut stale = Vec::new();
-            walk(&root, &root, &mut |key, meta| {
+            walk(&root, &prefix_dir(&root, &prefix), &mut |key, meta| {
                 let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > older_than);
                 if key.starts_with(&prefix) && key.contains(PARTIAL) && old {
                     stale.push(root.join(&key));
@@ -141,6 +161,23 @@ impl Drop for Partial {
         if self.armed {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Makes a rename or link into `path`'s directory durable.
+async fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = tokio::fs::File::open(dir).await
+    {
+        let _ = d.sync_all().await;
+    }
+}
+
+/// The directory under `root` that holds every key starting with `prefix`.
+fn prefix_dir(root: &Path, prefix: &str) -> PathBuf {
+    match prefix.rfind('/') {
+        Some(i) => root.join(&prefix[..i]),
+        None => root.to_path_buf(),
     }
 }
 

@@ -17,8 +17,11 @@ use crate::config::{StorageConfig, StorageKind};
 
 /// Part size of multipart uploads unless configured (S3's minimum is 5 MiB).
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+/// The most [`ObjectStore::get_bytes`] reads: manifests and verdicts are far smaller.
+pub const SMALL_OBJECT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Parts uploaded at once unless configured: memory per upload is at most
-/// `(parts_in_flight + 1) × part_size`.
+/// `(parts_in_flight + 1) × part_size` up to 1,000 parts (8 GiB at the default size);
+/// beyond, parts grow by one `part_size` per 1,000 (see `s3::part_size_of`).
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,11 +124,28 @@ impl ObjectStore {
         Ok(stored)
     }
 
-    /// A small object's bytes, or `None` when there is no such object.
+    /// Stores a small object unless one exists at `key` already (`Ok(false)`): of two
+    /// writers racing for a key, exactly one wins. Commit points (manifests) use this.
+    pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool, StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.put_new(key, bytes).await,
+            Backend::Fs(f) => f.put_new(key, &bytes).await,
+        }
+    }
+
+    /// A small object's bytes (at most [`SMALL_OBJECT_LIMIT`]), or `None` when there is no
+    /// such object.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let Some(mut reader) = self.get(key).await? else { return Ok(None) };
+        let Some(reader) = self.get(key).await? else { return Ok(None) };
         let mut out = Vec::new();
-        reader.read_to_end(&mut out).await.map_err(|e| StorageError::transient(format!("reading {key}: {e}")))?;
+        reader
+            .take(SMALL_OBJECT_LIMIT + 1)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| StorageError::transient(format!("reading {key}: {e}")))?;
+        if out.len() as u64 > SMALL_OBJECT_LIMIT {
+            return Err(StorageError::permanent(format!("{key} is larger than {SMALL_OBJECT_LIMIT} bytes")));
+        }
         Ok(Some(out))
     }
 

@@ -19,6 +19,21 @@ use crate::config::StorageConfig;
 /// S3's smallest part (except the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 
+/// S3's most parts per upload.
+const MAX_PARTS: i32 = 10_000;
+
+/// While a multipart upload of `KEY` is open, the object `KEY.uploading` holds its upload
+/// id, so that a later attempt can abort it even on servers that cannot list open uploads
+/// (s3s-fs, some appliances). Listings leave these markers out.
+const OPEN_MARKER: &str = ".uploading";
+
+/// The size of part `number`: the configured size for the first 1,000 parts, then one
+/// more multiple of it per 1,000 parts, so 10,000 parts of 8 MiB hold about 430 GiB (a
+/// fixed size would stop at 78 GiB) while small and medium tenants never buffer more.
+fn part_size_of(base: usize, number: i32) -> usize {
+    base * (1 + (number.max(1) as usize - 1) / 1000)
+}
+
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -95,6 +110,31 @@ impl S3Store {
         Ok(())
     }
 
+    /// Stores `bytes` at `key` unless an object is there already: `Ok(false)` then. The
+    /// server decides (`If-None-Match: *`), so of two writers exactly one wins.
+    pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<bool, StorageError> {
+        let full = self.full_key(key)?;
+        let checksum = b64(&Sha256::digest(&bytes));
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .if_none_match("*")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(checksum)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
+            .body(ByteStream::from(bytes))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(412) => Ok(false),
+            Err(e) => Err(sdk_error(&format!("storing {full}"), e)),
+        }
+    }
+
     pub async fn upload(
         &self,
         key: &str,
@@ -133,37 +173,85 @@ impl S3Store {
             key: full.clone(),
             upload_id: Some(upload_id.clone()),
         };
+        self.put_marker(&full, &upload_id).await?;
         let mut parts: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
-        let mut done: Vec<CompletedPart> = Vec::new();
-        let mut size = 0u64;
-        let mut number = 0i32;
-        while n > 0 {
-            whole.update(&buf);
-            size += n as u64;
-            number += 1;
-            while parts.len() >= parts_in_flight {
-                done.push(joined(parts.join_next().await)?);
+        let outcome: Result<(Vec<CompletedPart>, u64), StorageError> = async {
+            let mut done: Vec<CompletedPart> = Vec::new();
+            let mut size = 0u64;
+            let mut number = 0i32;
+            while n > 0 {
+                whole.update(&buf);
+                size += n as u64;
+                number += 1;
+                while parts.len() >= parts_in_flight {
+                    done.push(joined(parts.join_next().await)?);
+                }
+                let body = std::mem::take(&mut buf);
+                let (client, bucket, key, id) =
+                    (self.client.clone(), self.bucket.clone(), full.clone(), upload_id.clone());
+                parts.spawn(async move { upload_part(client, bucket, key, id, number, body).await });
+                n = fill(reader, &mut buf, part_size_of(part_size, number + 1)).await.map_err(read_error)?;
+                if n > 0 && number >= MAX_PARTS {
+                    return Err(StorageError::permanent(format!(
+                        "{full} needs more than {MAX_PARTS} parts; raise storage.part_size"
+                    )));
+                }
             }
-            let body = std::mem::take(&mut buf);
-            let (client, bucket, key, id) = (self.client.clone(), self.bucket.clone(), full.clone(), upload_id.clone());
-            parts.spawn(async move { upload_part(client, bucket, key, id, number, body).await });
-            n = fill(reader, &mut buf, part_size).await.map_err(read_error)?;
+            while let Some(part) = parts.join_next().await {
+                done.push(joined(Some(part))?);
+            }
+            Ok((done, size))
         }
-        while let Some(part) = parts.join_next().await {
-            done.push(joined(Some(part))?);
-        }
+        .await;
+        let (mut done, size) = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                // No part request may land after the abort.
+                parts.shutdown().await;
+                return Err(e);
+            }
+        };
         done.sort_by_key(|p| p.part_number());
-        self.client
+        let completed = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&full)
             .upload_id(&upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
             .send()
-            .await
-            .map_err(|e| sdk_error(&format!("completing the upload of {full}"), e))?;
+            .await;
+        match completed {
+            Ok(_) => {}
+            // A retry of a completion whose answer was lost finds the upload gone: the object
+            // is there if the first one worked.
+            Err(e) if status_of(&e) == Some(404) => {
+                let head = self.client.head_object().bucket(&self.bucket).key(&full).send().await;
+                if !head.is_ok_and(|h| h.content_length() == Some(size as i64)) {
+                    return Err(StorageError::transient(format!(
+                        "completing the upload of {full}: the upload is gone and the object is not there"
+                    )));
+                }
+            }
+            Err(e) => return Err(sdk_error(&format!("completing the upload of {full}"), e)),
+        }
         guard.upload_id = None;
+        // A marker left behind (this delete failing) only costs a later sweep an abort that
+        // finds nothing.
+        let _ = self.client.delete_object().bucket(&self.bucket).key(format!("{full}{OPEN_MARKER}")).send().await;
         Ok(Stored { key: key.to_string(), size, sha256: hex::encode(whole.finalize()) })
+    }
+
+    async fn put_marker(&self, full: &str, upload_id: &str) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(format!("{full}{OPEN_MARKER}"))
+            .body(ByteStream::from(upload_id.as_bytes().to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("recording the upload of {full}"), e))?;
+        Ok(())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Box<dyn AsyncRead + Unpin + Send>>, StorageError> {
@@ -182,7 +270,7 @@ impl S3Store {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error(&format!("listing {full}"), e))?;
             for o in page.contents() {
-                let Some(key) = o.key() else { continue };
+                let Some(key) = o.key().filter(|k| !k.ends_with(OPEN_MARKER)) else { continue };
                 out.push(ObjectInfo {
                     key: self.relative(key).to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
@@ -208,10 +296,48 @@ impl S3Store {
     pub async fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> Result<usize, StorageError> {
         let full = if self.prefix.is_empty() { prefix.to_string() } else { format!("{}/{prefix}", self.prefix) };
         let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
-        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         let mut aborted = 0;
+        // Uploads recorded by their markers.
+        let mut markers = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error(&format!("listing {full}"), e))?;
+            for o in page.contents() {
+                if let Some(key) = o.key().filter(|k| k.ends_with(OPEN_MARKER))
+                    && o.last_modified().map(chrono_time).is_none_or(|t| t <= cutoff)
+                {
+                    markers.push(key.to_string());
+                }
+            }
+        }
+        for marker in markers {
+            let key = marker.trim_end_matches(OPEN_MARKER);
+            let id = match self.client.get_object().bucket(&self.bucket).key(&marker).send().await {
+                Ok(out) => out.body.collect().await.map(|b| String::from_utf8_lossy(&b.into_bytes()).into_owned()).ok(),
+                Err(_) => None,
+            };
+            if let Some(id) = id.filter(|id| !id.is_empty()) {
+                match self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&id).send().await {
+                    Ok(_) => aborted += 1,
+                    // Completed or aborted already (s3s-fs answers 403 for an id it no longer
+                    // knows): only the marker was left.
+                    Err(e) if matches!(status_of(&e), Some(404 | 403)) => {}
+                    Err(e) => return Err(sdk_error(&format!("aborting the upload of {key}"), e)),
+                }
+            }
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&marker)
+                .send()
+                .await
+                .map_err(|e| sdk_error(&format!("deleting {marker}"), e))?;
+        }
+        // Uploads without a marker (their worker died between the two requests), where the
+        // server can list them.
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
-            let page = self
+            let listed = self
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
@@ -219,20 +345,21 @@ impl S3Store {
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
-                .await
-                .map_err(|e| sdk_error(&format!("listing the open uploads under {full}"), e))?;
+                .await;
+            let page = match listed {
+                Ok(page) => page,
+                Err(e) if status_of(&e) == Some(501) => break,
+                Err(e) => return Err(sdk_error(&format!("listing the open uploads under {full}"), e)),
+            };
             for u in page.uploads() {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
-                if u.initiated().map(chrono_time).is_some_and(|t| t < cutoff) {
-                    self.client
-                        .abort_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| sdk_error(&format!("aborting the upload of {key}"), e))?;
-                    aborted += 1;
+                if u.initiated().map(chrono_time).is_some_and(|t| t <= cutoff) {
+                    match self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await
+                    {
+                        Ok(_) => aborted += 1,
+                        Err(e) if status_of(&e) == Some(404) => {}
+                        Err(e) => return Err(sdk_error(&format!("aborting the upload of {key}"), e)),
+                    }
                 }
             }
             if !page.is_truncated().unwrap_or(false) {
@@ -246,6 +373,10 @@ impl S3Store {
         }
         Ok(aborted)
     }
+}
+
+fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
 }
 
 async fn upload_part(
@@ -301,9 +432,12 @@ impl Drop for AbortOnDrop {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
         runtime.spawn(async move {
-            if let Err(e) = client.abort_multipart_upload().bucket(bucket).key(&key).upload_id(upload_id).send().await {
-                // prune_backups sweeps what is left after a day.
-                tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort an unfinished upload");
+            match client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(upload_id).send().await {
+                Ok(_) => {
+                    let _ = client.delete_object().bucket(&bucket).key(format!("{key}{OPEN_MARKER}")).send().await;
+                }
+                // The marker stays: the tenant's next attempt aborts it.
+                Err(e) => tracing::warn!(key, error = %DisplayErrorContext(&e), "could not abort an unfinished upload"),
             }
         });
     }
