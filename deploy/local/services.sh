@@ -436,6 +436,25 @@ _redis_cluster_node() {
         fi
     done
     mkdir -p "$dir"
+    if ! _redis_cluster_spawn "$port" "$dir" 15 && [[ -e $dir/nodes.conf ]]; then
+        # A node killed while writing nodes.conf may not start from it again. It holds test
+        # data only: start it afresh (the cluster is then re-created below).
+        _svc_log "redis cluster: node $port did not start from its nodes.conf; starting it afresh"
+        rm -f "$dir/nodes.conf"
+        _redis_cluster_spawn "$port" "$dir" "$TENANTRY_WAIT_SECS" || return 1
+    elif ! _redis_cluster_ok_port "$port"; then
+        return 1
+    fi
+}
+
+# True when the node on PORT answers PING.
+_redis_cluster_ok_port() {
+    [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]
+}
+
+# _redis_cluster_spawn PORT DIR TIMEOUT: starts the node and waits until it answers.
+_redis_cluster_spawn() {
+    local port=$1 dir=$2 timeout=$3
     _svc_log "redis cluster: starting a node on 127.0.0.1:$port (log: $dir/redis.log)"
     # nodes.conf keeps the node's id and slots across restarts; no data is persisted.
     redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
@@ -444,8 +463,7 @@ _redis_cluster_node() {
         _svc_err "redis cluster: \`redis-server --cluster-enabled yes --port $port ...\` failed"
         return 1
     }
-    _svc_wait "redis cluster node $port" "$TENANTRY_WAIT_SECS" \
-        bash -c '[[ $(redis-cli -h 127.0.0.1 -p "$1" ping) == PONG ]]' _ "$port" || {
+    _svc_wait "redis cluster node $port" "$timeout" _redis_cluster_ok_port "$port" || {
         tail -n 20 "$dir/redis.log" >&2 || true
         return 1
     }
