@@ -438,8 +438,11 @@ async fn a_tick_is_claimed_by_one_replica_recorded_once_and_a_refused_run_leaves
         let client = redis::Client::open(redis_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let left: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{prefix}:run:{refused}*")).query_async(&mut conn).await.unwrap();
+            redis::cmd("KEYS").arg(store.keys().run_pattern(refused)).query_async(&mut conn).await.unwrap();
         assert!(left.is_empty(), "a refused run left keys behind: {left:?}");
+        let indexed: Option<f64> =
+            redis::cmd("ZSCORE").arg(store.keys().runs()).arg(refused).query_async(&mut conn).await.unwrap();
+        assert_eq!(indexed, None, "a refused run stayed in the run index");
     }
 
     // A claim that is not renewed expires: B takes over a tick that A claimed and dropped.

@@ -8,6 +8,8 @@
 #   ensure_postgres   PostgreSQL on 127.0.0.1:5432, user postgres without a password
 #   ensure_mariadb    MariaDB on 127.0.0.1:3306, root with an empty password
 #   ensure_redis      Redis on 127.0.0.1:6379 (ensure_redis PORT for another port)
+#   ensure_redis_cluster  a Redis Cluster of three primaries on 127.0.0.1:7000-7002
+#                     (TENANTRY_REDIS_CLUSTER_PORT moves the first port; bus ports are +10000)
 #   ensure_s3         s3s-fs 0.14.1 on a free port, bucket `tenantry`
 #   ensure_moto       moto_server (RDS API) on a free port
 #   ensure_all        all of the above
@@ -24,6 +26,7 @@
 #   TENANTRY_STATE_DIR   state of the services this file starts (default ~/.cache/tenantry/local):
 #                        s3s-fs data, pid/port/log files, the moto venv, extra redis instances.
 #   TENANTRY_WAIT_SECS   readiness timeout per service (default 60).
+#   TENANTRY_REDIS_CLUSTER_PORT  first port of the local Redis Cluster (default 7000).
 #   CARGO_TARGET_DIR     defaults to ~/.cache/tenantry/target, so CI clones share one build.
 
 : "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
@@ -35,6 +38,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantry/target}"
 TENANTRY_PG_PORT=5432
 TENANTRY_MYSQL_PORT=3306
 TENANTRY_REDIS_PORT=6379
+: "${TENANTRY_REDIS_CLUSTER_PORT:=7000}"
 TENANTRY_S3S_FS_VERSION=0.14.1
 TENANTRY_S3_ACCESS_KEY=tenantry
 TENANTRY_S3_SECRET_KEY=tenantry-local-secret
@@ -350,6 +354,13 @@ SQL
 # ---------------------------------------------------------------------------------------------
 # Redis
 
+_redis_install() {
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        _svc_log "redis: not installed, installing"
+        _svc_apt_install redis-server redis-tools || return 1
+    fi
+}
+
 ensure_redis() {
     local port=${1:-$TENANTRY_REDIS_PORT}
     if command -v redis-cli >/dev/null 2>&1 &&
@@ -358,8 +369,7 @@ ensure_redis() {
         return 0
     fi
     if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-        _svc_log "redis: not installed, installing"
-        _svc_apt_install redis-server redis-tools || return 1
+        _redis_install || return 1
         # The package may have started one already (SysV init script).
         if [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]]; then
             _svc_log "redis: ready on 127.0.0.1:$port"
@@ -384,6 +394,118 @@ ensure_redis() {
         return 1
     }
     _svc_log "redis: ready on 127.0.0.1:$port"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Redis Cluster: three primaries, no replicas (the run store's tests on a cluster)
+
+_redis_cluster_ports() {
+    echo "$TENANTRY_REDIS_CLUSTER_PORT" "$((TENANTRY_REDIS_CLUSTER_PORT + 1))" "$((TENANTRY_REDIS_CLUSTER_PORT + 2))"
+}
+
+# `CLUSTER INFO` field FIELD of the node on PORT (empty when it does not answer).
+_redis_cluster_field() {
+    redis-cli -h 127.0.0.1 -p "$1" cluster info 2>/dev/null | tr -d '\r' | awk -F: -v f="$2" '$1 == f { print $2 }'
+}
+
+# True when every node answers, sees the three nodes, all 16384 slots are assigned, and says ok.
+_redis_cluster_ok() {
+    local port
+    for port in $(_redis_cluster_ports); do
+        [[ $(_redis_cluster_field "$port" cluster_state) == ok ]] || return 1
+        [[ $(_redis_cluster_field "$port" cluster_known_nodes) == 3 ]] || return 1
+        [[ $(_redis_cluster_field "$port" cluster_slots_ok) == 16384 ]] || return 1
+    done
+}
+
+# Starts the cluster-mode redis-server of PORT unless one answers there already.
+_redis_cluster_node() {
+    local port=$1 dir="$TENANTRY_STATE_DIR/redis-cluster/$1"
+    if [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]]; then
+        if [[ $(redis-cli -h 127.0.0.1 -p "$port" info cluster 2>/dev/null | tr -d '\r') != *cluster_enabled:1* ]]; then
+            _svc_err "redis cluster: 127.0.0.1:$port runs a Redis that is not in cluster mode; stop it or set TENANTRY_REDIS_CLUSTER_PORT"
+            return 1
+        fi
+        return 0
+    fi
+    local bus=$((port + 10000)) p
+    for p in "$port" "$bus"; do
+        if _svc_port_open "$p"; then
+            _svc_err "redis cluster: 127.0.0.1:$p is taken by something else; stop it or set TENANTRY_REDIS_CLUSTER_PORT"
+            return 1
+        fi
+    done
+    mkdir -p "$dir"
+    if ! _redis_cluster_spawn "$port" "$dir" 15 && [[ -e $dir/nodes.conf ]]; then
+        # A node killed while writing nodes.conf may not start from it again. It holds test
+        # data only: start it afresh (the cluster is then re-created below).
+        _svc_log "redis cluster: node $port did not start from its nodes.conf; starting it afresh"
+        rm -f "$dir/nodes.conf"
+        _redis_cluster_spawn "$port" "$dir" "$TENANTRY_WAIT_SECS" || return 1
+    elif ! _redis_cluster_ok_port "$port"; then
+        return 1
+    fi
+}
+
+# True when the node on PORT answers PING.
+_redis_cluster_ok_port() {
+    [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]
+}
+
+# _redis_cluster_spawn PORT DIR TIMEOUT: starts the node and waits until it answers.
+_redis_cluster_spawn() {
+    local port=$1 dir=$2 timeout=$3
+    _svc_log "redis cluster: starting a node on 127.0.0.1:$port (log: $dir/redis.log)"
+    # nodes.conf keeps the node's id and slots across restarts; no data is persisted.
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+        --cluster-config-file nodes.conf --cluster-node-timeout 5000 --save "" --appendonly no \
+        --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid" </dev/null >&2 || {
+        _svc_err "redis cluster: \`redis-server --cluster-enabled yes --port $port ...\` failed"
+        return 1
+    }
+    _svc_wait "redis cluster node $port" "$timeout" _redis_cluster_ok_port "$port" || {
+        tail -n 20 "$dir/redis.log" >&2 || true
+        return 1
+    }
+}
+
+ensure_redis_cluster() {
+    local port nodes=() fresh=1
+    _redis_install || return 1
+    if _redis_cluster_ok; then
+        _svc_log "redis cluster: ready on 127.0.0.1:$TENANTRY_REDIS_CLUSTER_PORT-$((TENANTRY_REDIS_CLUSTER_PORT + 2))"
+        return 0
+    fi
+    for port in $(_redis_cluster_ports); do
+        _redis_cluster_node "$port" || return 1
+        nodes+=("127.0.0.1:$port")
+    done
+    # Nodes restarted with their nodes.conf find each other again by themselves.
+    for port in $(_redis_cluster_ports); do
+        [[ $(_redis_cluster_field "$port" cluster_known_nodes) == 1 && $(_redis_cluster_field "$port" cluster_slots_assigned) == 0 ]] || fresh=0
+    done
+    if ((!fresh)) && _svc_wait "redis cluster (rejoining)" 15 _redis_cluster_ok 2>/dev/null; then
+        _svc_log "redis cluster: ready on ${nodes[*]}"
+        return 0
+    fi
+    if ((!fresh)); then
+        # Half made, or left by a different set of nodes: start over (it holds test data only).
+        _svc_log "redis cluster: resetting the nodes on ${nodes[*]} (they did not form a healthy cluster)"
+        for port in $(_redis_cluster_ports); do
+            redis-cli -h 127.0.0.1 -p "$port" flushall >/dev/null 2>&1 || true
+            redis-cli -h 127.0.0.1 -p "$port" cluster reset hard >/dev/null || {
+                _svc_err "redis cluster: \`redis-cli -p $port cluster reset hard\` failed"
+                return 1
+            }
+        done
+    fi
+    _svc_log "redis cluster: creating it from ${nodes[*]}"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >&2 || {
+        _svc_err "redis cluster: \`redis-cli --cluster create ${nodes[*]} --cluster-replicas 0 --cluster-yes\` failed"
+        return 1
+    }
+    _svc_wait "redis cluster (cluster_state:ok on every node)" "$TENANTRY_WAIT_SECS" _redis_cluster_ok || return 1
+    _svc_log "redis cluster: ready on ${nodes[*]}"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +607,7 @@ ensure_moto() {
 # ---------------------------------------------------------------------------------------------
 
 ensure_all() {
-    ensure_postgres && ensure_mariadb && ensure_redis && ensure_s3 && ensure_moto
+    ensure_postgres && ensure_mariadb && ensure_redis && ensure_redis_cluster && ensure_s3 && ensure_moto
 }
 
 # Exports the variables the Rust tests read. S3 and RDS ports come from the ensure_s3 /
@@ -497,6 +619,13 @@ export_test_env() {
     export TENANTRY_TEST_PG_URL="postgres://postgres@127.0.0.1:$TENANTRY_PG_PORT/postgres"
     export TENANTRY_TEST_MYSQL_URL="mysql://root@127.0.0.1:$TENANTRY_MYSQL_PORT/mysql"
     export TENANTRY_TEST_REDIS_URL="redis://127.0.0.1:$TENANTRY_REDIS_PORT"
+    local port nodes=()
+    for port in $(_redis_cluster_ports); do nodes+=("redis://127.0.0.1:$port"); done
+    TENANTRY_TEST_REDIS_CLUSTER=$(
+        IFS=,
+        echo "${nodes[*]}"
+    )
+    export TENANTRY_TEST_REDIS_CLUSTER
     export TENANTRY_TEST_S3_ACCESS_KEY=$TENANTRY_S3_ACCESS_KEY
     export TENANTRY_TEST_S3_SECRET_KEY=$TENANTRY_S3_SECRET_KEY
     export TENANTRY_TEST_S3_BUCKET=$TENANTRY_S3_BUCKET
@@ -514,7 +643,7 @@ export_test_env() {
 
 print_test_env() {
     local v
-    for v in TENANTRY_TEST_PG_URL TENANTRY_TEST_MYSQL_URL TENANTRY_TEST_REDIS_URL \
+    for v in TENANTRY_TEST_PG_URL TENANTRY_TEST_MYSQL_URL TENANTRY_TEST_REDIS_URL TENANTRY_TEST_REDIS_CLUSTER \
         TENANTRY_TEST_S3_ENDPOINT TENANTRY_TEST_S3_ACCESS_KEY TENANTRY_TEST_S3_SECRET_KEY \
         TENANTRY_TEST_S3_BUCKET TENANTRY_TEST_RDS_ENDPOINT CARGO_TARGET_DIR; do
         [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs tenantry's whole test suite against local services (what CI runs, through .ci/run):
-# starts PostgreSQL, MariaDB, Redis, s3s-fs and moto when they are not running (installing
-# them when absent), exports TENANTRY_TEST_*, then runs
+# starts PostgreSQL, MariaDB, Redis, a local Redis Cluster, s3s-fs and moto when they are
+# not running (installing them when absent), exports TENANTRY_TEST_*, then runs
 #
 #   cargo fmt --all -- --check
 #   cargo clippy --all-targets -- -D warnings
@@ -24,6 +24,7 @@ header "services"
 ensure_postgres
 ensure_mariadb
 ensure_redis
+ensure_redis_cluster
 ensure_s3
 ensure_moto
 export_test_env

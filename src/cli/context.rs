@@ -133,13 +133,9 @@ impl Context {
         }
         // Reachability is checked with a short patience; the connection then reconnects
         // by itself for as long as the process runs.
-        let store = crate::runtime::store::RunStore::connect_within(
-            &c.redis.url,
-            &c.redis.prefix,
-            std::time::Duration::from_secs(3),
-        )
-        .await
-        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let store = crate::runtime::store::RunStore::from_config(&c.redis, std::time::Duration::from_secs(3))
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
         let queue = crate::runtime::queue::Queue::connect(c.redis.url.expose(), &c.redis.prefix)
             .await
             .map_err(|e| Failure::Unreachable(e.to_string()))?;

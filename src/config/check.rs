@@ -14,11 +14,22 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
     if !matches!(c.redis.url.scheme(), "redis" | "rediss") {
         err(path!["redis", "url"], format!("redis.url must be a redis:// or rediss:// URL, not {}", c.redis.url));
     }
-    if c.redis.prefix.is_empty() || c.redis.prefix.contains(char::is_whitespace) {
+    if c.redis.prefix.is_empty() || c.redis.prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
         err(
             path!["redis", "prefix"],
-            format!("redis.prefix {:?} must be non-empty and without spaces", c.redis.prefix),
+            format!(
+                "redis.prefix {:?} must be non-empty, without spaces and without {{ or }} (braces would make it the Redis Cluster hash tag of every key)",
+                c.redis.prefix
+            ),
         );
+    }
+    for (i, node) in c.redis.cluster.iter().enumerate() {
+        if !matches!(node.scheme(), "redis" | "rediss") {
+            err(
+                path!["redis", "cluster", i],
+                format!("redis.cluster[{i}] must be a redis:// or rediss:// URL, not {node}"),
+            );
+        }
     }
     if c.limits.per_host == 0 {
         err(path!["limits", "per_host"], "limits.per_host must be at least 1".into());

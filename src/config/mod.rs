@@ -47,15 +47,20 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// The job queue (apalis), and the run store unless `cluster` names nodes.
     #[serde(default = "default_redis_url")]
     pub url: SecretUrl,
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Seed nodes of a Redis Cluster that holds the run store (runs, checkpoints, leases,
+    /// schedules). The queue stays on `url`: apalis-redis cannot run on a cluster.
+    #[serde(default)]
+    pub cluster: Vec<SecretUrl>,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: default_redis_url(), prefix: default_prefix() }
+        Self { url: default_redis_url(), prefix: default_prefix(), cluster: Vec::new() }
     }
 }
 

@@ -7,6 +7,7 @@
 //! sweep dispatches the tenant again.
 
 pub mod clock;
+pub mod connection;
 pub mod fence;
 pub mod keys;
 pub mod launch;

@@ -11,8 +11,8 @@
 //! was handled (its run created, or skipped on purpose), and `claim`, the replica working on
 //! the workflow right now. Whenever a loop wakes up it reads `done`, works out the newest
 //! tick that is due since then (so ticks missed while Redis, the catalog or every replica
-//! was down are caught up by the `catch_up` policy), claims it, and creates the run in the
-//! same transaction that records the tick as done. When anything fails on the way (Redis,
+//! was down are caught up by the `catch_up` policy), claims it, and creates the run, which is
+//! published by the same script that records the tick as done (`tick_done.lua`). When anything fails on the way (Redis,
 //! the catalog) nothing is recorded: the loop tries again after a backoff, so a tick is
 //! never lost, and never run twice, because `done` only moves forward.
 

@@ -1,11 +1,31 @@
 //! The run store: runs, checkpoints, leases and dispatch state in Redis, every transition one atomic Lua script.
+//!
+//! Every script is given all the keys it touches, and touches the keys of one hash slot
+//! only: one run's keys, or the installation's global keys (see `keys.rs`). Scripts start
+//! with `#!lua`, so that on a cluster Redis 7 stops a script with an error at a call that
+//! reaches into another slot, even one on the same node, rather than letting it work by
+//! luck of slot placement (a unit test checks the scripts for keys they are not given).
+//! The run store therefore works on one Redis or on a Redis Cluster ([`Connection`]).
+//!
+//! What needs a run's keys and the global keys is done in steps, in an order that leaves
+//! nothing wrong when the process dies between two of them:
+//! - creating a run: (1) its id enters the run index, (2) its keys are written in one
+//!   MULTI/EXEC, (3) it is published in the active set (with its schedule tick, for a
+//!   scheduled run). A run is dispatched only once published. A creation cut short is an
+//!   unpublished run in the index, which the prune removes after [`ABANDONED_AFTER`]; a
+//!   slow creator finds its run gone at step 3 (`publish.lua` refuses) and deletes it.
+//! - ending a run: the script that ends it (advance, cancel, transition) writes its
+//!   state; then the run leaves the active set. In between, the maintenance pass finds a
+//!   finished run in the active set and removes it.
+//! - removing a run (prune): its keys are deleted, then it leaves the index; a removal
+//!   cut short leaves an id without a record, which the next prune removes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
+use super::connection::{Connection, Target};
 use super::keys::Keys;
 use super::model::{Checkpoint, RunRecord, RunSpec, RunState, Trigger};
 use crate::secret::SecretUrl;
@@ -28,7 +48,16 @@ pub enum StoreError {
     Refused { run: String, state: String, action: &'static str, allowed: String },
     #[error("corrupt run data for {run}: {message}")]
     Corrupt { run: String, message: String },
+    #[error(
+        "run {0} was discarded before it was published (its creation took longer than {ABANDONED_AFTER:?}); nothing ran, start it again"
+    )]
+    Discarded(String),
 }
+
+/// How long after its creation began an unpublished run counts as abandoned (its creator
+/// died between writing it and publishing it), and the prune removes it. A creation takes
+/// a few round trips; this is long enough that only a dead or hung creator is taken for one.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
 /// What a claim attempt found.
 #[derive(Debug, Clone)]
@@ -43,11 +72,6 @@ pub enum Claim {
     /// The run stopped; the tenant must be released with this outcome.
     Stopped(RunState),
 }
-
-/// `tick_done.lua`, also sent as plain EVAL inside the MULTI/EXEC of
-/// [`RunStore::create_scheduled`] (an EVALSHA there could fail with NOSCRIPT after the
-/// rest of the transaction had run).
-const TICK_DONE_LUA: &str = include_str!("lua/tick_done.lua");
 
 /// One replica working on one schedule tick of a workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,10 +103,10 @@ pub enum TickDone {
     Refused(String),
 }
 
-/// The run store of one installation (one Redis, one key prefix).
+/// The run store of one installation (one Redis or Redis Cluster, one key prefix).
 #[derive(Clone)]
 pub struct RunStore {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     scripts: Scripts,
 }
@@ -100,6 +124,8 @@ struct Scripts {
     cancel: redis::Script,
     tick_claim: redis::Script,
     tick_done: redis::Script,
+    publish: redis::Script,
+    unlist: redis::Script,
 }
 
 /// What a lease renewal found.
@@ -126,7 +152,9 @@ impl Scripts {
             release: redis::Script::new(include_str!("lua/release.lua")),
             cancel: redis::Script::new(include_str!("lua/cancel.lua")),
             tick_claim: redis::Script::new(include_str!("lua/tick_claim.lua")),
-            tick_done: redis::Script::new(TICK_DONE_LUA),
+            tick_done: redis::Script::new(include_str!("lua/tick_done.lua")),
+            publish: redis::Script::new(include_str!("lua/publish.lua")),
+            unlist: redis::Script::new(include_str!("lua/unlist.lua")),
         }
     }
 }
@@ -155,41 +183,60 @@ impl RunStore {
     /// Like [`RunStore::connect`], giving up after `patience` (a one-shot CLI command
     /// should say "unreachable" in seconds; a worker can wait longer).
     pub async fn connect_within(url: &SecretUrl, prefix: &str, patience: Duration) -> Result<Self, StoreError> {
-        let unreachable = |source| StoreError::Unreachable { url: url.redacted(), source };
-        let client = redis::Client::open(url.expose()).map_err(unreachable)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5).min(patience)))
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_number_of_retries(6);
-        let conn = tokio::time::timeout(patience, ConnectionManager::new_with_config(client, config))
+        Self::open(Target::Single(url), prefix, patience).await
+    }
+
+    /// The run store on a Redis Cluster, from some of its nodes.
+    pub async fn connect_cluster(nodes: &[SecretUrl], prefix: &str, patience: Duration) -> Result<Self, StoreError> {
+        Self::open(Target::Cluster(nodes), prefix, patience).await
+    }
+
+    /// The run store where the configuration puts it: `redis.cluster` when it names
+    /// nodes, else `redis.url`.
+    pub async fn from_config(redis: &crate::config::RedisConfig, patience: Duration) -> Result<Self, StoreError> {
+        let target =
+            if redis.cluster.is_empty() { Target::Single(&redis.url) } else { Target::Cluster(&redis.cluster) };
+        Self::open(target, &redis.prefix, patience).await
+    }
+
+    async fn open(target: Target<'_>, prefix: &str, patience: Duration) -> Result<Self, StoreError> {
+        let conn = Connection::open(target, patience)
             .await
-            .map_err(|_| unreachable(redis::RedisError::from((redis::ErrorKind::Io, "connection timed out"))))?
-            .map_err(unreachable)?;
+            .map_err(|source| StoreError::Unreachable { url: target.redacted(), source })?;
         Ok(Self { conn, keys: Keys::new(prefix), scripts: Scripts::new() })
+    }
+
+    /// Whether the store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
 
-    /// Writes a new run in one MULTI/EXEC: record, snapshot, checkpoints, pending lists.
-    /// The run starts `running` (or `awaiting_approval` when its first wave asks for it),
-    /// or `queued` behind a previous run of its workflow.
+    /// Creates a run: registers it in the index, writes its keys, publishes it (see the
+    /// module doc for why these are three steps). The run starts `running` (or
+    /// `awaiting_approval` when its first wave asks for it), or `queued` behind a previous
+    /// run of its workflow.
     pub async fn create(&self, spec: &RunSpec, trigger: &Trigger, queued: bool) -> Result<(), StoreError> {
         let now = now_ms();
-        let (mut pipe, _) = self.create_pipe(spec, trigger, queued, now);
-        pipe.zadd(self.keys.runs(), &spec.id, now);
-        pipe.sadd(self.keys.active_runs(), &spec.id);
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.register(&spec.id, now).await?;
+        self.write(spec, trigger, queued, now).await?;
+        if self.publish(&spec.id).await? {
+            return Ok(());
+        }
+        self.remove_run(&spec.id).await?;
+        Err(StoreError::Discarded(spec.id.clone()))
     }
 
-    /// [`RunStore::create`] for the run of a schedule tick: the same MULTI/EXEC ends with
-    /// `tick_done.lua`, which records the tick as done and publishes the run, or refuses
-    /// (the tick or a newer one is done already; another replica holds the workflow) and
-    /// deletes what the transaction wrote. So the run exists exactly when its tick is
-    /// recorded, whatever crashes or expired claims came in between.
+    /// [`RunStore::create`] for the run of a schedule tick: its last step is
+    /// `tick_done.lua`, which records the tick as done and publishes the run in one script,
+    /// or refuses (the tick or a newer one is done already; another replica holds the
+    /// workflow), and then the run is deleted. So the run runs exactly when its tick is
+    /// recorded, whatever crashes or expired claims came in between: a creation cut short
+    /// leaves the tick unrecorded (it is tried again, with a new run) and an unpublished
+    /// run, which never runs and which the prune removes.
     pub async fn create_scheduled(
         &self,
         spec: &RunSpec,
@@ -199,30 +246,68 @@ impl RunStore {
     ) -> Result<TickDone, StoreError> {
         let k = &self.keys;
         let now = now_ms();
-        let (mut pipe, written) = self.create_pipe(spec, trigger, queued, now);
-        pipe.cmd("EVAL")
-            .arg(TICK_DONE_LUA)
-            .arg(3 + written.len())
-            .arg(k.schedule(&claim.workflow))
-            .arg(k.runs())
-            .arg(k.active_runs())
-            .arg(&written)
+        self.register(&spec.id, now).await?;
+        self.write(spec, trigger, queued, now).await?;
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .tick_done
+            .key(k.schedule(&claim.workflow))
+            .key(k.runs())
+            .key(k.active_runs())
             .arg(claim.tick_ms)
             .arg(&claim.owner)
             .arg(&spec.id)
-            .arg(now);
+            .invoke_async(&mut conn)
+            .await?;
+        let done = tick_done(out);
+        if matches!(done, TickDone::Refused(_)) {
+            self.remove_run(&spec.id).await?;
+        }
+        Ok(done)
+    }
+
+    /// Creation, step 1: the run's id enters the index (scored by its creation time), so
+    /// that the prune finds the run even when its creation stops before it is published.
+    /// Public, like the other steps, for tests that stop between steps as a crash would.
+    pub async fn register(&self, run: &str, now: i64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let out: Vec<String> = match replies.last() {
-            Some(reply) => redis::from_redis_value_ref(reply).map_err(redis::RedisError::from)?,
-            None => Vec::new(),
-        };
-        Ok(tick_done(out))
+        conn.zadd::<_, _, _, ()>(self.keys.runs(), run, now).await?;
+        Ok(())
+    }
+
+    /// Creation, step 2: every key of the run, in one MULTI/EXEC on the run's slot.
+    pub async fn write(&self, spec: &RunSpec, trigger: &Trigger, queued: bool, now: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.create_pipe(spec, trigger, queued, now).query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Creation, step 3: the run joins the active set, so workers move it. False when the
+    /// prune discarded it meanwhile (it took the creation for abandoned).
+    pub async fn publish(&self, run: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let out: Vec<String> = self
+            .scripts
+            .publish
+            .key(self.keys.runs())
+            .key(self.keys.active_runs())
+            .arg(run)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(out.first().map(String::as_str) == Some("ok"))
+    }
+
+    /// A finished run leaves the active set (the step after the script that ended it).
+    pub async fn retire(&self, run: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.srem::<_, _, ()>(self.keys.active_runs(), run).await?;
+        Ok(())
     }
 
     /// The commands that write a new run (everything but the runs index and the active
-    /// set, which publish it), in one atomic pipeline, and the keys they write.
-    fn create_pipe(&self, spec: &RunSpec, trigger: &Trigger, queued: bool, now: i64) -> (redis::Pipeline, Vec<String>) {
+    /// set, which are global keys), in one atomic pipeline on the run's slot.
+    fn create_pipe(&self, spec: &RunSpec, trigger: &Trigger, queued: bool, now: i64) -> redis::Pipeline {
         let k = &self.keys;
         let parent = match trigger {
             Trigger::Retry { parent } => parent.clone(),
@@ -234,7 +319,6 @@ impl RunStore {
             (false, true) => RunState::AwaitingApproval,
             (false, false) => RunState::Running,
         };
-        let mut written = vec![k.run(&spec.id), k.run_spec(&spec.id), k.run_tenants(&spec.id), k.run_events(&spec.id)];
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.hset_multiple(
@@ -273,27 +357,30 @@ impl RunStore {
         for chunk in checkpoints.chunks(1000) {
             pipe.hset_multiple(k.run_tenants(&spec.id), chunk);
         }
-        // Pending lists per wave and host group, in the wave's (id) order.
-        let mut lists: BTreeMap<(usize, &str), Vec<&str>> = BTreeMap::new();
+        // Pending tenants per wave, by host group and tenant id (see `Keys::run_pending`).
+        let mut pending: BTreeMap<usize, Vec<(u8, String)>> = BTreeMap::new();
+        let mut ready: BTreeMap<usize, std::collections::BTreeSet<&str>> = BTreeMap::new();
         for wave in &spec.waves {
             for id in &wave.tenants {
                 if let Some(t) = spec.tenants.get(id.as_str())
                     && !t.units.is_empty()
                 {
-                    lists.entry((wave.index, t.group.as_str())).or_default().push(id.as_str());
+                    pending.entry(wave.index).or_default().push((0, Keys::pending_member(&t.group, id.as_str())));
+                    ready.entry(wave.index).or_default().insert(t.group.as_str());
                 }
             }
         }
-        for ((wave, group), ids) in &lists {
-            for chunk in ids.chunks(1000) {
-                pipe.rpush(k.run_pending(&spec.id, *wave, group), chunk);
+        for (wave, members) in &pending {
+            for chunk in members.chunks(1000) {
+                pipe.zadd_multiple(k.run_pending(&spec.id, *wave), chunk);
             }
-            pipe.zadd(k.run_ready(&spec.id, *wave), *group, 0);
-            written.push(k.run_pending(&spec.id, *wave, group));
-            written.push(k.run_ready(&spec.id, *wave));
         }
-        written.sort();
-        written.dedup();
+        for (wave, groups) in &ready {
+            let scored: Vec<(u8, &str)> = groups.iter().map(|g| (0, *g)).collect();
+            for chunk in scored.chunks(1000) {
+                pipe.zadd_multiple(k.run_ready(&spec.id, *wave), chunk);
+            }
+        }
         let done: u64 = done_per_wave.values().sum();
         if done > 0 {
             pipe.hset(k.run(&spec.id), "succeeded", done);
@@ -310,10 +397,9 @@ impl RunStore {
         for wave in spec.waves.iter().filter(|w| w.approval) {
             pipe.hset(k.run(&spec.id), format!("gate:{}", wave.index), "1");
         }
-        written.push(k.run_limits(&spec.id));
         let created = serde_json::json!({"at": now, "event": format!("run created by {trigger}: {} tenant(s) in {} wave(s)", spec.tenants.len(), spec.waves.len())});
         pipe.rpush(k.run_events(&spec.id), created.to_string());
-        (pipe, written)
+        pipe
     }
 
     /// Moves the run forward; returns the tenants (with dispatch numbers) to push to the queue.
@@ -331,13 +417,14 @@ impl RunStore {
             .key(k.run_hosts(&spec.id))
             .key(k.run_inflight(&spec.id))
             .key(k.run_events(&spec.id))
-            .key(k.active_runs())
             .key(k.run_limits(&spec.id));
         for wave in 0..spec.waves.len() {
-            invocation.key(k.run_ready(&spec.id, wave)).key(k.run_parked(&spec.id, wave));
+            invocation
+                .key(k.run_ready(&spec.id, wave))
+                .key(k.run_parked(&spec.id, wave))
+                .key(k.run_pending(&spec.id, wave));
         }
         let out: Vec<String> = invocation
-            .arg(k.run(&spec.id))
             .arg(now_ms())
             .arg(spec.run_concurrency)
             .arg(spec.waves_json())
@@ -346,6 +433,9 @@ impl RunStore {
             .await?;
         let mut it = out.into_iter();
         let state = it.next().unwrap_or_default();
+        if RunState::parse(&state).is_some_and(|s| s.is_terminal()) {
+            self.retire(&spec.id).await?;
+        }
         Ok((state, it.filter_map(|s| parse_dispatch(&s)).collect()))
     }
 
@@ -373,7 +463,7 @@ impl RunStore {
             .key(k.fence(run))
             .key(k.run_inflight(run))
             .key(k.run_hosts(run))
-            .key(k.run_pending(run, snapshot.wave, &snapshot.group))
+            .key(k.run_pending(run, snapshot.wave))
             .key(k.run_ready(run, snapshot.wave))
             .key(k.run_parked(run, snapshot.wave))
             .arg(tenant)
@@ -543,14 +633,15 @@ impl RunStore {
             .key(k.run_inflight(run))
             .key(k.run_hosts(run))
             .key(k.run_events(run))
-            .key(k.active_runs())
-            .arg(run)
             .arg(now_ms())
             .arg(reason)
             .invoke_async(&mut conn)
             .await?;
         match (out.first().map(String::as_str), out.get(1).map(String::as_str)) {
-            (Some("ok"), previous) => Ok(previous.and_then(RunState::parse).unwrap_or(RunState::Running)),
+            (Some("ok"), previous) => {
+                self.retire(run).await?;
+                Ok(previous.and_then(RunState::parse).unwrap_or(RunState::Running))
+            }
             (_, Some("missing") | None) => Err(StoreError::NoSuchRun(run.to_string())),
             (_, Some(state)) => Err(StoreError::Refused {
                 run: run.to_string(),
@@ -561,20 +652,27 @@ impl RunStore {
         }
     }
 
-    /// Re-dispatches tenants whose queue entry or lease expired.
+    /// Re-dispatches tenants whose queue entry or lease expired: reads the tenants past
+    /// their deadline (at most 500 per call), then `sweep.lua` checks each again with its
+    /// lease key, which it is given.
     pub async fn sweep(&self, run: &str, dispatch_grace: Duration) -> Result<Vec<(String, u64)>, StoreError> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        let out: Vec<String> = self
-            .scripts
-            .sweep
-            .key(k.run_tenants(run))
-            .key(k.run_inflight(run))
-            .key(k.lease(run, ""))
-            .arg(now_ms())
-            .arg(dispatch_grace.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+        let now = now_ms();
+        let due: Vec<String> = conn.zrangebyscore_limit(k.run_inflight(run), "-inf", now, 0, 500).await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.sweep.prepare_invoke();
+        invocation.key(k.run_tenants(run)).key(k.run_inflight(run));
+        for tenant in &due {
+            invocation.key(k.lease(run, tenant));
+        }
+        invocation.arg(now).arg(dispatch_grace.as_millis() as u64);
+        for tenant in &due {
+            invocation.arg(tenant);
+        }
+        let out: Vec<String> = invocation.invoke_async(&mut conn).await?;
         Ok(out.iter().filter_map(|s| parse_dispatch(s)).collect())
     }
 
@@ -594,8 +692,6 @@ impl RunStore {
         invocation
             .key(k.run(run))
             .key(k.run_events(run))
-            .key(k.active_runs())
-            .arg(run)
             .arg(from_list.join(","))
             .arg(to.as_str())
             .arg(now_ms())
@@ -605,7 +701,12 @@ impl RunStore {
         }
         let out: Vec<String> = invocation.invoke_async(&mut conn).await?;
         match out.first().map(String::as_str) {
-            Some("ok") => Ok(out.get(1).and_then(|s| RunState::parse(s)).unwrap_or(to)),
+            Some("ok") => {
+                if to.is_terminal() {
+                    self.retire(run).await?;
+                }
+                Ok(out.get(1).and_then(|s| RunState::parse(s)).unwrap_or(to))
+            }
             _ => match out.get(1).map(String::as_str) {
                 Some("missing") | None => Err(StoreError::NoSuchRun(run.to_string())),
                 Some(state) => Err(StoreError::Refused {
@@ -714,23 +815,51 @@ impl RunStore {
 
     /// Removes finished runs beyond the newest `keep` per workflow, and those that finished
     /// before `older_than_ms`, with every key they have (record, snapshot, checkpoints,
-    /// pending lists, events, fence). Returns how many runs were removed.
-    pub async fn prune_finished(&self, keep: usize, older_than_ms: i64) -> Result<usize, StoreError> {
+    /// pending tenants, events, fence). Also repairs what crashes left: runs whose
+    /// creation began before `abandoned_before_ms` and was never published (see the module
+    /// doc), and removals cut short. Returns how many runs were removed.
+    pub async fn prune_finished(
+        &self,
+        keep: usize,
+        older_than_ms: i64,
+        abandoned_before_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let k = &self.keys;
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = conn.zrevrange(self.keys.runs(), 0, -1).await?;
+        // Runs a previous prune took out of the index and did not finish deleting.
+        let mut doomed: Vec<String> = conn.smembers(k.doomed_runs()).await?;
+        let ids: Vec<(String, f64)> = conn.zrevrange_withscores(k.runs(), 0, -1).await?;
         let mut kept: HashMap<String, usize> = HashMap::new();
-        let mut doomed = Vec::new();
-        for id in ids {
+        for (id, registered) in ids {
             let record = match self.record(&id).await {
                 Ok(r) => r,
-                // A run whose record is gone (half-removed): finish removing it.
+                // No record: a removal cut short (finish it), or a creation that stopped
+                // before its keys were written (once it is old enough to be abandoned).
                 Err(StoreError::NoSuchRun(_)) => {
-                    doomed.push(id);
+                    if (registered as i64) < abandoned_before_ms {
+                        doomed.push(id);
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             if !record.state.is_terminal() {
+                // Read after the record: a run published meanwhile is seen as published.
+                if record.created_ms < abandoned_before_ms && !conn.sismember(k.active_runs(), &id).await? {
+                    let out: Vec<String> = self
+                        .scripts
+                        .unlist
+                        .key(k.runs())
+                        .key(k.active_runs())
+                        .key(k.doomed_runs())
+                        .arg(&id)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    if out.first().map(String::as_str) == Some("ok") {
+                        tracing::warn!(run = %id, "removing a run whose creation was never finished (nothing of it ran)");
+                        doomed.push(id);
+                    }
+                }
                 continue;
             }
             let n = kept.entry(record.workflow.clone()).or_default();
@@ -740,14 +869,17 @@ impl RunStore {
                 doomed.push(id);
             }
         }
+        doomed.sort();
+        doomed.dedup();
         for id in &doomed {
             self.remove_run(id).await?;
         }
         Ok(doomed.len())
     }
 
-    /// Deletes every key of a finished run; its id leaves the run list last, so a removal
-    /// cut short is finished by the next prune.
+    /// Deletes every key of a run (one slot), then takes it out of the global sets (one
+    /// MULTI/EXEC on the other slot); a removal cut short leaves an id in the index without
+    /// a record, which the next prune removes. Leases are not deleted: they expire.
     async fn remove_run(&self, run: &str) -> Result<(), StoreError> {
         let k = &self.keys;
         let mut keys = vec![
@@ -759,22 +891,27 @@ impl RunStore {
             k.run_events(run),
             k.run_limits(run),
         ];
+        // The per-wave keys are named after the spec's waves; the spec goes last, so a
+        // removal cut short can still name them.
         if let Ok(spec) = self.spec(run).await {
             for wave in &spec.waves {
                 keys.push(k.run_ready(run, wave.index));
                 keys.push(k.run_parked(run, wave.index));
-                let groups: std::collections::BTreeSet<&str> =
-                    spec.tenants.values().filter(|t| t.wave == wave.index).map(|t| t.group.as_str()).collect();
-                keys.extend(groups.into_iter().map(|g| k.run_pending(run, wave.index, g)));
+                keys.push(k.run_pending(run, wave.index));
             }
         }
-        keys.push(k.run_spec(run));
         let mut conn = self.conn.clone();
         for chunk in keys.chunks(500) {
             conn.del::<_, ()>(chunk).await?;
         }
-        conn.zrem::<_, _, ()>(k.runs(), run).await?;
-        conn.srem::<_, _, ()>(k.active_runs(), run).await?;
+        conn.del::<_, ()>(k.run_spec(run)).await?;
+        redis::pipe()
+            .atomic()
+            .zrem(k.runs(), run)
+            .srem(k.active_runs(), run)
+            .srem(k.doomed_runs(), run)
+            .query_async::<()>(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -842,11 +979,14 @@ impl RunStore {
         Ok(tick_done(out))
     }
 
-    /// Deletes every key under the prefix (tests and `tenantry` housekeeping only).
+    /// Deletes every key under the prefix (tests and `tenantry` housekeeping only). On a
+    /// cluster, KEYS is sent to every primary (SCAN walks one node only).
     pub async fn delete_all(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}:*", self.keys.prefix());
-        let keys: Vec<String> = {
+        let keys: Vec<String> = if self.conn.is_cluster() {
+            redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await?
+        } else {
             let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
             let mut keys = Vec::new();
             while let Some(k) = futures::StreamExt::next(&mut iter).await {
@@ -871,4 +1011,154 @@ fn tick_done(out: Vec<String>) -> TickDone {
 fn parse_dispatch(s: &str) -> Option<(String, u64)> {
     let (tenant, dispatch) = s.rsplit_once('|')?;
     Some((tenant.to_string(), dispatch.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every script of the run store, by file name.
+    const SCRIPTS: &[(&str, &str)] = &[
+        ("advance.lua", include_str!("lua/advance.lua")),
+        ("cancel.lua", include_str!("lua/cancel.lua")),
+        ("claim.lua", include_str!("lua/claim.lua")),
+        ("finish.lua", include_str!("lua/finish.lua")),
+        ("progress.lua", include_str!("lua/progress.lua")),
+        ("publish.lua", include_str!("lua/publish.lua")),
+        ("release.lua", include_str!("lua/release.lua")),
+        ("renew.lua", include_str!("lua/renew.lua")),
+        ("sweep.lua", include_str!("lua/sweep.lua")),
+        ("tick_claim.lua", include_str!("lua/tick_claim.lua")),
+        ("tick_done.lua", include_str!("lua/tick_done.lua")),
+        ("transition.lua", include_str!("lua/transition.lua")),
+        ("unlist.lua", include_str!("lua/unlist.lua")),
+    ];
+
+    /// Commands whose first argument is not a key.
+    const KEYLESS: &[&str] = &["TIME"];
+    /// Commands all of whose arguments are keys.
+    const ALL_KEYS: &[&str] = &["DEL", "EXISTS", "UNLINK"];
+
+    /// Splits a comma-separated Lua expression list at the top level (not inside brackets
+    /// or quotes).
+    fn split_top(s: &str) -> Vec<String> {
+        let (mut out, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
+        let mut quote: Option<char> = None;
+        for c in s.chars() {
+            if let Some(q) = quote {
+                if c == q {
+                    quote = None;
+                }
+                cur.push(c);
+                continue;
+            }
+            match c {
+                '\'' | '"' => quote = Some(c),
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push(cur.trim().to_string());
+                    cur.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+        }
+        if !cur.trim().is_empty() {
+            out.push(cur.trim().to_string());
+        }
+        out
+    }
+
+    /// `KEYS[i]` itself, not a name built from it (`KEYS[3] .. tenant`).
+    fn is_keys_element(expr: &str) -> bool {
+        expr.starts_with("KEYS[") && expr.ends_with(']') && !expr.contains("..")
+    }
+
+    /// The key arguments of each `redis.call` in a script that are not taken from `KEYS`
+    /// (directly, or through a local bound to a `KEYS[...]` element). Redis Cluster only
+    /// routes, and only checks, the keys a script declares; a key built from data inside
+    /// the script is what breaks on a cluster.
+    fn undeclared_keys(script: &str) -> Vec<String> {
+        let mut from_keys: Vec<String> = Vec::new();
+        let mut problems = Vec::new();
+        for line in script.lines().map(str::trim).filter(|l| !l.starts_with("--")) {
+            if let Some(rest) = line.strip_prefix("local ")
+                && let Some((names, values)) = rest.split_once(" = ")
+            {
+                for (name, value) in names.split(',').map(str::trim).zip(split_top(values)) {
+                    if is_keys_element(&value) {
+                        from_keys.push(name.to_string());
+                    }
+                }
+            }
+            let mut rest = line;
+            while let Some(at) = rest.find("redis.call(") {
+                rest = &rest[at + "redis.call(".len()..];
+                let (mut depth, mut quote) = (1, None);
+                let end = rest
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        match (quote, c) {
+                            (Some(q), c) if c == q => quote = None,
+                            (Some(_), _) => {}
+                            (None, '\'' | '"') => quote = Some(c),
+                            (None, '(') => depth += 1,
+                            (None, ')') => depth -= 1,
+                            _ => {}
+                        }
+                        depth == 0
+                    })
+                    .map_or(rest.len(), |(i, _)| i);
+                let args = split_top(&rest[..end]);
+                let command = args[0].trim_matches('\'').to_ascii_uppercase();
+                if KEYLESS.contains(&command.as_str()) {
+                    continue;
+                }
+                let keys = if ALL_KEYS.contains(&command.as_str()) { &args[1..] } else { &args[1..2.min(args.len())] };
+                for key in keys {
+                    if !(is_keys_element(key) || from_keys.contains(key)) {
+                        problems.push(format!("{command} {key}"));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    #[test]
+    fn every_script_touches_only_the_keys_it_is_given() {
+        for (name, script) in SCRIPTS {
+            let undeclared = undeclared_keys(script);
+            assert!(undeclared.is_empty(), "{name} touches keys it is not given: {undeclared:?}");
+        }
+    }
+
+    #[test]
+    fn every_script_file_is_checked() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtime/lua");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(SCRIPTS.iter().any(|(n, _)| *n == name), "{name} is not in SCRIPTS");
+        }
+    }
+
+    #[test]
+    fn every_script_asks_redis_to_refuse_keys_of_another_slot() {
+        for (name, script) in SCRIPTS {
+            assert!(
+                script.starts_with("#!lua\n"),
+                "{name} must start with `#!lua` (Redis 7 then refuses cross-slot keys)"
+            );
+        }
+    }
+
+    #[test]
+    fn the_check_finds_a_key_built_inside_a_script() {
+        let built = "local stem = ARGV[1]\nlocal t = redis.call('LPOP', stem .. ':pending')\n\
+                     redis.call('DEL', KEYS[1], 'x')\nredis.call('PTTL', KEYS[3] .. t)";
+        let found = undeclared_keys(built);
+        assert_eq!(found, ["LPOP stem .. ':pending'", "DEL 'x'", "PTTL KEYS[3] .. t"]);
+        let fine = "local run, tenants = KEYS[1], KEYS[2]\nredis.call('HGET', run, 'state')\nredis.call('TIME')";
+        assert!(undeclared_keys(fine).is_empty());
+    }
 }

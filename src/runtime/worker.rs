@@ -238,13 +238,15 @@ impl Runtime {
         let mut records = Vec::with_capacity(active.len());
         for run in &active {
             match self.store.record(run).await {
+                // Ended, but the process that ended it died before it left the active set.
+                Ok(r) if r.state.is_terminal() => self.store.retire(run).await?,
                 Ok(r) => records.push(r),
                 Err(StoreError::NoSuchRun(_)) => {}
                 Err(e) => return Err(e),
             }
         }
         self.promote_queued(&records).await?;
-        for run in active {
+        for run in records.into_iter().map(|r| r.id) {
             let spec = match self.spec(&run).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -271,7 +273,8 @@ impl Runtime {
             return Ok(0);
         }
         let older_than = now_ms() - self.settings.keep_runs_for.0.as_millis() as i64;
-        let removed = self.store.prune_finished(self.settings.keep_runs as usize, older_than).await?;
+        let abandoned = now_ms() - super::store::ABANDONED_AFTER.as_millis() as i64;
+        let removed = self.store.prune_finished(self.settings.keep_runs as usize, older_than, abandoned).await?;
         if removed > 0 {
             info!(removed, "removed finished runs past their retention");
         }

@@ -103,6 +103,32 @@ pub fn redis_url() -> String {
     std::env::var("TENANTRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
 }
 
+/// The seed nodes of the local Redis Cluster (`ensure_redis_cluster` in `deploy/local/services.sh`).
+pub fn redis_cluster_nodes() -> Vec<String> {
+    std::env::var("TENANTRY_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002".to_string())
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// A raw connection to the local Redis Cluster, or a panic that names the command that starts it.
+pub async fn redis_cluster() -> redis::cluster_async::ClusterConnection {
+    let nodes = redis_cluster_nodes();
+    let connected = async { redis::cluster::ClusterClient::new(nodes.clone())?.get_async_connection().await };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connected).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!(
+            "the Redis Cluster at {nodes:?} is not reachable ({e}). Start it with `bash deploy/local/test.sh` \
+             (or `source deploy/local/services.sh && ensure_redis_cluster`)."
+        ),
+        Err(_) => panic!(
+            "the Redis Cluster at {nodes:?} did not answer within 10s. Start it with `bash deploy/local/test.sh` \
+             (or `source deploy/local/services.sh && ensure_redis_cluster`)."
+        ),
+    }
+}
+
 /// Deletes every Redis key under `prefix:` (each test uses its own prefix).
 pub async fn clear_redis(prefix: &str) {
     let client = redis::Client::open(redis_url()).unwrap();

@@ -1,3 +1,4 @@
+#!lua
 -- Moves a run forward, atomically: holds a wave that needs approval until it has it,
 -- checks the current wave's failure budget, dispatches pending tenants within the run's and
 -- each host's concurrency limits, and when a wave is complete moves to the next one (after
@@ -11,19 +12,22 @@
 -- is looked at; a group whose host is full is parked under that host (finish.lua puts it
 -- back when a tenant on the host finishes), and a served group goes to the back of the set.
 --
+-- The run's end leaves the active set afterwards, in another step (the set is a global key,
+-- in another hash slot): the caller removes a run that this script ended.
+--
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] hosts hash, KEYS[4] inflight zset,
--- KEYS[5] events list, KEYS[6] active runs set, KEYS[7] host limits hash,
--- then per wave w (0-based): KEYS[8 + 2w] ready zset, KEYS[9 + 2w] parked hash
--- ARGV[1] key stem of the run ("{prefix}:run:{id}", for the per-group pending lists),
--- ARGV[2] now (ms), ARGV[3] run concurrency,
--- ARGV[4] waves (JSON array of {size, max_failures, max_failure_rate, approval, soak_ms, name}),
--- ARGV[5] dispatch grace (ms): how long a dispatched task may wait for a worker.
+-- KEYS[5] events list, KEYS[6] host limits hash,
+-- then per wave w (0-based): KEYS[7 + 3w] ready zset, KEYS[8 + 3w] parked hash,
+-- KEYS[9 + 3w] pending zset ("{group} {tenant}" members, see keys.rs)
+-- ARGV[1] now (ms), ARGV[2] run concurrency,
+-- ARGV[3] waves (JSON array of {size, max_failures, max_failure_rate, approval, soak_ms, name}),
+-- ARGV[4] dispatch grace (ms): how long a dispatched task may wait for a worker.
 -- Returns {state, tenant|dispatch, ...}.
-local run, tenants, hosts, inflight_z, events, active, limits = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local stem, now = ARGV[1], tonumber(ARGV[2])
-local run_limit = tonumber(ARGV[3])
-local waves = cjson.decode(ARGV[4])
-local grace = tonumber(ARGV[5])
+local run, tenants, hosts, inflight_z, events, limits = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local now = tonumber(ARGV[1])
+local run_limit = tonumber(ARGV[2])
+local waves = cjson.decode(ARGV[3])
+local grace = tonumber(ARGV[4])
 
 local function event(text)
   redis.call('RPUSH', events, cjson.encode({at = now, event = text}))
@@ -32,7 +36,6 @@ end
 
 local function finish(state, reason)
   redis.call('HSET', run, 'state', state, 'reason', reason, 'finished_ms', now, 'updated_ms', now)
-  redis.call('SREM', active, string.match(stem, ':run:(.*)$'))
   event('run ' .. state .. ': ' .. reason)
   return {state}
 end
@@ -83,7 +86,7 @@ while true do
   end
 
   -- Dispatch within the limits, from the head of the ready set.
-  local ready, parked = KEYS[8 + 2 * wave], KEYS[9 + 2 * wave]
+  local ready, parked, pending = KEYS[7 + 3 * wave], KEYS[8 + 3 * wave], KEYS[9 + 3 * wave]
   local inflight = tonumber(redis.call('HGET', run, 'inflight') or '0')
   local out = {'running'}
   while inflight < run_limit do
@@ -96,11 +99,12 @@ while true do
       local waiting = redis.call('HGET', parked, full)
       redis.call('HSET', parked, full, waiting and (waiting .. ' ' .. group) or group)
     else
-      local pending_key = stem .. ':pending:' .. wave .. ':' .. group
-      local tenant = redis.call('LPOP', pending_key)
-      if not tenant then
+      local first = redis.call('ZRANGEBYLEX', pending, '[' .. group .. ' ', '(' .. group .. '!', 'LIMIT', 0, 1)[1]
+      if not first then
         redis.call('ZREM', ready, group)
       else
+        redis.call('ZREM', pending, first)
+        local tenant = string.sub(first, #group + 2)
         local cp = cjson.decode(redis.call('HGET', tenants, tenant))
         cp.state = 'queued'
         cp.dispatch = (cp.dispatch or 0) + 1
@@ -110,7 +114,7 @@ while true do
         for h in string.gmatch(group, '[^+]+') do redis.call('HINCRBY', hosts, h, 1) end
         inflight = inflight + 1
         table.insert(out, tenant .. '|' .. cp.dispatch)
-        if redis.call('LLEN', pending_key) == 0 then
+        if #redis.call('ZRANGEBYLEX', pending, '[' .. group .. ' ', '(' .. group .. '!', 'LIMIT', 0, 1) == 0 then
           redis.call('ZREM', ready, group)
         else
           redis.call('ZADD', ready, redis.call('HINCRBY', run, 'served', 1), group)

@@ -1,11 +1,12 @@
+#!lua
 -- A worker claims a dispatched tenant: takes its lease with a fresh fencing token, unless
 -- the run is paused or the tenant's wave waits for approval, in which case the tenant goes
 -- back to its wave's pending list (it was queued, it has not started) and is dispatched
 -- again when the run resumes or the wave is approved.
 --
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] lease key, KEYS[4] fence counter,
--- KEYS[5] inflight zset, KEYS[6] hosts hash, KEYS[7] the tenant's pending list (its wave
--- and host group), KEYS[8] the wave's ready zset of host groups, KEYS[9] its parked hash
+-- KEYS[5] inflight zset, KEYS[6] hosts hash, KEYS[7] the pending zset of the tenant's wave,
+-- KEYS[8] the wave's ready zset of host groups, KEYS[9] its parked hash
 -- ARGV[1] tenant, ARGV[2] worker id, ARGV[3] dispatch number, ARGV[4] lease (ms), ARGV[5] now (ms),
 -- ARGV[6] the tenant's host group ("a+b"), ARGV[7] a nonce unique to this claim attempt
 -- (kept in the checkpoint: a worker whose claim's reply never arrived can still name the
@@ -46,7 +47,9 @@ if run_state == 'paused' or gated then
     end
     redis.call('HINCRBY', run, 'inflight', -1)
   end
-  redis.call('LPUSH', pending, tenant)
+  -- Back in its group's place (members sort by tenant id within a group, and the ones
+  -- before it were dispatched already): the next one its group dispatches.
+  redis.call('ZADD', pending, 0, group .. ' ' .. tenant)
   redis.call('ZADD', ready, 0, group)
   return {'held'}
 end

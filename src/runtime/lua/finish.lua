@@ -1,3 +1,4 @@
+#!lua
 -- Ends a tenant's work in a run: records the outcome, releases its concurrency slots and
 -- its lease. With a fencing token, only the lease holder may finish; without one (a
 -- tenant released because its run stopped) the tenant must not be leased.

@@ -1,3 +1,4 @@
+#!lua
 -- Records a tenant's progress (next unit, attempts, last error, a unit's output), only for
 -- the holder of the lease.
 -- KEYS[1] run hash, KEYS[2] tenants hash, KEYS[3] lease key

@@ -1,3 +1,4 @@
+#!lua
 -- Gives a claim back without charging the tenant a lost worker: a draining worker whose
 -- handler could not finish in time, a running tenant whose run was paused, or a live worker
 -- that was cut off from Redis (its renewals failed, or a claim's reply came late or not at

@@ -1,3 +1,4 @@
+#!lua
 -- Extends a lease, only for the holder of the given fencing token, and tells the holder
 -- when its run was cancelled so it stops the step's database work at once.
 -- KEYS[1] lease key, KEYS[2] inflight zset, KEYS[3] run hash; ARGV[1] "worker|fence",

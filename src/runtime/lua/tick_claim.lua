@@ -1,3 +1,4 @@
+#!lua
 -- Claims a schedule tick, so that one replica at a time works on a workflow's ticks
 -- (reads the catalog, checks overlap, creates the run). The claim expires, by Redis's
 -- clock so that replicas with skewed clocks agree, and a replica that died between the
