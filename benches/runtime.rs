@@ -59,14 +59,17 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 const USAGE: &str = "usage: cargo bench --bench runtime -- [--tenants N] [--concurrency C] [--pool P] [--workers W] \
-                     [--timeout SECS] [--no-docs]
+                     [--hosts H] [--hosts-concurrency C] [--timeout SECS] [--wait-idle SECS] [--no-docs]
 
   --tenants N       schema tenants (default 5000)
   --concurrency C   run and per-host concurrency of the workflow, and worker_concurrency (default 32)
   --pool P          PostgreSQL connections per worker, and of the parallel loops (default 8)
   --workers W       `tenantry worker` processes (default 1)
-  --hosts H         also run the fleet with its tenants spread over H hosts (default: one host per tenant; 1 skips it)
+  --hosts H         also run a fleet of the first H tenants, each on its own host (default: 5000, at most N; 1 skips it)
+  --hosts-concurrency C
+                    run concurrency of that fleet, and tasks of its new-connection floor (default: --concurrency)
   --timeout SECS    limit per tenantry run (default 300)
+  --wait-idle SECS  before each row, wait up to this long until other processes keep < 0.2 CPUs busy (default 120)
   --no-docs         print the table only; leave docs/benchmarks.md alone";
 
 const WORKFLOW: &str = "bench";
@@ -79,9 +82,12 @@ struct Args {
     concurrency: u32,
     pool: u32,
     workers: usize,
-    /// Hosts of the many-hosts run (0: one per tenant; 1: no many-hosts run).
+    /// Tenants of the many-hosts run, each on its own host (1: no many-hosts run).
     hosts: usize,
+    /// Run concurrency of the many-hosts run (and tasks of its floor).
+    hosts_concurrency: u32,
     timeout: Duration,
+    wait_idle: Duration,
     docs: bool,
     command_line: Vec<String>,
 }
@@ -92,8 +98,10 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 32,
         pool: 8,
         workers: 1,
-        hosts: 0,
+        hosts: 5000,
+        hosts_concurrency: 0,
         timeout: Duration::from_secs(300),
+        wait_idle: Duration::from_secs(120),
         docs: true,
         command_line: Vec::new(),
     };
@@ -111,7 +119,9 @@ fn parse_args() -> Result<Args, String> {
             "--pool" => args.pool = value("--pool")? as u32,
             "--workers" => args.workers = value("--workers")? as usize,
             "--hosts" => args.hosts = value("--hosts")? as usize,
+            "--hosts-concurrency" => args.hosts_concurrency = value("--hosts-concurrency")? as u32,
             "--timeout" => args.timeout = Duration::from_secs(value("--timeout")?),
+            "--wait-idle" => args.wait_idle = Duration::from_secs(value("--wait-idle")?),
             "--no-docs" => args.docs = false,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -119,6 +129,10 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
+    }
+    args.hosts = args.hosts.min(args.tenants);
+    if args.hosts_concurrency == 0 {
+        args.hosts_concurrency = args.concurrency;
     }
     if args.tenants > 99_999 {
         return Err("--tenants: at most 99999 (tenant ids are t00000..t99999)".into());
@@ -129,8 +143,9 @@ fn parse_args() -> Result<Args, String> {
         format!("--pool {}", args.pool),
         format!("--workers {}", args.workers),
     ];
-    if args.hosts > 0 {
-        args.command_line.push(format!("--hosts {}", args.hosts));
+    args.command_line.push(format!("--hosts {}", args.hosts));
+    if args.hosts > 1 {
+        args.command_line.push(format!("--hosts-concurrency {}", args.hosts_concurrency));
     }
     Ok(args)
 }
@@ -322,36 +337,69 @@ schema = "tenant_{{tenant}}"
         self.dir.path().join("tenantry.toml")
     }
 
-    /// A second config for the same database and workflow, with tenant i on host
-    /// `h{i % hosts}` (every host the same server, over a plain TCP connection:
-    /// `sslmode=disable`, as a worker inside a VPC would often connect), one tenant at a time
-    /// per host, and at most 2 × concurrency pools kept per worker.
-    fn write_many_hosts_config(&self, args: &Args, hosts: usize) -> Result<PathBuf> {
-        let main = std::fs::read_to_string(self.config_path())?;
+    /// The URL of every host of the many-hosts fleet: the same server, over plain TCP
+    /// (`sslmode=disable`). sqlx 0.9.0 opens sockets without `TCP_NODELAY`, which makes a TLS
+    /// handshake on loopback take ~90 ms instead of ~3 ms (sqlx#4335, fixed upstream, not
+    /// released): a fleet where every tenant is a new connection would measure that bug.
+    fn many_hosts_url() -> Result<url::Url> {
         let mut url = url::Url::parse(&pg_url())?;
         url.query_pairs_mut().append_pair("sslmode", "disable");
-        let mut config = main
-            .replacen("[runtime]", &format!("[limits]\nmax_pools = {}\n\n[runtime]", 2 * args.concurrency), 1)
-            .replace("\nservices = [\"app\"]\n", "\n");
-        let mut with_hosts = String::with_capacity(config.len() * 2);
-        for (i, chunk) in config.split("\n[[catalog.tenants]]\n").enumerate() {
-            if i == 0 {
-                with_hosts.push_str(chunk);
-                continue;
-            }
+        Ok(url)
+    }
+
+    /// A second config and workflow directory (`many/`) for the same database: the first
+    /// `args.hosts` tenants, tenant i alone on host `hNNNNN` (every host the same server,
+    /// see [`Fleet::many_hosts_url`]), one tenant at a time per host, run concurrency
+    /// `args.hosts_concurrency`, and at most 2 × that many pools kept per worker.
+    fn write_many_hosts_config(&self, args: &Args) -> Result<PathBuf> {
+        let dir = self.dir.path().join("many");
+        std::fs::create_dir_all(dir.join("workflows"))?;
+        let url = Self::many_hosts_url()?;
+        let c = args.hosts_concurrency;
+        let mut config = format!(
+            r#"# Written by benches/runtime.rs; deleted after the bench.
+[redis]
+url = "{redis}"
+prefix = "{name}"
+
+[limits]
+max_pools = {max_pools}
+
+[runtime]
+worker_concurrency = {c}
+drain_timeout = "10s"
+
+[services.app]
+engine = "postgres"
+isolation = "schema"
+host = "h00000"
+database = "{name}"
+schema = "tenant_{{tenant}}"
+"#,
+            redis = redis_url(),
+            name = self.name,
+            max_pools = 2 * c,
+        );
+        for i in 0..args.hosts {
             let _ = write!(
-                with_hosts,
-                "\n[[catalog.tenants]]\n{}placements = {{ app = {{ host = \"h{:05}\" }} }}\n",
-                chunk.trim_end().to_string() + "\n",
-                (i - 1) % hosts
+                config,
+                "\n[[catalog.tenants]]\nid = \"{}\"\nplacements = {{ app = {{ host = \"h{i:05}\" }} }}\n",
+                Self::tenant(i)
             );
         }
-        config = with_hosts;
-        for h in 0..hosts {
+        for h in 0..args.hosts {
             let _ = write!(config, "\n[hosts.h{h:05}]\nengine = \"postgres\"\nurl = \"{url}\"\nmax_concurrency = 1\n");
         }
-        let path = self.dir.path().join("tenantry-many-hosts.toml");
+        let path = dir.join("tenantry.toml");
         std::fs::write(&path, config)?;
+        std::fs::write(
+            dir.join("workflows").join(format!("{WORKFLOW}.toml")),
+            format!(
+                "description = \"benchmark: SELECT 1 in every tenant schema, a host per tenant\"\n\n\
+                 [concurrency]\nrun = {c}\nper_host = 1\n\n\
+                 [[steps]]\nkind = \"sql\"\nsql = \"SELECT 1\"\n"
+            ),
+        )?;
         Ok(path)
     }
 
@@ -410,8 +458,8 @@ struct Row {
     /// Runs only: dispatch-to-start p50/p99 and claim-to-finish p50/p99 (ms).
     delays: Option<[i64; 4]>,
     usage: Option<Usage>,
-    /// Peak resident memory (VmHWM, MiB) of the largest `tenantry` process of the row.
-    peak_rss_mib: Option<f64>,
+    /// Resident memory of the largest `tenantry` process of the row.
+    rss: Option<Rss>,
 }
 
 async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
@@ -435,36 +483,51 @@ async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
     // The bench's own runtime only starts runs and reads them, as `tenantry run` and
     // `tenantry status` do; the work is done by `tenantry worker` processes.
     let starter = ctx.runtime().await.map_err(|f| f.to_string())?;
-    let bench = Bench { fleet, args, ctx: &ctx, catalog: &catalog, wf: &wf, starter: &starter };
+    let bench = Bench { fleet, args, tenants: fleet.tenants, ctx: &ctx, catalog: &catalog, wf: &wf, starter: &starter };
 
     let mut workers = Workers::start(fleet, args.workers, &fleet.config_path()).await?;
     let mut row = bench.run("tenantry run, fresh fleet (first run)").await?;
-    row.peak_rss_mib = workers.peak_rss_mib();
+    row.rss = workers.rss();
     rows.push(row);
     workers.stop()?;
     let mut workers = Workers::start(fleet, args.workers, &fleet.config_path()).await?;
-    rows.push(bench.run("tenantry run, workers just started").await?);
+    let mut row = bench.run("tenantry run, workers just started").await?;
+    row.rss = workers.rss();
+    rows.push(row);
+    // Twice: memory that a worker keeps per run shows as growth from run to run.
     let mut row = bench.run("tenantry run, steady state").await?;
-    row.peak_rss_mib = workers.peak_rss_mib();
+    row.rss = workers.rss();
+    rows.push(row);
+    let mut row = bench.run("tenantry run, steady state (again)").await?;
+    row.rss = workers.rss();
     rows.push(row);
     // `tenantry run --wait`, the CLI an operator uses, on the same fleet and workers.
     rows.push(cli_run_wait(fleet, args).await?);
     workers.stop()?;
 
-    // The same tenants, each on its own host (an RDS instance per tenant): one pool and
-    // one connection per tenant, host limits and the dispatcher's parking at full scale.
-    if args.hosts != 1 {
-        let hosts = if args.hosts == 0 { fleet.tenants } else { args.hosts };
-        let config = fleet.write_many_hosts_config(args, hosts)?;
+    // A fleet where every tenant is its own host (an RDS instance per tenant): one pool
+    // and one new connection per tenant, host limits and the dispatcher's parking at scale.
+    if args.hosts > 1 {
+        let config = fleet.write_many_hosts_config(args)?;
         let many = Context::load(Some(&config), &[]).map_err(|f| f.to_string())?;
         let many_catalog = many.checked_catalog().await.map_err(|f| f.to_string())?;
         let many_wf = workflow::find(&many.config.workflows_dir(), WORKFLOW).map_err(|d| d.to_string())?;
-        let many_bench = Bench { fleet, args, ctx: &many, catalog: &many_catalog, wf: &many_wf, starter: &starter };
+        let many_bench = Bench {
+            fleet,
+            args,
+            tenants: args.hosts,
+            ctx: &many,
+            catalog: &many_catalog,
+            wf: &many_wf,
+            starter: &starter,
+        };
         let mut workers = Workers::start(fleet, args.workers, &config).await?;
-        rows.push(connect_per_tenant_loop(fleet, &schemas, args.concurrency).await?);
-        let mut row = many_bench.run(&format!("tenantry run, {} tenants on {hosts} hosts", fleet.tenants)).await?;
+        settle(args).await;
+        let first: Arc<Vec<String>> = Arc::new(schemas[..args.hosts].to_vec());
+        rows.push(connect_per_tenant_loop(fleet, &first, args.hosts_concurrency).await?);
+        let mut row = many_bench.run(&format!("tenantry run, {} tenants on {} hosts", args.hosts, args.hosts)).await?;
         row.connections = format!("{} × 1 per host", args.workers);
-        row.peak_rss_mib = workers.peak_rss_mib();
+        row.rss = workers.rss();
         rows.push(row);
         workers.stop()?;
     }
@@ -505,9 +568,15 @@ impl Workers {
         Ok(workers)
     }
 
-    /// The largest peak resident memory of the workers so far (MiB).
-    fn peak_rss_mib(&self) -> Option<f64> {
-        self.0.iter().filter_map(|w| peak_rss_mib(w.id())).reduce(f64::max)
+    /// The largest peak and current resident memory of the workers.
+    fn rss(&self) -> Option<Rss> {
+        self.0.iter().filter_map(|w| Rss::of(w.id())).reduce(|a, b| Rss {
+            peak_mib: a.peak_mib.max(b.peak_mib),
+            now_mib: match (a.now_mib, b.now_mib) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            },
+        })
     }
 
     /// SIGTERM, then waits (bounded) for each worker to drain and exit 0.
@@ -546,12 +615,22 @@ impl Drop for Workers {
     }
 }
 
-/// VmHWM of a live process, in MiB.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// Resident memory of a process: its peak so far (VmHWM) and now (VmRSS), in MiB.
+#[derive(Clone, Copy)]
+struct Rss {
+    peak_mib: f64,
+    now_mib: Option<f64>,
+}
+
+impl Rss {
+    fn of(pid: u32) -> Option<Rss> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<f64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+        };
+        Some(Rss { peak_mib: field("VmHWM:")?, now_mib: field("VmRSS:") })
+    }
 }
 
 /// `tenantry run bench --wait` as an operator runs it, with the peak memory of that CLI
@@ -569,8 +648,8 @@ async fn cli_run_wait(fleet: &Fleet, args: &Args) -> Result<Row> {
         .spawn()?;
     let mut peak: f64 = 0.0;
     let status = loop {
-        if let Some(mb) = peak_rss_mib(child.id()) {
-            peak = peak.max(mb);
+        if let Some(rss) = Rss::of(child.id()) {
+            peak = peak.max(rss.peak_mib);
         }
         if let Some(status) = child.try_wait()? {
             break status;
@@ -594,7 +673,7 @@ async fn cli_run_wait(fleet: &Fleet, args: &Args) -> Result<Row> {
         tasks_per_sec: fleet.tenants as f64 / wall.as_secs_f64(),
         delays: None,
         usage: None,
-        peak_rss_mib: Some(peak),
+        rss: Some(Rss { peak_mib: peak, now_mib: None }),
     })
 }
 
@@ -640,7 +719,7 @@ async fn plain_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, connections: u32)
         tasks_per_sec: done as f64 / wall.as_secs_f64(),
         delays: None,
         usage: None,
-        peak_rss_mib: None,
+        rss: None,
     };
     eprintln!("bench: {}: {:.0} statements/s", row.label, row.tasks_per_sec);
     Ok(row)
@@ -648,12 +727,13 @@ async fn plain_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, connections: u32)
 
 /// The floor of a fleet with a host per tenant: a new connection per tenant (as a worker
 /// must open one per host), `SET search_path; SELECT 1`, close; from `tasks` tasks at once,
-/// plain TCP (`sslmode=disable`) like the many-hosts run.
+/// with the many-hosts run's URL (see [`Fleet::many_hosts_url`]).
 async fn connect_per_tenant_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, tasks_n: u32) -> Result<Row> {
-    let mut url = url::Url::parse(&database_url(&fleet.name))?;
-    url.query_pairs_mut().append_pair("sslmode", "disable");
+    let mut url = Fleet::many_hosts_url()?;
+    url.set_path(&format!("/{}", fleet.name));
     let options: Arc<PgConnectOptions> = Arc::new(url.as_str().parse()?);
     let next = Arc::new(AtomicUsize::new(0));
+    let before = Snapshot::take().await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..tasks_n {
@@ -686,9 +766,12 @@ async fn connect_per_tenant_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, task
         wall,
         tasks_per_sec: done as f64 / wall.as_secs_f64(),
         delays: None,
-        usage: None,
-        peak_rss_mib: None,
+        usage: Some(Snapshot::take().await?.since(&before, done)),
+        rss: None,
     };
+    if done != schemas.len() {
+        return Err(format!("new-connection loop ran {done} statements for {} tenants", schemas.len()).into());
+    }
     eprintln!("bench: {}: {:.0} tenants/s", row.label, row.tasks_per_sec);
     Ok(row)
 }
@@ -705,6 +788,8 @@ async fn warm(pool: &PgPool, n: u32) -> Result<()> {
 struct Bench<'a> {
     fleet: &'a Fleet,
     args: &'a Args,
+    /// Tenants of the run (all of the fleet's, or the first `--hosts` of them).
+    tenants: usize,
     ctx: &'a Context,
     catalog: &'a Catalog,
     wf: &'a Workflow,
@@ -715,12 +800,13 @@ impl Bench<'_> {
     /// One run through the runtime, started the way `tenantry run` starts one, followed
     /// until it ends (or the timeout), then checked.
     async fn run(&self, label: &str) -> Result<Row> {
+        settle(self.args).await;
         let before = Snapshot::take().await?;
         let started = Instant::now();
         let spec = launch::snapshot(self.wf, self.catalog, &self.ctx.config, &[]);
         let n = spec.tenants.len();
-        if n != self.fleet.tenants {
-            return Err(format!("the run selects {n} tenants, the fleet has {}", self.fleet.tenants).into());
+        if n != self.tenants {
+            return Err(format!("the run selects {n} tenants, expected {}", self.tenants).into());
         }
         let store = &self.starter.store;
         let id = self.starter.start(spec, &Trigger::Operator).await?;
@@ -791,7 +877,7 @@ impl Bench<'_> {
                 percentile(&claim_to_finish, 99.0),
             ]),
             usage: Some(usage),
-            peak_rss_mib: None,
+            rss: None,
         };
         eprintln!(
             "bench: {label}: run {id} succeeded, {n} tenants and receipts, {:.0} tasks/s, end to end {:.2?}",
@@ -831,7 +917,7 @@ impl Bench<'_> {
             tasks_per_sec: n as f64 / wall.as_secs_f64(),
             delays: None,
             usage: None,
-            peak_rss_mib: None,
+            rss: None,
         };
         eprintln!("bench: {}: {:.0} tasks/s", row.label, row.tasks_per_sec);
         Ok(row)
@@ -915,8 +1001,8 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 /// Counters at one moment.
 #[derive(Default)]
 struct Snapshot {
-    /// pid -> (group, CPU ticks).
-    cpu: BTreeMap<u32, (&'static str, u64)>,
+    /// pid -> (group, CPU ticks of the process and its reaped children).
+    cpu: BTreeMap<u32, (String, u64)>,
     /// Busy ticks of the whole machine (from /proc/stat).
     machine_busy: u64,
     /// Redis command -> (calls, usec).
@@ -927,7 +1013,7 @@ struct Snapshot {
 struct Usage {
     tenants: usize,
     /// Group -> CPU seconds.
-    cpu: BTreeMap<&'static str, f64>,
+    cpu: BTreeMap<String, f64>,
     machine_busy: f64,
     redis: Vec<(String, u64, u64)>,
 }
@@ -951,11 +1037,23 @@ impl Snapshot {
     }
 
     fn since(&self, before: &Snapshot, tenants: usize) -> Usage {
-        let mut cpu: BTreeMap<&'static str, f64> = BTreeMap::new();
-        for (pid, (group, ticks)) in &self.cpu {
+        let mut ticks: BTreeMap<&str, i64> = BTreeMap::new();
+        for (pid, (group, now)) in &self.cpu {
             let earlier = before.cpu.get(pid).map_or(0, |(_, t)| *t);
-            *cpu.entry(group).or_default() += ticks.saturating_sub(earlier) as f64 / TICKS_PER_SEC;
+            *ticks.entry(group.as_str()).or_default() += now.saturating_sub(earlier) as i64;
         }
+        // A process that ended in between shows up with its whole life in its parent's
+        // cutime/cstime (the postmaster's, for a backend): take off what it had used before.
+        for (pid, (group, earlier)) in &before.cpu {
+            if !self.cpu.contains_key(pid) {
+                *ticks.entry(group.as_str()).or_default() -= *earlier as i64;
+            }
+        }
+        let cpu: BTreeMap<String, f64> = ticks
+            .into_iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(group, t)| (group.to_string(), t as f64 / TICKS_PER_SEC))
+            .collect();
         let mut redis: Vec<(String, u64, u64)> = self
             .redis
             .iter()
@@ -980,10 +1078,29 @@ impl Usage {
         self.cpu.get(name).copied().unwrap_or(0.0)
     }
 
-    /// Busy CPU outside the workers, PostgreSQL and Redis: the bench process (it starts and
-    /// polls the run), the kernel's share of the loopback network and disk I/O, anything else.
-    fn other(&self) -> f64 {
-        (self.machine_busy - self.group("tenantry") - self.group("postgres") - self.group("redis")).max(0.0)
+    /// CPU of processes other than the workers, PostgreSQL, Redis and the bench (e.g. a
+    /// compiler someone runs meanwhile).
+    fn other_processes(&self) -> f64 {
+        self.cpu.iter().filter(|(g, _)| !TRACKED.contains(&g.as_str()) && g.as_str() != "bench").map(|(_, s)| s).sum()
+    }
+
+    /// Busy CPU no process accounts for: the kernel's share of the loopback network and
+    /// disk I/O (interrupts, softirqs), and processes that started and ended unseen.
+    fn unattributed(&self) -> f64 {
+        (self.machine_busy - self.cpu.values().sum::<f64>()).max(0.0)
+    }
+
+    /// The processes outside the workers, PostgreSQL and Redis that used at least `min` CPU
+    /// seconds (by command name), busiest first.
+    fn others(&self, min: f64) -> Vec<(&str, f64)> {
+        let mut out: Vec<(&str, f64)> = self
+            .cpu
+            .iter()
+            .filter(|(g, s)| !TRACKED.contains(&g.as_str()) && **s >= min)
+            .map(|(g, s)| (g.as_str(), *s))
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
     }
 
     /// Redis script invocations (EVALSHA/EVAL): one round trip each.
@@ -994,15 +1111,22 @@ impl Usage {
     fn describe(&self, wall: Duration) -> String {
         let n = self.tenants as f64;
         let mut out = format!(
-            "  CPU seconds over {:.2?}: workers {:.2}, postgres {:.2}, redis {:.2}, bench {:.2}, other {:.2} (machine busy {:.2})\n",
+            "  CPU seconds over {:.2?}: workers {:.2}, postgres {:.2}, redis {:.2}, bench {:.2}, other processes {:.2}, \
+             unattributed {:.2} (machine busy {:.2})\n",
             wall,
             self.group("tenantry"),
             self.group("postgres"),
             self.group("redis"),
             self.group("bench"),
-            self.other() - self.group("bench"),
+            self.other_processes(),
+            self.unattributed(),
             self.machine_busy
         );
+        for (name, secs) in self.others(0.2) {
+            if name != "bench" {
+                let _ = writeln!(out, "    other: {name} {secs:.2} s");
+            }
+        }
         let _ = writeln!(
             out,
             "  per tenant: {:.0} µs worker CPU, {:.0} µs postgres CPU, {:.0} µs redis CPU, {:.2} Redis script calls",
@@ -1019,9 +1143,46 @@ impl Usage {
     }
 }
 
-/// CPU ticks of this process, `tenantry` processes (the workers), PostgreSQL and Redis, from
-/// /proc (empty elsewhere).
-fn process_cpu() -> BTreeMap<u32, (&'static str, u64)> {
+/// Busy CPUs of the machine below which it counts as idle before a row.
+const IDLE_CPUS: f64 = 0.2;
+
+/// Before a row: the highest background load seen just before one (CPUs) and the time
+/// spent waiting for the machine to be idle.
+static BACKGROUND: std::sync::Mutex<(f64, Duration)> = std::sync::Mutex::new((0.0, Duration::ZERO));
+
+/// Waits (up to `--wait-idle`) until other processes keep less than [`IDLE_CPUS`] busy, and
+/// remembers how busy the machine was, for the table's text.
+async fn settle(args: &Args) {
+    let started = Instant::now();
+    let mut warned = false;
+    let busy = loop {
+        let before = machine_busy();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let busy = machine_busy().saturating_sub(before) as f64 / TICKS_PER_SEC / 2.0;
+        if busy < IDLE_CPUS || started.elapsed() >= args.wait_idle {
+            break busy;
+        }
+        if !warned {
+            eprintln!(
+                "bench: something else keeps {busy:.2} CPUs busy; waiting up to {:?} for the machine to be idle",
+                args.wait_idle
+            );
+            warned = true;
+        }
+    };
+    let mut background = BACKGROUND.lock().expect("background lock");
+    background.0 = background.0.max(busy);
+    background.1 += started.elapsed().saturating_sub(Duration::from_secs(2));
+}
+
+/// The groups of processes the table has a column for; the rest is "other".
+const TRACKED: [&str; 3] = ["tenantry", "postgres", "redis"];
+
+/// CPU ticks of every process with its reaped children, from /proc (empty elsewhere),
+/// grouped: the `tenantry` processes (workers, the CLI), PostgreSQL (postmaster, auxiliary
+/// processes and backends: a backend that ended is in the postmaster's cutime/cstime), Redis,
+/// this process (`bench`), and everything else by command name.
+fn process_cpu() -> BTreeMap<u32, (String, u64)> {
     let mut out = BTreeMap::new();
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else { return out };
@@ -1033,18 +1194,20 @@ fn process_cpu() -> BTreeMap<u32, (&'static str, u64)> {
         let comm = &stat[open + 1..close];
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // After the comm: state is field 0, utime field 11, stime field 12.
-        let cpu = ticks(11) + ticks(12);
+        // After the comm: state is field 0, utime 11, stime 12, and cutime 13, cstime 14: the
+        // CPU of reaped children, so that ended backends (children of the postmaster) count.
+        let cpu = ticks(11) + ticks(12) + ticks(13) + ticks(14);
         let group = if pid == me {
-            "bench"
+            "bench".to_string()
         } else if comm == "tenantry" {
-            "tenantry"
+            "tenantry".to_string()
         } else if comm.starts_with("redis-server") {
-            "redis"
+            "redis".to_string()
         } else if comm.starts_with("postgres") {
-            "postgres"
+            "postgres".to_string()
         } else {
-            continue;
+            // kworker/1:0H-kblockd -> kworker
+            comm.split('/').next().unwrap_or(comm).to_string()
         };
         out.insert(pid, (group, cpu));
     }
@@ -1084,21 +1247,44 @@ async fn render(args: &Args, rows: &[Row]) -> String {
          `worker_concurrency` {c} and a PostgreSQL pool of {p} connections each; lease, sweep and queue settings at \
          their defaults. The bench process starts each run through the library (`launch::snapshot` + \
          `Runtime::start`, as `tenantry run` does) and polls it. Checkpoints on: every tenant is dispatched through \
-         apalis, claimed with a lease, checkpointed and finished in Redis, and the step commits a receipt row in \
-         the tenant's schema in its transaction.",
+         apalis, claimed with a lease, checkpointed and finished in Redis, and the step commits a receipt row (in \
+         the database's `tenantry.receipts`) in its transaction. Every connection of these rows uses the URL \
+         `{url}` as given ({ssl}).",
         c = args.concurrency,
         w = args.workers,
-        p = args.pool
+        p = args.pool,
+        url = tenantry::secret::redact_url_str(&pg_url()),
+        ssl = if pg_url().contains("sslmode=") {
+            "its `sslmode`"
+        } else {
+            "no `sslmode`: sqlx's default `prefer`, so TLS when the server has ssl on"
+        },
     );
+    if args.hosts > 1 {
+        let _ = writeln!(
+            out,
+            "- Many hosts: the first {h} tenants, tenant i alone on host `hNNNNN` ({h} host entries, every one the same \
+             local server, `max_concurrency = 1`), run concurrency {hc}, `worker_concurrency` {hc}, \
+             `limits.max_pools` {mp}. Host URLs and the new-connection floor next to it say `sslmode=disable`: sqlx \
+             0.9.0 does not set `TCP_NODELAY`, which makes each TLS handshake on loopback take ~90 ms instead of \
+             ~3 ms (sqlx#4335, fixed upstream, unreleased); a fleet where every tenant is a new connection would \
+             measure that bug. The floor opens, uses and closes one connection per tenant from {hc} tasks.",
+            h = args.hosts,
+            hc = args.hosts_concurrency,
+            mp = 2 * args.hosts_concurrency,
+        );
+    }
     let _ = writeln!(
         out,
         "- Tasks/s: tenants ÷ (last tenant's `finished_ms` − the run's `created_ms`) for runs, tenants ÷ wall time \
          for loops. Dispatch→start: `claimed_ms − queued_ms` of each checkpoint; claim→finish: `finished_ms − \
-         claimed_ms`. End to end: from `launch::snapshot` until the bench saw the run's final state.\n"
+         claimed_ms`. End to end: from `launch::snapshot` until the bench saw the run's final state. Peak RSS: the \
+         largest VmHWM of the row's `tenantry` processes when the row ended (the workers' VmRSS then in \
+         parentheses); a worker that runs several rows reports its peak so far.\n"
     );
     let _ = writeln!(
         out,
-        "| what | per tenant | connections | tasks/s | end to end | dispatch→start p50 / p99 | claim→finish p50 / p99 | peak RSS |"
+        "| what | per tenant | connections | tasks/s | end to end | dispatch→start p50 / p99 | claim→finish p50 / p99 | peak RSS (at end) |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
@@ -1114,32 +1300,59 @@ async fn render(args: &Args, rows: &[Row]) -> String {
             r.connections,
             r.tasks_per_sec,
             r.wall.as_secs_f64(),
-            r.peak_rss_mib.map_or("–".to_string(), |m| format!("{m:.0} MiB"))
+            r.rss.map_or("–".to_string(), |m| match m.now_mib {
+                Some(now) => format!("{:.0} MiB ({now:.0})", m.peak_mib),
+                None => format!("{:.0} MiB", m.peak_mib),
+            })
         );
     }
     let runs: Vec<&Row> = rows.iter().filter(|r| r.usage.is_some()).collect();
     if !runs.is_empty() {
-        let _ = writeln!(out, "\nWhere the time of the runs goes (CPU seconds from /proc; per tenant in µs):\n");
         let _ = writeln!(
             out,
-            "| run | tenantry workers | PostgreSQL | Redis | bench, kernel, other | Redis script calls / tenant |"
+            "\nWhere the time of the runs goes (CPU seconds from /proc, with ended processes such as PostgreSQL \
+             backends counted in their parent; per tenant in µs). `other processes`: anything else that ran \
+             meanwhile; `unattributed`: busy time no process accounts for (the kernel's share of loopback \
+             networking and disk I/O).\n"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-        for r in runs {
+        let _ = writeln!(
+            out,
+            "| run | tenantry workers | PostgreSQL | Redis | bench | other processes | unattributed | Redis script calls / tenant |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let mut others: BTreeMap<&str, f64> = BTreeMap::new();
+        for r in &runs {
             let u = r.usage.as_ref().expect("filtered");
             let n = r.tenants as f64;
             let cell = |s: f64| format!("{s:.2} s ({:.0} µs)", s * 1e6 / n);
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
                 r.label,
                 cell(u.group("tenantry")),
                 cell(u.group("postgres")),
                 cell(u.group("redis")),
-                cell(u.other()),
+                cell(u.group("bench")),
+                cell(u.other_processes()),
+                cell(u.unattributed()),
                 u.scripts() as f64 / n,
             );
+            for (name, secs) in u.others(0.2) {
+                if name != "bench" {
+                    *others.entry(name).or_default() += secs;
+                }
+            }
         }
+        let (busy, waited) = *BACKGROUND.lock().expect("background lock");
+        let others: Vec<String> = others.iter().map(|(name, secs)| format!("`{name}` {secs:.1} s")).collect();
+        let _ = writeln!(
+            out,
+            "\nBefore each row the bench waited until other processes kept less than {IDLE_CPUS} CPUs busy (at most \
+             {busy:.2} CPUs were busy just before a row; waited {:.0} s in all). Other processes with 0.2 CPU-seconds \
+             or more during the rows: {}.",
+            waited.as_secs_f64(),
+            if others.is_empty() { "none".to_string() } else { others.join(", ") }
+        );
     }
     let verdicts: Vec<String> = rows
         .iter()
@@ -1151,9 +1364,30 @@ async fn render(args: &Args, rows: &[Row]) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "\nTarget (issue 3), at least 1,000 tenant tasks/s on a 2-core machine with checkpoints on: {}.",
+        "\nTarget (issues 3 and 7), at least 1,000 tenant tasks/s on a 2-core machine with checkpoints on: {}.",
         verdicts.join("; ")
     );
+    let memory: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let rss = r.rss?;
+            let (who, limit) = if r.delays.is_some() { ("worker", 64.0) } else { ("CLI", 128.0) };
+            let verdict = if rss.peak_mib <= limit { "met" } else { "not met" };
+            Some(format!(
+                "{} ({who}, ≤ {limit:.0} MiB) {:.0} MiB: **{verdict}**",
+                r.label.trim_start_matches("tenantry run, "),
+                rss.peak_mib
+            ))
+        })
+        .collect();
+    if !memory.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nTarget (issue 7), peak RSS per process at {} tenants: {}.",
+            args.tenants,
+            memory.join("; ")
+        );
+    }
     out
 }
 
@@ -1185,7 +1419,9 @@ async fn machine() -> String {
             let version = q("SHOW server_version").fetch_one(&mut c).await.unwrap_or_default();
             let fsync = q("SHOW fsync").fetch_one(&mut c).await.unwrap_or_default();
             let sync = q("SHOW synchronous_commit").fetch_one(&mut c).await.unwrap_or_default();
-            format!("PostgreSQL {version} (fsync {fsync}, synchronous_commit {sync})")
+            let ssl = q("SHOW ssl").fetch_one(&mut c).await.unwrap_or_default();
+            let max = q("SHOW max_connections").fetch_one(&mut c).await.unwrap_or_default();
+            format!("PostgreSQL {version} (fsync {fsync}, synchronous_commit {sync}, ssl {ssl}, max_connections {max})")
         }
         Err(_) => "PostgreSQL ?".into(),
     };

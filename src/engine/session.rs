@@ -62,11 +62,14 @@ pub struct PgSession {
 }
 
 impl PgSession {
-    /// Checks a connection out of `pool` and learns its backend's process id (one round
-    /// trip; the pid is what lets another connection stop this one's statement).
+    /// Checks a connection out of `pool` and learns its backend's process id (the pid is
+    /// what lets another connection stop this one's statement). One round trip: a simple
+    /// query, not a prepared statement, which would take two on every new connection (Parse
+    /// and Describe, then Bind and Execute) and a statement-cache entry on each.
     pub async fn acquire(pool: &PgPool, cleanup: &Cleanup) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
         let mut conn = pool.acquire().await?;
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+        let pid: i32 = sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?.try_get(0)?;
         Ok(Self {
             conn: Some(conn),
             pid,
@@ -97,8 +100,17 @@ impl PgSession {
         // than lazily by the next user of the connection. A dirty session may hold one that
         // sqlx does not know about (a raw `BEGIN`): the ROLLBACK comes first either way.
         if self.dirty || conn.is_in_transaction() {
-            let reset = "ROLLBACK; RESET ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; UNLISTEN *; \
-                         DISCARD TEMP; SELECT pg_advisory_unlock_all()";
+            // `BEGIN; ROLLBACK` when sqlx knows of no transaction: a bare ROLLBACK outside
+            // one makes the server send a warning, which sqlx logs (a WARN line per tenant).
+            // A transaction sqlx does not know of still ends (BEGIN only warns in one); one
+            // in the aborted state refuses the BEGIN, and the connection is closed below.
+            let reset = if conn.is_in_transaction() {
+                "ROLLBACK; RESET ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; UNLISTEN *; DISCARD TEMP; \
+                 SELECT pg_advisory_unlock_all()"
+            } else {
+                "BEGIN; ROLLBACK; RESET ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; UNLISTEN *; \
+                 DISCARD TEMP; SELECT pg_advisory_unlock_all()"
+            };
             if sqlx::raw_sql(reset).execute(&mut *conn).await.is_err() {
                 let _ = conn.detach().close().await;
             }

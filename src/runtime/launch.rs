@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{RunSpec, TenantSnapshot, Unit};
+use super::model::{Placements, RunSpec, TenantSnapshot, Unit};
 use super::store::new_run_id;
 use crate::catalog::Catalog;
 use crate::config::LoadedConfig;
@@ -17,7 +17,7 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
     let mut snapshots = BTreeMap::new();
     for tenant in &tenants {
         let mut units = Vec::new();
-        let mut placements = BTreeMap::new();
+        let mut placements = Placements::default();
         for (i, step) in spec.steps.iter().enumerate() {
             for service in target::step_services(step, &services, catalog) {
                 if let Some(p) = tenant.placements.get(service) {

@@ -17,7 +17,9 @@ use crate::config::RuntimeConfig;
 use crate::engine::pools::Databases;
 use crate::steps::{StepContext, StepError, execute};
 
-/// Run specs cached per process; specs never change once written.
+/// Run specs cached per process; specs never change once written. A spec holds the run's
+/// whole tenant snapshot (about 1 KiB per tenant in memory), so only active runs are kept:
+/// [`Runtime::forget_finished`] drops the others, and this bounds the active ones.
 const SPEC_CACHE: usize = 256;
 
 /// One process's runtime: the store, the queue, the database pools and its identity.
@@ -209,7 +211,10 @@ impl Runtime {
     /// Moves a run forward after one of its tenants finished; returns one dispatched tenant
     /// for the calling handler to run itself (none while the worker drains) and pushes the rest.
     async fn advance_taking_one(&self, spec: &RunSpec) -> Result<Option<TenantTask>, StoreError> {
-        let (_, mut dispatched) = self.store.advance(spec, self.grace()).await?;
+        let (state, mut dispatched) = self.store.advance(spec, self.grace()).await?;
+        if RunState::parse(&state).is_some_and(RunState::is_terminal) {
+            self.forget(&spec.id);
+        }
         let own = if self.stopping.is_cancelled() || dispatched.is_empty() { None } else { Some(dispatched.remove(0)) };
         self.push(&spec.id, dispatched).await;
         Ok(own.map(|(tenant, dispatch)| TenantTask::new(spec.id.clone(), tenant, dispatch)))
@@ -231,10 +236,28 @@ impl Runtime {
         }
     }
 
+    /// Drops what this process cached for a run (its spec with the tenant snapshot, its
+    /// migration sets). Handlers still working on the run keep their own reference; a late
+    /// queue entry of the run loads the spec again.
+    fn forget(&self, run: &str) {
+        self.specs.lock().expect("spec cache").remove(run);
+        self.migration_sets.lock().expect("migration cache").retain(|(r, _), _| r != run);
+    }
+
+    /// Drops the cached specs and migration sets of runs that are no longer active (ended
+    /// while another worker advanced them, or removed), so a long-lived worker's memory
+    /// follows the runs in progress, not every run it has seen.
+    fn forget_finished(&self, active: &[String]) {
+        let active: std::collections::HashSet<&str> = active.iter().map(String::as_str).collect();
+        self.specs.lock().expect("spec cache").retain(|run, _| active.contains(run.as_str()));
+        self.migration_sets.lock().expect("migration cache").retain(|(run, _), _| active.contains(run.as_str()));
+    }
+
     /// One pass over every active run: re-dispatch expired work, then advance (ends soaks,
     /// continues approved runs, finishes runs whose last tenants completed).
     pub async fn maintain(&self) -> Result<(), StoreError> {
         let active = self.store.active().await?;
+        self.forget_finished(&active);
         let mut records = Vec::with_capacity(active.len());
         for run in &active {
             match self.store.record(run).await {
