@@ -67,7 +67,7 @@ fn spec(workflow: &str, waves: Vec<Wave>, hosts: &[(&str, &str)], limits: &[(&st
             .map(|(id, host)| {
                 let snapshot = TenantSnapshot {
                     wave: wave_of(id),
-                    placements: BTreeMap::new(),
+                    placements: Default::default(),
                     units: vec![Unit { step: 0, service: "app".to_string() }],
                     group: host.to_string(),
                 };
