@@ -35,8 +35,7 @@ pub struct Options {
     pub lock_timeout: Option<crate::units::HumanDuration>,
 }
 
-/// The manifest's name in a backup folder.
-pub const MANIFEST: &str = "manifest.json";
+pub use crate::storage::backups::MANIFEST;
 
 /// What a backup holds, stored as `manifest.json` beside the dump. Restore and
 /// verification trust nothing else.

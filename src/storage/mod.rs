@@ -4,6 +4,7 @@
 //! presents a partial object as complete: S3 uploads are multipart (a failed or dropped one
 //! is aborted) and local files are written under a temporary name and renamed at the end.
 
+pub mod backups;
 mod fs;
 mod s3;
 
