@@ -338,11 +338,16 @@ schema = "tenant_{{tenant}}"
     }
 
     /// The URL of every host of the many-hosts fleet: the same server, over plain TCP
-    /// (`sslmode=disable`). sqlx 0.9.0 opens sockets without `TCP_NODELAY`, which makes a TLS
-    /// handshake on loopback take ~90 ms instead of ~3 ms (sqlx#4335, fixed upstream, not
-    /// released): a fleet where every tenant is a new connection would measure that bug.
-    fn many_hosts_url() -> Result<url::Url> {
+    /// (`sslmode=disable`), directly or through the PgBouncer that `bench.sh` starts
+    /// (`TENANTRY_BENCH_PGBOUNCER_PORT`). sqlx 0.9.0 opens sockets without `TCP_NODELAY`, which
+    /// makes a TLS handshake on loopback take ~90 ms instead of ~3 ms (sqlx#4335, fixed
+    /// upstream, not released): a fleet where every tenant is a new connection would measure
+    /// that bug.
+    fn many_hosts_url(via: Via) -> Result<url::Url> {
         let mut url = url::Url::parse(&pg_url())?;
+        if let Via::PgBouncer(port) = via {
+            url.set_port(Some(port)).map_err(|()| "cannot set the PgBouncer port")?;
+        }
         url.query_pairs_mut().append_pair("sslmode", "disable");
         Ok(url)
     }
@@ -351,10 +356,13 @@ schema = "tenant_{{tenant}}"
     /// `args.hosts` tenants, tenant i alone on host `hNNNNN` (every host the same server,
     /// see [`Fleet::many_hosts_url`]), one tenant at a time per host, run concurrency
     /// `args.hosts_concurrency`, and at most 2 × that many pools kept per worker.
-    fn write_many_hosts_config(&self, args: &Args) -> Result<PathBuf> {
-        let dir = self.dir.path().join("many");
+    fn write_many_hosts_config(&self, args: &Args, via: Via) -> Result<PathBuf> {
+        let dir = self.dir.path().join(match via {
+            Via::Direct => "many",
+            Via::PgBouncer(_) => "many-pgbouncer",
+        });
         std::fs::create_dir_all(dir.join("workflows"))?;
-        let url = Self::many_hosts_url()?;
+        let url = Self::many_hosts_url(via)?;
         let c = args.hosts_concurrency;
         let mut config = format!(
             r#"# Written by benches/runtime.rs; deleted after the bench.
@@ -507,33 +515,73 @@ async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
 
     // A fleet where every tenant is its own host (an RDS instance per tenant): one pool
     // and one new connection per tenant, host limits and the dispatcher's parking at scale.
+    // Directly, every new connection forks a backend of this one server; through PgBouncer
+    // it does not, as on a real fleet, where that cost falls on each tenant's own server.
     if args.hosts > 1 {
-        let config = fleet.write_many_hosts_config(args)?;
-        let many = Context::load(Some(&config), &[]).map_err(|f| f.to_string())?;
-        let many_catalog = many.checked_catalog().await.map_err(|f| f.to_string())?;
-        let many_wf = workflow::find(&many.config.workflows_dir(), WORKFLOW).map_err(|d| d.to_string())?;
-        let many_bench = Bench {
-            fleet,
-            args,
-            tenants: args.hosts,
-            ctx: &many,
-            catalog: &many_catalog,
-            wf: &many_wf,
-            starter: &starter,
-        };
-        let mut workers = Workers::start(fleet, args.workers, &config).await?;
-        settle(args).await;
-        let first: Arc<Vec<String>> = Arc::new(schemas[..args.hosts].to_vec());
-        rows.push(connect_per_tenant_loop(fleet, &first, args.hosts_concurrency).await?);
-        let mut row = many_bench.run(&format!("tenantry run, {} tenants on {} hosts", args.hosts, args.hosts)).await?;
-        row.connections = format!("{} × 1 per host", args.workers);
-        row.rss = workers.rss();
-        rows.push(row);
-        workers.stop()?;
+        let mut vias = vec![Via::Direct];
+        if let Some(port) = pgbouncer_port()? {
+            vias.push(Via::PgBouncer(port));
+        }
+        for via in vias {
+            rows.extend(many_hosts(fleet, args, &schemas, &starter, via).await?);
+        }
     }
 
     // Measured last (it needs the receipts table), shown next to the loops.
     rows.insert(2, bench.step_only().await?);
+    Ok(rows)
+}
+
+/// How the many-hosts fleet reaches its server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    /// The PgBouncer (session pooling) on this port.
+    PgBouncer(u16),
+}
+
+impl Via {
+    fn suffix(self) -> &'static str {
+        match self {
+            Via::Direct => "",
+            Via::PgBouncer(_) => ", through PgBouncer",
+        }
+    }
+}
+
+/// `TENANTRY_BENCH_PGBOUNCER_PORT`, set by `bench.sh` (`ensure_pgbouncer`).
+fn pgbouncer_port() -> Result<Option<u16>> {
+    match std::env::var("TENANTRY_BENCH_PGBOUNCER_PORT") {
+        Ok(p) if !p.is_empty() => Ok(Some(p.parse().map_err(|_| format!("TENANTRY_BENCH_PGBOUNCER_PORT={p:?}"))?)),
+        _ => Ok(None),
+    }
+}
+
+/// The many-hosts rows: the new-connection floor, then a run over `args.hosts` hosts.
+async fn many_hosts(
+    fleet: &Fleet,
+    args: &Args,
+    schemas: &Arc<Vec<String>>,
+    starter: &Arc<Runtime>,
+    via: Via,
+) -> Result<Vec<Row>> {
+    let config = fleet.write_many_hosts_config(args, via)?;
+    let many = Context::load(Some(&config), &[]).map_err(|f| f.to_string())?;
+    let many_catalog = many.checked_catalog().await.map_err(|f| f.to_string())?;
+    let many_wf = workflow::find(&many.config.workflows_dir(), WORKFLOW).map_err(|d| d.to_string())?;
+    let many_bench =
+        Bench { fleet, args, tenants: args.hosts, ctx: &many, catalog: &many_catalog, wf: &many_wf, starter };
+    let mut workers = Workers::start(fleet, args.workers, &config).await?;
+    settle(args).await;
+    let first: Arc<Vec<String>> = Arc::new(schemas[..args.hosts].to_vec());
+    let mut rows = vec![connect_per_tenant_loop(fleet, &first, args.hosts_concurrency, via).await?];
+    let mut row = many_bench
+        .run(&format!("tenantry run, {} tenants on {} hosts{}", args.hosts, args.hosts, via.suffix()))
+        .await?;
+    row.connections = format!("{} × 1 per host", args.workers);
+    row.rss = workers.rss();
+    rows.push(row);
+    workers.stop()?;
     Ok(rows)
 }
 
@@ -728,8 +776,8 @@ async fn plain_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, connections: u32)
 /// The floor of a fleet with a host per tenant: a new connection per tenant (as a worker
 /// must open one per host), `SET search_path; SELECT 1`, close; from `tasks` tasks at once,
 /// with the many-hosts run's URL (see [`Fleet::many_hosts_url`]).
-async fn connect_per_tenant_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, tasks_n: u32) -> Result<Row> {
-    let mut url = Fleet::many_hosts_url()?;
+async fn connect_per_tenant_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, tasks_n: u32, via: Via) -> Result<Row> {
+    let mut url = Fleet::many_hosts_url(via)?;
     url.set_path(&format!("/{}", fleet.name));
     let options: Arc<PgConnectOptions> = Arc::new(url.as_str().parse()?);
     let next = Arc::new(AtomicUsize::new(0));
@@ -759,7 +807,7 @@ async fn connect_per_tenant_loop(fleet: &Fleet, schemas: &Arc<Vec<String>>, task
     }
     let wall = started.elapsed();
     let row = Row {
-        label: format!("sqlx loop, a new connection per tenant, {tasks_n} at once"),
+        label: format!("sqlx loop, a new connection per tenant, {tasks_n} at once{}", via.suffix()),
         per_tenant: "connect, `SET search_path; SELECT 1`, close",
         connections: format!("{tasks_n} (new each time)"),
         tenants: done,
@@ -1268,7 +1316,17 @@ async fn render(args: &Args, rows: &[Row]) -> String {
              `limits.max_pools` {mp}. Host URLs and the new-connection floor next to it say `sslmode=disable`: sqlx \
              0.9.0 does not set `TCP_NODELAY`, which makes each TLS handshake on loopback take ~90 ms instead of \
              ~3 ms (sqlx#4335, fixed upstream, unreleased); a fleet where every tenant is a new connection would \
-             measure that bug. The floor opens, uses and closes one connection per tenant from {hc} tasks.",
+             measure that bug. The floor opens, uses and closes one connection per tenant from {hc} tasks.{bouncer}",
+            bouncer = if pgbouncer_port().ok().flatten().is_some() {
+                " The rows \"through PgBouncer\" repeat both with every host URL pointing at a PgBouncer 1.18 in \
+                 session mode in front of the same server (`deploy/local/services.sh` `ensure_pgbouncer`): each \
+                 tenant is still a new client connection (TCP, startup, auth) from the worker, but the server does \
+                 not fork a backend for it. On a real fleet that fork happens on each tenant's own server, not on \
+                 the machine that runs tenantry; directly, this one 2-core machine pays it for all 5,000 hosts, \
+                 which bounds the direct rows."
+            } else {
+                ""
+            },
             h = args.hosts,
             hc = args.hosts_concurrency,
             mp = 2 * args.hosts_concurrency,

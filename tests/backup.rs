@@ -22,8 +22,27 @@ fn s3_env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the tests through deploy/local/test.sh"))
 }
 
+/// Where a fleet's backups go.
+enum Store<'a> {
+    /// The s3s-fs that test.sh starts.
+    Shared,
+    /// An S3 server at this endpoint (a test's own, see [`OwnS3`]).
+    Own(&'a str),
+    /// A directory beside the config.
+    Dir,
+}
+
+fn s3_storage(prefix: &str, endpoint: &str) -> String {
+    format!(
+        "[storage]\nkind = \"s3\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\npart_size = \"5MiB\"\n",
+        s3_env("TENANTRY_TEST_S3_BUCKET"),
+        s3_env("TENANTRY_TEST_S3_ACCESS_KEY"),
+        s3_env("TENANTRY_TEST_S3_SECRET_KEY"),
+    )
+}
+
 impl Fleet {
-    async fn new(storage: &str) -> Fleet {
+    async fn new(storage: Store<'_>) -> Fleet {
         let name = unique("tbackup");
         let mut admin = pg_admin().await;
         exec(&mut admin, &format!("CREATE DATABASE {name}_clinic")).await;
@@ -58,14 +77,9 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("workflows")).unwrap();
         let storage = match storage {
-            "s3" => format!(
-                "[storage]\nkind = \"s3\"\nbucket = \"{}\"\nprefix = \"{name}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
-                s3_env("TENANTRY_TEST_S3_BUCKET"),
-                s3_env("TENANTRY_TEST_S3_ENDPOINT"),
-                s3_env("TENANTRY_TEST_S3_ACCESS_KEY"),
-                s3_env("TENANTRY_TEST_S3_SECRET_KEY"),
-            ),
-            _ => "[storage]\nkind = \"fs\"\npath = \"backups\"\n".to_string(),
+            Store::Shared => s3_storage(&name, &s3_env("TENANTRY_TEST_S3_ENDPOINT")),
+            Store::Own(endpoint) => s3_storage(&name, endpoint),
+            Store::Dir => "[storage]\nkind = \"fs\"\npath = \"backups\"\n".to_string(),
         };
         let mut config = format!(
             r#"
@@ -195,7 +209,7 @@ async fn count(database: &str, table: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_restore_with_plain_pg_restore_and_hold_exactly_the_tenants_rows() {
-    let fleet = Fleet::new("s3").await;
+    let fleet = Fleet::new(Store::Shared).await;
     let _worker = WorkerProcess::spawn(fleet.path());
     let (run, s) = fleet.run_and_wait("nightly");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
@@ -261,7 +275,7 @@ async fn backups_restore_with_plain_pg_restore_and_hold_exactly_the_tenants_rows
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_directory_store_holds_the_same_backups() {
-    let fleet = Fleet::new("fs").await;
+    let fleet = Fleet::new(Store::Dir).await;
     let _worker = WorkerProcess::spawn(fleet.path());
     let (run, s) = fleet.run_and_wait("nightly");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
@@ -283,6 +297,173 @@ async fn a_local_directory_store_holds_the_same_backups() {
         .filter(|n| n.contains(".partial-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    let mut admin = pg_admin().await;
+    exec(&mut admin, &format!("DROP DATABASE IF EXISTS {target} WITH (FORCE)")).await;
+    fleet.drop().await;
+}
+
+/// An s3s-fs of the test's own (on its own port and directory), which the test can stop and
+/// start again, as an object store that goes away.
+struct OwnS3 {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnS3 {
+    fn start() -> OwnS3 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(s3_env("TENANTRY_TEST_S3_BUCKET"))).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut s3 = OwnS3 { child: None, port, dir };
+        s3.resume();
+        s3
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bucket's directory: objects, and the server's state of open multipart uploads.
+    fn bucket(&self) -> std::path::PathBuf {
+        self.dir.path().join(s3_env("TENANTRY_TEST_S3_BUCKET"))
+    }
+
+    /// Starts the server (again), on the same port and directory.
+    fn resume(&mut self) {
+        let child = std::process::Command::new(s3_env("TENANTRY_TEST_S3S_FS"))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", &s3_env("TENANTRY_TEST_S3_ACCESS_KEY")])
+            .args(["--secret-key", &s3_env("TENANTRY_TEST_S3_SECRET_KEY")])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the store is gone mid-request.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every file under the bucket's directory, relative to it.
+    fn files(&self) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.dir.path(), self.dir.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Gives `tenant`'s core database a table of about `mb` MB that dumps to about as much
+/// uncompressed (`compression = 0`), so an upload spans several parts.
+async fn add_blobs(fleet: &Fleet, tenant: &str, mb: usize) {
+    let mut core = connect_db(&format!("{}_core_{tenant}", fleet.name)).await;
+    exec(
+        &mut core,
+        &format!(
+            "CREATE TABLE blobs (id int PRIMARY KEY, payload text);
+             INSERT INTO blobs SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, {}) g;",
+            mb * 1024 * 1024 / 512
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_stopped_mid_upload_fails_the_attempt_and_the_retry_leaves_one_backup_and_no_open_upload() {
+    let mut store = OwnS3::start();
+    let endpoint = store.endpoint();
+    let fleet = Fleet::new(Store::Own(&endpoint)).await;
+    add_blobs(&fleet, "acme", 40).await;
+    std::fs::write(
+        fleet.path().join("workflows/big.toml"),
+        "[target]\ntenants = [\"acme\"]\nservices = [\"core\"]\n\n[retry]\nattempts = 10\nbackoff = \"1s\"\nmax_backoff = \"2s\"\njitter = false\n\n[[steps]]\nkind = \"backup\"\ncompression = 0\n",
+    )
+    .unwrap();
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let out = tenantry(fleet.path(), &["run", "big"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let run = out.stdout().trim().to_string();
+
+    // The upload has begun once its marker exists; then the store goes away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if store.files().iter().any(|f| f.ends_with(".uploading")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no upload began: {:?}", store.files());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    store.kill();
+    // Long enough for the attempt to fail against the stopped store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = tenantry(fleet.path(), &["status", &run, "--json"], &[]);
+        let status: serde_json::Value = serde_json::from_str(&s.stdout()).unwrap_or_default();
+        let acme = &status["tenants"]["acme"];
+        if acme["attempt"].as_u64().unwrap_or(0) >= 1 && acme["last_error"].is_string() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the attempt did not fail without its store: {status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Down for longer than the client's own retries of the abort (the SDK's standard retry
+    // gives up within ~3 s): the broken attempt's upload stays open on the server, and only
+    // the next attempt, finding its marker, can abort it.
+    std::thread::sleep(Duration::from_secs(5));
+    store.resume();
+    let s = wait_for_state(fleet.path(), &run, &["succeeded", "failed", "cancelled"], Duration::from_secs(90));
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+
+    // One complete backup: its manifest and the dump it names; nothing of the broken attempt.
+    let prefix = format!("{}/core/acme/", fleet.name);
+    let objects: Vec<String> = store.files().into_iter().filter(|f| f.contains(&prefix)).collect();
+    let manifests: Vec<&String> = objects.iter().filter(|f| f.ends_with("/manifest.json")).collect();
+    assert_eq!(manifests.len(), 1, "{objects:#?}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.dir.path().join(manifests[0])).unwrap()).unwrap();
+    let dump_key = manifest["dump"]["key"].as_str().unwrap();
+    assert_eq!(objects.len(), 2, "only the manifest and {dump_key}: {objects:#?}");
+    assert!(objects.iter().any(|f| f.ends_with(dump_key)), "{objects:#?}");
+    let dump = std::fs::read(store.bucket().join(&fleet.name).join(dump_key)).unwrap();
+    assert_eq!(manifest["dump"]["sha256"], sha256_hex(&dump));
+    assert!(dump.len() > 30 * 1024 * 1024, "{} bytes: not a multipart upload", dump.len());
+    // No multipart upload stays open: s3s-fs keeps an open upload as `.upload-{id}.json`
+    // and its parts as `.upload_id-{id}.part-{n}` at the top of its directory (aborting or
+    // completing the upload removes them).
+    let open: Vec<String> = store.files().into_iter().filter(|f| f.starts_with(".upload")).collect();
+    assert!(open.is_empty(), "multipart uploads left open: {open:#?}");
+
+    let target = format!("{}_restored_outage", fleet.name);
+    pg_restore_into(&dump, &target).await;
+    assert_eq!(count(&target, "blobs").await, 40 * 1024 * 1024 / 512);
     let mut admin = pg_admin().await;
     exec(&mut admin, &format!("DROP DATABASE IF EXISTS {target} WITH (FORCE)")).await;
     fleet.drop().await;

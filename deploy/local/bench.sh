@@ -2,7 +2,8 @@
 # Runs the runtime throughput benchmark (benches/runtime.rs) against the local services and
 # writes its results table into docs/benchmarks.md (between the runtime markers).
 #
-#   1. makes sure PostgreSQL and Redis run (services.sh: starts or installs them when absent)
+#   1. makes sure PostgreSQL, Redis and a PgBouncer for the many-hosts rows run (services.sh:
+#      starts or installs them when absent)
 #      and exports TENANTRY_TEST_PG_URL / TENANTRY_TEST_REDIS_URL, which the bench uses,
 #   2. runs `cargo bench --bench runtime` (release build; the first build of the dependency set
 #      takes a while) with every argument passed through to the bench.
@@ -34,6 +35,9 @@ done
 ensure_postgres
 ensure_redis
 export_test_env
+# The many-hosts rows are measured directly and through a PgBouncer (see the bench's header).
+ensure_pgbouncer
+export TENANTRY_BENCH_PGBOUNCER_PORT=$TENANTRY_PGBOUNCER_PORT
 
 cd "$root"
 exec cargo bench --bench runtime -- "$@"

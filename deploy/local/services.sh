@@ -605,6 +605,60 @@ ensure_moto() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# PgBouncer (benchmarks only): a pooler in front of the local PostgreSQL, so that the
+# many-hosts benchmark can open a new client connection per tenant, as a worker does for a
+# host per tenant, without this one server forking a backend for each (on a real fleet that
+# cost falls on each tenant's own server, not on the machine that runs tenantry).
+
+ensure_pgbouncer() {
+    # Outside the state directory: it runs as postgres, who may not enter $HOME.
+    local dir="${TMPDIR:-/tmp}/tenantry-pgbouncer-$(id -u)" port
+    local pidfile="$dir/pgbouncer.pid" portfile="$dir/pgbouncer.port" logfile="$dir/pgbouncer.log"
+    mkdir -p "$dir"
+    if _svc_pid_alive "$pidfile" pgbouncer && [[ -s $portfile ]] && _svc_port_open "$(<"$portfile")"; then
+        TENANTRY_PGBOUNCER_PORT=$(<"$portfile")
+        _svc_log "pgbouncer: ready on 127.0.0.1:$TENANTRY_PGBOUNCER_PORT (pid $(<"$pidfile"))"
+        return 0
+    fi
+    command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || _svc_apt_install pgbouncer || return 1
+    local bin
+    bin=$(command -v pgbouncer 2>/dev/null || echo /usr/sbin/pgbouncer)
+    port=$(_svc_pick_port "$portfile") || return 1
+    # Session pooling: a client keeps one server connection until it disconnects, which
+    # then serves the next client after DISCARD ALL. Trust, like the local server.
+    cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$TENANTRY_PG_PORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/users.txt
+pool_mode = session
+max_client_conn = 2000
+default_pool_size = 40
+server_reset_query = DISCARD ALL
+ignore_startup_parameters = extra_float_digits,options,search_path,statement_timeout,lock_timeout
+logfile =
+pidfile =
+log_connections = 0
+log_disconnections = 0
+INI
+    echo '"postgres" ""' >"$dir/users.txt"
+    chown -R postgres "$dir" 2>/dev/null || true
+    _svc_log "pgbouncer: starting on 127.0.0.1:$port in front of PostgreSQL :$TENANTRY_PG_PORT (log: $logfile)"
+    # It refuses to run as root: as postgres, exec'd in place so the pid file names it.
+    local as=()
+    if [[ $(id -u) -eq 0 ]]; then as=(setpriv --reuid=postgres --regid=postgres --init-groups); fi
+    _svc_spawn "$pidfile" "$logfile" "${as[@]}" "$bin" "$dir/pgbouncer.ini" || return 1
+    _svc_wait_port pgbouncer "$port" "$pidfile" "$logfile" || return 1
+    echo "$port" >"$portfile"
+    TENANTRY_PGBOUNCER_PORT=$port
+    _svc_log "pgbouncer: ready on 127.0.0.1:$port"
+}
+
+# ---------------------------------------------------------------------------------------------
 
 ensure_all() {
     ensure_postgres && ensure_mariadb && ensure_redis && ensure_redis_cluster && ensure_s3 && ensure_moto
@@ -629,6 +683,9 @@ export_test_env() {
     export TENANTRY_TEST_S3_ACCESS_KEY=$TENANTRY_S3_ACCESS_KEY
     export TENANTRY_TEST_S3_SECRET_KEY=$TENANTRY_S3_SECRET_KEY
     export TENANTRY_TEST_S3_BUCKET=$TENANTRY_S3_BUCKET
+    # The binary, for tests that run an S3 server of their own and stop it.
+    TENANTRY_TEST_S3S_FS=$(_s3s_fs_bin || true)
+    export TENANTRY_TEST_S3S_FS
     if [[ -n $s3_port ]]; then
         export TENANTRY_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
     else
@@ -645,7 +702,7 @@ print_test_env() {
     local v
     for v in TENANTRY_TEST_PG_URL TENANTRY_TEST_MYSQL_URL TENANTRY_TEST_REDIS_URL TENANTRY_TEST_REDIS_CLUSTER \
         TENANTRY_TEST_S3_ENDPOINT TENANTRY_TEST_S3_ACCESS_KEY TENANTRY_TEST_S3_SECRET_KEY \
-        TENANTRY_TEST_S3_BUCKET TENANTRY_TEST_RDS_ENDPOINT CARGO_TARGET_DIR; do
+        TENANTRY_TEST_S3_BUCKET TENANTRY_TEST_S3S_FS TENANTRY_TEST_RDS_ENDPOINT CARGO_TARGET_DIR; do
         [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
     done
     return 0
