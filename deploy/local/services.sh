@@ -610,23 +610,13 @@ ensure_moto() {
 # host per tenant, without this one server forking a backend for each (on a real fleet that
 # cost falls on each tenant's own server, not on the machine that runs tenantry).
 
-ensure_pgbouncer() {
-    # Outside the state directory: it runs as postgres, who may not enter $HOME.
-    local dir="${TMPDIR:-/tmp}/tenantry-pgbouncer-$(id -u)" port
-    local pidfile="$dir/pgbouncer.pid" portfile="$dir/pgbouncer.port" logfile="$dir/pgbouncer.log"
-    mkdir -p "$dir"
-    if _svc_pid_alive "$pidfile" pgbouncer && [[ -s $portfile ]] && _svc_port_open "$(<"$portfile")"; then
-        TENANTRY_PGBOUNCER_PORT=$(<"$portfile")
-        _svc_log "pgbouncer: ready on 127.0.0.1:$TENANTRY_PGBOUNCER_PORT (pid $(<"$pidfile"))"
-        return 0
-    fi
-    command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || _svc_apt_install pgbouncer || return 1
-    local bin
-    bin=$(command -v pgbouncer 2>/dev/null || echo /usr/sbin/pgbouncer)
-    port=$(_svc_pick_port "$portfile") || return 1
-    # Session pooling: a client keeps one server connection until it disconnects, which
-    # then serves the next client after DISCARD ALL. Trust, like the local server.
-    cat >"$dir/pgbouncer.ini" <<INI
+# The configuration for PORT, with its files in DIR. Session pooling: a client keeps one
+# server connection until it disconnects, which then serves the next client after DISCARD
+# ALL. Trust, like the local server. The pool is larger than the bench's `limits.max_pools`
+# (64): in session mode every idle pooled client connection holds a server connection.
+_pgbouncer_ini() {
+    local port=$1 dir=$2
+    cat <<INI
 [databases]
 * = host=127.0.0.1 port=$TENANTRY_PG_PORT
 [pgbouncer]
@@ -637,7 +627,7 @@ auth_type = trust
 auth_file = $dir/users.txt
 pool_mode = session
 max_client_conn = 2000
-default_pool_size = 40
+default_pool_size = 80
 server_reset_query = DISCARD ALL
 ignore_startup_parameters = extra_float_digits,options,search_path,statement_timeout,lock_timeout
 logfile =
@@ -645,6 +635,28 @@ pidfile =
 log_connections = 0
 log_disconnections = 0
 INI
+}
+
+ensure_pgbouncer() {
+    # Outside the state directory: it runs as postgres, who may not enter $HOME.
+    local dir="${TMPDIR:-/tmp}/tenantry-pgbouncer-$(id -u)" port bin
+    local pidfile="$dir/pgbouncer.pid" portfile="$dir/pgbouncer.port" logfile="$dir/pgbouncer.log"
+    mkdir -p "$dir"
+    if _svc_pid_alive "$pidfile" pgbouncer && [[ -s $portfile ]] && _svc_port_open "$(<"$portfile")"; then
+        port=$(<"$portfile")
+        if [[ $(_pgbouncer_ini "$port" "$dir") == "$(cat "$dir/pgbouncer.ini" 2>/dev/null)" ]]; then
+            TENANTRY_PGBOUNCER_PORT=$port
+            _svc_log "pgbouncer: ready on 127.0.0.1:$port (pid $(<"$pidfile"))"
+            return 0
+        fi
+        _svc_log "pgbouncer: restarting with a new configuration"
+        kill "$(<"$pidfile")" 2>/dev/null || true
+        _svc_wait "pgbouncer to stop" "$TENANTRY_WAIT_SECS" bash -c '! _p=$(cat "$1") || ! kill -0 "$_p" 2>/dev/null' _ "$pidfile" || return 1
+    fi
+    command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || _svc_apt_install pgbouncer || return 1
+    bin=$(command -v pgbouncer 2>/dev/null || echo /usr/sbin/pgbouncer)
+    port=$(_svc_pick_port "$portfile") || return 1
+    _pgbouncer_ini "$port" "$dir" >"$dir/pgbouncer.ini"
     echo '"postgres" ""' >"$dir/users.txt"
     chown -R postgres "$dir" 2>/dev/null || true
     _svc_log "pgbouncer: starting on 127.0.0.1:$port in front of PostgreSQL :$TENANTRY_PG_PORT (log: $logfile)"
