@@ -468,3 +468,97 @@ async fn the_store_stopped_mid_upload_fails_the_attempt_and_the_retry_leaves_one
     exec(&mut admin, &format!("DROP DATABASE IF EXISTS {target} WITH (FORCE)")).await;
     fleet.drop().await;
 }
+
+/// Rows of tenant `i` in the 50-tenant fleet: about 6 MiB each (more than one 5 MiB part),
+/// and a count of its own.
+fn blob_rows(i: usize) -> i64 {
+    12_300 + i as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_killed_mid_upload_leave_each_of_50_tenants_exactly_one_complete_backup_of_the_run() {
+    let store = OwnS3::start();
+    let name = unique("tbackup50");
+    let mut admin = pg_admin().await;
+    exec(&mut admin, &format!("CREATE DATABASE {name}")).await;
+    let mut db = connect_db(&name).await;
+    for i in 0..50 {
+        exec(
+            &mut db,
+            &format!(
+                "CREATE SCHEMA tenant_t{i:02}; CREATE TABLE tenant_t{i:02}.blobs (id int PRIMARY KEY, payload text);
+                 INSERT INTO tenant_t{i:02}.blobs SELECT g, repeat(md5((g + {i})::text), 16) FROM generate_series(1, {}) g;",
+                blob_rows(i)
+            ),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
+    let mut config = format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"{name}\"\n\n[runtime]\nlease = \"3s\"\nsweep_interval = \"200ms\"\n\n{}\n\
+         [hosts.main]\nengine = \"postgres\"\nurl = \"{}\"\n\n\
+         [services.app]\nengine = \"postgres\"\nisolation = \"schema\"\nhost = \"main\"\ndatabase = \"{name}\"\nschema = \"tenant_{{tenant}}\"\n",
+        redis_url(),
+        s3_storage(&name, &store.endpoint()),
+        pg_url()
+    );
+    for i in 0..50 {
+        config.push_str(&format!("\n[[catalog.tenants]]\nid = \"t{i:02}\"\nservices = [\"app\"]\n"));
+    }
+    std::fs::write(dir.path().join("tenantry.toml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/nightly.toml"),
+        "[concurrency]\nrun = 8\nper_host = 8\n\n[[steps]]\nkind = \"backup\"\ncompression = 0\n",
+    )
+    .unwrap();
+
+    let mut worker = WorkerProcess::spawn(dir.path());
+    let out = tenantry(dir.path(), &["run", "nightly"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let run = out.stdout().trim().to_string();
+    // Three times: as soon as an upload is under way, SIGKILL, and a new worker.
+    for kill in 0..3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !store.files().iter().any(|f| f.ends_with(".uploading")) {
+            assert!(std::time::Instant::now() < deadline, "kill {kill}: no upload under way");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        worker.kill9();
+        worker = WorkerProcess::spawn(dir.path());
+    }
+    let s = wait_for_state(dir.path(), &run, &["succeeded", "failed", "cancelled"], Duration::from_secs(180));
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let lost: u64 = s["tenants"].as_object().unwrap().values().map(|t| t["lost"].as_u64().unwrap_or(0)).sum();
+    assert!(lost >= 3, "the kills hit no tenant in flight ({lost} lost leases): {s:#}");
+
+    let files = store.files();
+    let open: Vec<&String> = files.iter().filter(|f| f.starts_with(".upload")).collect();
+    assert!(open.is_empty(), "multipart uploads left open: {open:#?}");
+    let bucket = store.bucket().join(&name);
+    for i in 0..50 {
+        let prefix = format!("{name}/app/t{i:02}/");
+        let objects: Vec<&String> = files.iter().filter(|f| f.contains(&prefix)).collect();
+        let manifests: Vec<&&String> = objects.iter().filter(|f| f.ends_with("/manifest.json")).collect();
+        assert_eq!(manifests.len(), 1, "t{i:02}: {objects:#?}");
+        assert!(manifests[0].contains(&format!("_{run}/")), "t{i:02}: {} is not the run's", manifests[0]);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.dir.path().join(manifests[0])).unwrap()).unwrap();
+        let dump_key = manifest["dump"]["key"].as_str().unwrap();
+        // The manifest and its dump; no other attempt's dump, no marker of an open upload.
+        assert_eq!(objects.len(), 2, "t{i:02}: {objects:#?}");
+        let dump = std::fs::read(bucket.join(dump_key)).unwrap();
+        assert_eq!(manifest["dump"]["sha256"], sha256_hex(&dump), "t{i:02}");
+        assert_eq!(manifest["tables"][0]["rows"], blob_rows(i), "t{i:02}: {manifest:#}");
+        if i == 7 {
+            let target = format!("{name}_restored");
+            pg_restore_into(&dump, &target).await;
+            assert_eq!(count(&target, "tenant_t07.blobs").await, blob_rows(7));
+            exec(&mut admin, &format!("DROP DATABASE IF EXISTS {target} WITH (FORCE)")).await;
+        }
+    }
+    worker.kill9();
+    clear_redis(&name).await;
+    drop(db);
+    exec(&mut admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}

@@ -96,7 +96,11 @@ pub fn tenant_prefix(service: &str, tenant: &str) -> String {
 
 /// A tenant's backup folders, oldest first (complete or not; see
 /// [`BackupFolder::complete`]). One listing of the tenant's prefix.
-pub async fn tenant_backups(store: &ObjectStore, service: &str, tenant: &str) -> Result<Vec<BackupFolder>, StorageError> {
+pub async fn tenant_backups(
+    store: &ObjectStore,
+    service: &str,
+    tenant: &str,
+) -> Result<Vec<BackupFolder>, StorageError> {
     let prefix = tenant_prefix(service, tenant);
     Ok(group(&prefix, store.list(&prefix).await?))
 }
@@ -153,11 +157,8 @@ fn stamp_time(name: &str) -> Option<DateTime<Utc>> {
 /// `verify-{stamp}_{run}-{passed|failed}.json`.
 fn parse_verdict(key: &str, file: &str) -> Option<VerdictRef> {
     let body = file.strip_prefix("verify-")?.strip_suffix(".json")?;
-    let (rest, passed) = if let Some(r) = body.strip_suffix("-passed") {
-        (r, true)
-    } else {
-        (body.strip_suffix("-failed")?, false)
-    };
+    let (rest, passed) =
+        if let Some(r) = body.strip_suffix("-passed") { (r, true) } else { (body.strip_suffix("-failed")?, false) };
     let at = stamp_time(rest)?;
     let run = rest.get(17..).unwrap_or_default().to_string();
     Some(VerdictRef { key: key.to_string(), at, run, passed })
