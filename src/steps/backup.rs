@@ -168,6 +168,11 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     let mut session = ctx.session().await?;
     let outcome = dump(ctx, options, store, &folder, &tool_version, &mut session).await;
     // The snapshot's transaction ends here whatever happened; a dropped step terminates it.
+    // `dump` commits it when the dump is complete; a failure leaves it open (sqlx does not
+    // know of a raw BEGIN, so the reset's own `BEGIN` would draw a server warning).
+    if outcome.is_err() {
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *session).await;
+    }
     session.release().await;
     let (dump, tables, schema_version, server_version) = outcome?;
 
