@@ -314,7 +314,11 @@ async fn scheduler_keys(prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = keys
         .into_iter()
         .filter(|k| {
+            // Runs' own keys and the run index are not the scheduler's: `{prefix}:run:{id}…`,
+            // and the global keys `{prefix}:{prefix}:runs…` (`runs:active` exists only while
+            // a run is active, so a snapshot taken mid-run would differ from one between runs).
             let rest = &k[prefix.len() + 1..];
+            let rest = rest.strip_prefix(&format!("{{{prefix}}}:")).unwrap_or(rest);
             !(rest.starts_with("run:") || rest.starts_with("runs") || rest.starts_with("queue"))
         })
         .collect();
