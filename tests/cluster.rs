@@ -68,7 +68,7 @@ fn spec(workflow: &str, waves: Vec<Wave>, hosts: &[(&str, &str)], limits: &[(&st
                 let snapshot = TenantSnapshot {
                     wave: wave_of(id),
                     placements: Default::default(),
-                    units: vec![Unit { step: 0, service: "app".to_string() }],
+                    units: vec![Unit { step: 0, service: "app".to_string(), skip: None }],
                     group: host.to_string(),
                 };
                 (id.to_string(), snapshot)

@@ -107,6 +107,7 @@ fn shipped_config_and_workflows_are_valid() {
     );
     assert!(!run.stderr().contains("step health"), "health runs: no warning\n{}", run.all());
     assert!(!run.stderr().contains("step backup"), "backup runs: no warning\n{}", run.all());
+    assert!(!run.stderr().contains("step verify_restore"), "verify_restore runs: no warning\n{}", run.all());
     let run = tenantry(&repo(), &["--config", "deploy/reference.toml", "validate", "--json"], &[]);
     let report: serde_json::Value = serde_json::from_str(&run.stdout()).expect("json");
     assert_eq!(report["ok"], true);

@@ -84,6 +84,11 @@ pub struct HostSpec {
     /// Tenants in flight on this server; `limits.per_host` when absent.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// The host (`[hosts.NAME]`) that `verify_restore` restores this host's tenants' backups
+    /// on, in scratch databases; this host itself when absent. A step's own `scratch_host`
+    /// option overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_host: Option<String>,
 }
 
 /// `[services.NAME]`: a logical database that tenants have.

@@ -145,13 +145,8 @@ impl Context {
             per_pool,
             c.limits.max_pools as usize,
         ));
-        let objects = match &c.storage {
-            Some(storage) => {
-                let mut storage = storage.clone();
-                storage.path = storage.path.as_ref().map(|p| self.config.resolve_path(p));
-                let opened = crate::storage::ObjectStore::open(&storage).await;
-                Some(std::sync::Arc::new(opened.map_err(|e| Failure::Unreachable(e.to_string()))?))
-            }
+        let objects = match crate::storage::ObjectStore::open_loaded(&self.config).await {
+            Some(opened) => Some(std::sync::Arc::new(opened.map_err(|e| Failure::Unreachable(e.to_string()))?)),
             None => None,
         };
         Ok(std::sync::Arc::new(

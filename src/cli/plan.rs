@@ -41,6 +41,7 @@ pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Resu
                 .map(|s| {
                     let what = match &s.action {
                         StepAction::Run => "run".to_string(),
+                        StepAction::Skip { reason } => format!("skip: {reason}"),
                         StepAction::Blocked { reason } => format!("BLOCKED: {reason}"),
                         StepAction::Migrate { status, shared } => {
                             let shared = if *shared { " (shared target)" } else { "" };

@@ -36,6 +36,13 @@ pub async fn run(
     if up_to_date > 0 && !json {
         eprintln!("{up_to_date} tenant(s) have nothing pending: recorded as done without dispatching them");
     }
+    let outside = launch::apply_selections(&mut spec, &catalog, loaded).await;
+    if outside > 0 && !json {
+        eprintln!(
+            "{outside} step target(s) are outside their step's sample in this run: recorded as skipped (see `tenantry plan {}`)",
+            wf.name
+        );
+    }
     if spec.tenants.is_empty() {
         return Err(Failure::Failed(format!(
             "workflow {} selects no tenant: nothing to run (see `tenantry plan {}`)",

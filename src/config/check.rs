@@ -69,6 +69,28 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
         if host.max_concurrency == Some(0) {
             err(path!["hosts", name, "max_concurrency"], format!("host {name}: max_concurrency must be at least 1"));
         }
+        if let Some(scratch) = &host.scratch_host {
+            match c.hosts.get(scratch) {
+                None => err(
+                    path!["hosts", name, "scratch_host"],
+                    format!("host {name}: unknown scratch_host {scratch:?} (hosts: {})", keys(&c.hosts)),
+                ),
+                Some(_) if host.engine != crate::catalog::Engine::Postgres => err(
+                    path!["hosts", name, "scratch_host"],
+                    format!(
+                        "host {name}: scratch_host is for restore verification, which runs on PostgreSQL hosts only"
+                    ),
+                ),
+                Some(s) if s.engine != crate::catalog::Engine::Postgres => err(
+                    path!["hosts", name, "scratch_host"],
+                    format!(
+                        "host {name}: scratch_host {scratch} is a {} host; backups restore on PostgreSQL",
+                        s.engine
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
     }
 
     for (name, service) in &c.services {

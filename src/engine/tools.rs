@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::secret::SecretUrl;
 
@@ -90,22 +90,7 @@ const STDERR_KEPT: usize = 4096;
 impl CheckedOutput {
     pub fn new(program: &'static str, mut child: Child) -> Self {
         let stdout = child.stdout.take().expect("spawned with piped stdout");
-        let stderr = child.stderr.take().map(|mut pipe| {
-            tokio::spawn(async move {
-                let mut kept = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    kept.extend_from_slice(&buf[..n]);
-                    if kept.len() > STDERR_KEPT {
-                        kept.drain(..kept.len() - STDERR_KEPT);
-                    }
-                }
-                kept
-            })
-        });
+        let stderr = child.stderr.take().map(|pipe| keep_tail(pipe, STDERR_KEPT));
         Self { program, stdout, child: Some(child), stderr, finish: None, done: false, failure: Arc::default() }
     }
 
@@ -152,6 +137,25 @@ impl AsyncRead for CheckedOutput {
         this.done = true;
         Poll::Ready(result)
     }
+}
+
+/// Reads a tool's stderr to its end on a task of its own (so the tool never blocks on a
+/// full pipe) and keeps its last `limit` bytes, for an error message.
+pub fn keep_tail(mut pipe: ChildStderr, limit: usize) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > limit {
+                kept.drain(..kept.len() - limit);
+            }
+        }
+        kept
+    })
 }
 
 /// The last `limit` bytes of a tool's stderr, for an error message (libpq tools never

@@ -21,7 +21,7 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
         for (i, step) in spec.steps.iter().enumerate() {
             for service in target::step_services(step, &services, catalog) {
                 if let Some(p) = tenant.placements.get(service) {
-                    units.push(Unit { step: i, service: service.to_string() });
+                    units.push(Unit { step: i, service: service.to_string(), skip: None });
                     placements.insert(service.to_string(), p.clone());
                 }
             }
@@ -117,6 +117,53 @@ pub fn retry_snapshot(parent: &RunSpec, failed: &BTreeMap<String, usize>) -> Run
     RunSpec { id: new_run_id(), tenants, waves, receipt_run: Some(parent.receipt_run().to_string()), ..parent.clone() }
 }
 
+/// Asks the plan of every step that chooses its targets (a sample, see
+/// [`crate::steps::define::Step::selects`]) which of the run's targets to skip, and marks
+/// those units skipped with the plan's reason: the run does what `plan` shows. Returns how
+/// many units were marked.
+pub async fn apply_selections(spec: &mut RunSpec, catalog: &Catalog, config: &LoadedConfig) -> usize {
+    use crate::steps::define::PlanEnv;
+    use crate::workflow::plan::StepAction;
+    let mut marked = 0;
+    for (index, step) in spec.steps.iter().enumerate() {
+        let kind = step.kind.def();
+        if !kind.selects(step) {
+            continue;
+        }
+        // (tenant, unit index) of each of the step's targets that the kind runs on.
+        let mut at: Vec<(String, usize)> = Vec::new();
+        let mut targets: Vec<&crate::catalog::Placement> = Vec::new();
+        for (id, t) in &spec.tenants {
+            for (i, u) in t.units.iter().enumerate() {
+                if u.step == index
+                    && let Some(p) = t.placements.get(&u.service)
+                    && step.kind.runs_on(p.engine).is_ok()
+                {
+                    at.push((id.clone(), i));
+                    targets.push(p);
+                }
+            }
+        }
+        let tenants: Vec<&str> = at.iter().map(|(id, _)| id.as_str()).collect();
+        let answers = kind.plan(step, &targets, PlanEnv { catalog, config, tenants: &tenants }).await;
+        let skips: Vec<(String, usize, String)> = at
+            .into_iter()
+            .zip(answers)
+            .filter_map(|((id, i), action)| match action {
+                StepAction::Skip { reason } => Some((id, i, reason)),
+                _ => None,
+            })
+            .collect();
+        for (id, i, reason) in skips {
+            if let Some(t) = spec.tenants.get_mut(&id) {
+                t.units[i].skip = Some(reason);
+                marked += 1;
+            }
+        }
+    }
+    marked
+}
+
 /// The fast path for rollouts: reads the migration histories of the run's targets in bulk
 /// (a few queries per database, like `plan`) and drops `migrate` units whose target has
 /// nothing pending and nothing wrong. A tenant left with no unit is recorded as succeeded
@@ -207,11 +254,11 @@ mod tests {
         assert_ne!(first.id, "root");
         assert_eq!(first.receipt_run(), "root");
         assert_eq!(first.tenants.keys().collect::<Vec<_>>(), ["b"]);
-        assert_eq!(first.tenants["b"].units, [Unit { step: 2, service: "app".into() }]);
+        assert_eq!(first.tenants["b"].units, [Unit { step: 2, service: "app".into(), skip: None }]);
         assert_eq!(first.waves[0].tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>(), ["b"]);
         // A retry of the retry: indices are the retry's own; receipts still the root's.
         let second = retry_snapshot(&first, &BTreeMap::from([("b".to_string(), 0)]));
         assert_eq!(second.receipt_run(), "root");
-        assert_eq!(second.tenants["b"].units, [Unit { step: 2, service: "app".into() }]);
+        assert_eq!(second.tenants["b"].units, [Unit { step: 2, service: "app".into(), skip: None }]);
     }
 }

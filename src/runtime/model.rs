@@ -93,6 +93,11 @@ pub struct Unit {
     /// Index into [`RunSpec::steps`].
     pub step: usize,
     pub service: String,
+    /// Set when the run was created, from the step's plan (a target outside the step's
+    /// sample, see [`crate::steps::define::Step::selects`]): the unit is recorded as
+    /// skipped with this reason instead of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
 }
 
 /// A tenant's placements by service, in a run's snapshot: a short list kept in service

@@ -223,6 +223,7 @@ impl Ticker {
         let catalog = (self.ctx.catalog)().await.map_err(TickError::Catalog)?;
         let mut spec = launch::snapshot(wf, &catalog, &self.ctx.config, &[]);
         launch::skip_up_to_date(&mut spec, &catalog, &self.ctx.config).await;
+        launch::apply_selections(&mut spec, &catalog, &self.ctx.config).await;
         if spec.tenants.is_empty() {
             return self.skip(claim, tick, "no tenant selected; nothing to run").await;
         }

@@ -581,16 +581,23 @@ impl Runtime {
                 clock: &crate::runtime::clock::SystemClock,
             };
             let timeout = step.timeout.unwrap_or(spec.timeout).0;
-            // Whichever comes first ends the step: its result, its timeout, or the loss of
-            // the lease (which includes a cancelled run). On the last two the step's future
-            // is dropped, and its database sessions stop their statements (PgSession).
-            let result = tokio::select! {
-                r = execute(&ctx) => r,
-                () = tokio::time::sleep(timeout) => {
-                    stop.cancel();
-                    Err(StepError::timed_out(format!("timed out after {}", humantime::format_duration(timeout))))
+            // A unit that its step's plan left out of the run (outside a sample) is recorded
+            // as skipped, with the plan's reason, without running.
+            let result = if let Some(reason) = &u.skip {
+                Ok(serde_json::json!({ "skipped": reason }))
+            } else {
+                // Whichever comes first ends the step: its result, its timeout, or the loss
+                // of the lease (which includes a cancelled run). On the last two the step's
+                // future is dropped, and its database sessions stop their statements
+                // (PgSession).
+                tokio::select! {
+                    r = execute(&ctx) => r,
+                    () = tokio::time::sleep(timeout) => {
+                        stop.cancel();
+                        Err(StepError::timed_out(format!("timed out after {}", humantime::format_duration(timeout))))
+                    }
+                    () = lost.cancelled() => return Ok(Ending::Lost),
                 }
-                () = lost.cancelled() => return Ok(Ending::Lost),
             };
             match result {
                 Ok(output) => {

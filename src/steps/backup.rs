@@ -378,11 +378,8 @@ impl Drop for StopBackend {
 }
 
 /// Row counts of every table (of `schema`, or of the whole database), in the session's
-/// snapshot.
-pub async fn count_rows(
-    session: &mut crate::engine::session::PgSession,
-    schema: Option<&str>,
-) -> Result<Vec<TableRows>, StepError> {
+/// snapshot. `verify_restore` counts a restored copy with the same query.
+pub async fn count_rows(conn: &mut sqlx::PgConnection, schema: Option<&str>) -> Result<Vec<TableRows>, StepError> {
     // A table's own rows (`ONLY`: an inheritance parent's count would include its children,
     // which pg_dump copies as tables of their own); a partitioned table with its partitions.
     // Tables of extensions are left out: pg_dump does not copy their rows.
@@ -396,7 +393,7 @@ pub async fn count_rows(
          ORDER BY 1, 2",
     )
     .bind(schema)
-    .fetch_all(&mut **session)
+    .fetch_all(&mut *conn)
     .await
     .map_err(|e| StepError::from_sqlx("listing the tables", &e))?;
     let mut out = Vec::with_capacity(list.len());
@@ -412,7 +409,7 @@ pub async fn count_rows(
             .join(" UNION ALL ");
         let mut counts = vec![0i64; chunk.len()];
         for row in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut **session)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| StepError::from_sqlx("counting rows", &e))?
         {
@@ -428,14 +425,11 @@ pub async fn count_rows(
 }
 
 /// The newest applied migration in `schema`'s history table, if there is one.
-pub async fn schema_version(
-    session: &mut crate::engine::session::PgSession,
-    schema: &str,
-) -> Result<Option<String>, StepError> {
+pub async fn schema_version(conn: &mut sqlx::PgConnection, schema: &str) -> Result<Option<String>, StepError> {
     let table = format!("{}.{}", quote_ident(schema), quote_ident(super::migrate::HISTORY_TABLE));
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&table)
-        .fetch_one(&mut **session)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| StepError::from_sqlx("looking for the migration history", &e))?;
     if !exists {
@@ -443,7 +437,7 @@ pub async fn schema_version(
     }
     let versions: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT version FROM {table} WHERE state = 'applied'")))
-            .fetch_all(&mut **session)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| StepError::from_sqlx("reading the migration history", &e))?;
     Ok(versions

@@ -24,6 +24,9 @@ pub type Findings = Vec<(String, String)>;
 pub struct PlanEnv<'a> {
     pub catalog: &'a Catalog,
     pub config: &'a LoadedConfig,
+    /// The tenant of each of the targets `plan` is asked about, in the same order (a
+    /// placement does not name its tenant, and `row` placements are shared by many).
+    pub tenants: &'a [&'a str],
 }
 
 /// One step kind, implemented by a unit struct in the kind's own file.
@@ -59,6 +62,14 @@ pub trait Step: Send + Sync + 'static {
         std::future::ready(vec![StepAction::Run; targets.len()])
     }
 
+    /// Whether `plan` chooses which targets run (a sample): a run then asks the plan when it
+    /// is created and records the targets it answers [`StepAction::Skip`] for as skipped,
+    /// with the plan's reason, so that what `plan` shows and what a run does cannot
+    /// disagree. The default: no, every target runs.
+    fn selects(_options: &Self::Options) -> bool {
+        false
+    }
+
     /// Runs the step on one tenant's target (one unit). The result is what the step
     /// reports, stored in the tenant's checkpoint.
     fn run<'a>(
@@ -89,6 +100,8 @@ pub trait Kind: Sync {
         targets: &'a [&'a Placement],
         env: PlanEnv<'a>,
     ) -> BoxFuture<'a, Vec<StepAction>>;
+    /// Whether a run asks this step's plan which targets to skip (see [`Step::selects`]).
+    fn selects(&self, step: &StepSpec) -> bool;
     fn run<'a>(&'a self, ctx: &'a StepContext<'a>) -> BoxFuture<'a, Result<serde_json::Value, StepError>>;
 }
 
@@ -149,6 +162,10 @@ impl<S: Step> Kind for Registered<S> {
                 Err(reason) => vec![StepAction::Blocked { reason }; targets.len()],
             }
         })
+    }
+
+    fn selects(&self, step: &StepSpec) -> bool {
+        parse::<S::Options>(&step.options).is_ok_and(|options| S::selects(&options))
     }
 
     fn run<'a>(&'a self, ctx: &'a StepContext<'a>) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {

@@ -14,6 +14,7 @@ pub mod receipt;
 pub mod seed;
 mod spec;
 pub mod sql;
+pub mod verify_restore;
 
 pub use context::{StepContext, execute};
 pub use error::{Cause, Retry, StepError};

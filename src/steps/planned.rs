@@ -36,7 +36,7 @@ fn instance_per_tenant(kind: &str, service: &ServiceSpec) -> Result<(), String> 
     postgres_service(kind, service)
 }
 
-fn check_sample(sample: Option<f64>, out: &mut Findings) {
+pub(super) fn check_sample(sample: Option<f64>, out: &mut Findings) {
     if let Some(sample) = sample
         && !(sample > 0.0 && sample <= 100.0)
     {
@@ -44,7 +44,7 @@ fn check_sample(sample: Option<f64>, out: &mut Findings) {
     }
 }
 
-fn check_smoke_queries(queries: &Option<Vec<String>>, out: &mut Findings) {
+pub(super) fn check_smoke_queries(queries: &Option<Vec<String>>, out: &mut Findings) {
     if queries.as_ref().is_some_and(|q| q.iter().any(|q| q.trim().is_empty())) {
         out.push(("smoke_queries".into(), "smoke_queries contains an empty query".to_string()));
     }
@@ -89,35 +89,6 @@ impl Step for PruneBackups {
     }
 
     async fn run(ctx: &StepContext<'_>, _options: &PruneBackupsOptions) -> Result<serde_json::Value, StepError> {
-        unreachable_run(ctx).await
-    }
-}
-
-/// `verify_restore`: a tenant's backup restored into a scratch database and checked.
-pub struct VerifyRestore;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VerifyRestoreOptions {
-    pub backup: Option<String>,
-    pub sample: Option<f64>,
-    pub smoke_queries: Option<Vec<String>>,
-    pub scratch_host: Option<String>,
-}
-
-impl Step for VerifyRestore {
-    type Options = VerifyRestoreOptions;
-
-    fn check(o: &VerifyRestoreOptions, out: &mut Findings) {
-        check_sample(o.sample, out);
-        check_smoke_queries(&o.smoke_queries, out);
-    }
-
-    fn runs_on(engine: Engine) -> Result<(), String> {
-        not_yet(engine)
-    }
-
-    async fn run(ctx: &StepContext<'_>, _options: &VerifyRestoreOptions) -> Result<serde_json::Value, StepError> {
         unreachable_run(ctx).await
     }
 }

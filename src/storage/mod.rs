@@ -100,6 +100,14 @@ impl ObjectStore {
         })
     }
 
+    /// The store of a loaded configuration's `[storage]` (a relative `path` is relative to
+    /// the config file), or `None` when it has none.
+    pub async fn open_loaded(loaded: &crate::config::LoadedConfig) -> Option<Result<Self, StorageError>> {
+        let mut storage = loaded.config.storage.clone()?;
+        storage.path = storage.path.as_ref().map(|p| loaded.resolve_path(p));
+        Some(Self::open(&storage).await)
+    }
+
     /// Streams `reader` to `key` and returns its size and SHA-256. The object appears only
     /// when the whole stream was stored; an error, or dropping the future, leaves nothing
     /// behind (the multipart upload is aborted, the temporary file removed).

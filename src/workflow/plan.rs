@@ -55,6 +55,9 @@ pub enum StepAction {
         /// of the run to reach it applies the migrations for all.
         shared: bool,
     },
+    /// The step could run here but does not in this run (the target is not in the step's
+    /// sample); the reason says why. A run records the step as skipped with this reason.
+    Skip { reason: String },
     /// The step cannot run here; the reason says why.
     Blocked { reason: String },
 }
@@ -64,7 +67,7 @@ impl StepAction {
         match self {
             Self::Blocked { .. } => true,
             Self::Migrate { status, .. } => !status.problems.is_empty(),
-            Self::Run => false,
+            Self::Run | Self::Skip { .. } => false,
         }
     }
 }
@@ -88,7 +91,6 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
 
     // Each step's kind looks at all of its targets at once (migrate reads the histories in
     // bulk), then the answers are laid out per wave, tenant and step.
-    let env = PlanEnv { catalog, config };
     let mut actions: Vec<BTreeMap<(&TenantId, &str), StepAction>> = Vec::new();
     for step in &spec.steps {
         let mut keys = Vec::new();
@@ -105,6 +107,8 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
         let (runnable, blocked): (Vec<usize>, Vec<usize>) =
             (0..targets.len()).partition(|&i| step.kind.runs_on(targets[i].engine).is_ok());
         let asked: Vec<&Placement> = runnable.iter().map(|&i| targets[i]).collect();
+        let asked_tenants: Vec<&str> = runnable.iter().map(|&i| keys[i].0.as_str()).collect();
+        let env = PlanEnv { catalog, config, tenants: &asked_tenants };
         let answers = step.kind.def().plan(step, &asked, env).await;
         let mut by_key = BTreeMap::new();
         for (i, action) in runnable.into_iter().zip(answers) {
