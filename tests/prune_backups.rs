@@ -11,11 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use futures::StreamExt;
+use support::store::{s3, s3_clear, s3_env, s3_keys, s3_put, s3_storage_config};
 use support::{WorkerProcess, clear_redis, pg_url, redis_url, tenantry, unique, wait_for_state};
-
-fn s3_env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the tests through deploy/local/test.sh"))
-}
 
 /// A fleet of tenants of one service, `app`, whose backups live in `storage` ("s3": the
 /// test's own prefix in the local s3s-fs bucket; "fs": `backups/` in the test's directory).
@@ -31,13 +28,7 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("workflows")).unwrap();
         let storage = match storage {
-            "s3" => format!(
-                "[storage]\nkind = \"s3\"\nbucket = \"{}\"\nprefix = \"{name}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
-                s3_env("TENANTRY_TEST_S3_BUCKET"),
-                s3_env("TENANTRY_TEST_S3_ENDPOINT"),
-                s3_env("TENANTRY_TEST_S3_ACCESS_KEY"),
-                s3_env("TENANTRY_TEST_S3_SECRET_KEY"),
-            ),
+            "s3" => s3_storage_config(&name),
             _ => "[storage]\nkind = \"fs\"\npath = \"backups\"\n".to_string(),
         };
         let mut config = format!(
@@ -115,61 +106,16 @@ fn verdict_name(at: DateTime<Utc>, passed: bool) -> String {
     format!("verify-{}_{}-v-{}.json", stamp(at), at.format("%Y%m%d-%H%M%S"), if passed { "passed" } else { "failed" })
 }
 
-/// An S3 client of the test's own, not tenantry's.
-async fn s3() -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new(
-        s3_env("TENANTRY_TEST_S3_ACCESS_KEY"),
-        s3_env("TENANTRY_TEST_S3_SECRET_KEY"),
-        None,
-        None,
-        "test",
-    );
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(s3_env("TENANTRY_TEST_S3_ENDPOINT"))
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
+/// Every key under `prefix`, as a set.
+async fn keys(client: &aws_sdk_s3::Client, prefix: &str) -> BTreeSet<String> {
+    s3_keys(client, prefix).await.into_iter().collect()
 }
 
-/// Every key under `prefix`, through all pages.
-async fn s3_keys(client: &aws_sdk_s3::Client, prefix: &str) -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    let mut pages =
-        client.list_objects_v2().bucket(s3_env("TENANTRY_TEST_S3_BUCKET")).prefix(prefix).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        let page = page.unwrap_or_else(|e| panic!("listing {prefix} on the local S3 server: {e:?}"));
-        keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
-    }
-    keys
-}
-
+/// Writes many small objects, 16 at a time.
 async fn s3_put_all(client: &aws_sdk_s3::Client, objects: Vec<(String, Vec<u8>)>) {
-    let bucket = s3_env("TENANTRY_TEST_S3_BUCKET");
     futures::stream::iter(objects)
-        .for_each_concurrent(16, |(key, body)| {
-            let bucket = bucket.clone();
-            async move {
-                client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .body(body.into())
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("writing {key} to the local S3 server: {e:?}"));
-            }
-        })
+        .for_each_concurrent(16, |(key, body)| async move { s3_put(client, &key, body).await })
         .await;
-}
-
-async fn s3_delete_all(client: &aws_sdk_s3::Client, prefix: &str) {
-    let bucket = s3_env("TENANTRY_TEST_S3_BUCKET");
-    for key in s3_keys(client, prefix).await {
-        client.delete_object().bucket(&bucket).key(key).send().await.unwrap();
-    }
 }
 
 /// The folders (`{service}/{tenant}/{name}`) that the objects under `prefix` are in.
@@ -278,7 +224,7 @@ async fn retention_keeps_exactly_the_objects_the_policy_says_on_a_two_year_histo
     objects.push((format!("{root}{other}/manifest.json"), b"{}".to_vec()));
     let written: BTreeSet<String> = objects.iter().map(|(k, _)| k.clone()).collect();
     s3_put_all(&client, objects).await;
-    assert_same(&s3_keys(&client, &root).await, &written, "objects written");
+    assert_same(&keys(&client, &root).await, &written, "objects written");
 
     let mut keep = expected_keeps(&complete, zone);
     keep.insert(folder_at(501));
@@ -300,7 +246,7 @@ async fn retention_keeps_exactly_the_objects_the_policy_says_on_a_two_year_histo
     assert_same(&listed(dry, "would_delete"), &gone, "the dry run's would_delete");
     assert_same(&listed(dry, "kept"), &keep, "the dry run's kept");
     assert!(dry.get("deleted").is_none() && dry.get("aborted_uploads").is_none(), "{dry:#}");
-    assert_same(&s3_keys(&client, &root).await, &written, "objects after the dry run");
+    assert_same(&keys(&client, &root).await, &written, "objects after the dry run");
     let why = |output: &serde_json::Value, folder: &str| -> Vec<String> {
         let entry = output["kept"].as_array().unwrap().iter().find(|k| k["folder"] == folder).unwrap().clone();
         entry["why"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect()
@@ -323,7 +269,7 @@ async fn retention_keeps_exactly_the_objects_the_policy_says_on_a_two_year_histo
         })
         .cloned()
         .collect();
-    assert_same(&s3_keys(&client, &root).await, &expected, "objects after pruning");
+    assert_same(&keys(&client, &root).await, &expected, "objects after pruning");
     let freed: u64 = out["deleted"].as_array().unwrap().iter().map(|d| d["bytes"].as_u64().unwrap()).sum();
     assert_eq!(out["freed_bytes"], freed);
 
@@ -332,9 +278,9 @@ async fn retention_keeps_exactly_the_objects_the_policy_says_on_a_two_year_histo
     let again = &s["tenants"]["acme"]["outputs"]["prune_backups/app"];
     assert_eq!(listed(again, "deleted"), BTreeSet::new(), "{again:#}");
     assert_same(&listed(again, "kept"), &keep, "kept the second time");
-    assert_same(&s3_keys(&client, &root).await, &expected, "objects after pruning again");
+    assert_same(&keys(&client, &root).await, &expected, "objects after pruning again");
 
-    s3_delete_all(&client, &root).await;
+    s3_clear(&client, &root).await;
     clear_redis(&fleet.name).await;
 }
 
@@ -551,5 +497,5 @@ async fn backups_on_s3_never_prints_the_stores_keys() {
     );
     assert_eq!(out.code(), 3, "{}", out.all());
     assert!(out.stderr().contains("listing the backups of service \"app\""), "{}", out.all());
-    s3_delete_all(&client, &root).await;
+    s3_clear(&client, &root).await;
 }
