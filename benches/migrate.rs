@@ -1151,6 +1151,7 @@ impl Bench<'_> {
                         fence: &tenantry::runtime::fence::Fence::none(&spec.id, tenant),
                         objects: None,
                         clock: &tenantry::runtime::clock::SystemClock,
+                        timezone: chrono_tz::UTC,
                     };
                     execute(&ctx).await.map_err(|e| format!("tenant {tenant}: {e}"))?;
                     done += 1;

@@ -1016,6 +1016,7 @@ impl Bench<'_> {
                         fence: &tenantry::runtime::fence::Fence::none(&run_id, tenant),
                         objects: None,
                         clock: &tenantry::runtime::clock::SystemClock,
+                        timezone: chrono_tz::UTC,
                     };
                     execute(&ctx).await.map_err(|e| format!("tenant {tenant}: {e}"))?;
                     done += 1;

@@ -77,6 +77,7 @@ fn spec(workflow: &str, waves: Vec<Wave>, hosts: &[(&str, &str)], limits: &[(&st
         waves,
         migrations: Default::default(),
         receipt_run: None,
+        timezone: None,
     }
 }
 

@@ -383,6 +383,7 @@ fn empty_run(workflow: &str) -> tenantry::runtime::model::RunSpec {
         tenants: Default::default(),
         migrations: Default::default(),
         receipt_run: None,
+        timezone: None,
     }
 }
 

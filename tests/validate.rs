@@ -100,12 +100,15 @@ fn shipped_config_and_workflows_are_valid() {
     // The nightly workflow is valid but uses kinds this version cannot run yet: a warning
     // on stderr at the step's `kind`, not a problem.
     assert!(
-        run.stderr().lines().any(|l| l.contains("workflows/nightly.toml:32:")
-            && l.contains("warning: step prune_backups: prune_backups does not run yet")),
+        run.stderr()
+            .lines()
+            .any(|l| l.contains("workflows/nightly.toml:44:")
+                && l.contains("warning: step vacuum: vacuum does not run yet")),
         "{}",
         run.all()
     );
     assert!(!run.stderr().contains("step health"), "health runs: no warning\n{}", run.all());
+    assert!(!run.stderr().contains("step prune_backups"), "prune_backups runs: no warning\n{}", run.all());
     assert!(!run.stderr().contains("step backup"), "backup runs: no warning\n{}", run.all());
     assert!(!run.stderr().contains("step verify_restore"), "verify_restore runs: no warning\n{}", run.all());
     let run = tenantry(&repo(), &["--config", "deploy/reference.toml", "validate", "--json"], &[]);

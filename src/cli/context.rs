@@ -145,10 +145,7 @@ impl Context {
             per_pool,
             c.limits.max_pools as usize,
         ));
-        let objects = match crate::storage::ObjectStore::open_loaded(&self.config).await {
-            Some(opened) => Some(std::sync::Arc::new(opened.map_err(|e| Failure::Unreachable(e.to_string()))?)),
-            None => None,
-        };
+        let objects = self.objects().await?.map(std::sync::Arc::new);
         Ok(std::sync::Arc::new(
             crate::runtime::worker::Runtime::new(
                 store,
@@ -160,6 +157,15 @@ impl Context {
             .with_services(c.services.clone())
             .with_objects(objects),
         ))
+    }
+
+    /// The object store of `[storage]` (None without one), its relative `path` resolved
+    /// against the config file's directory. A store that cannot be opened is exit status 3.
+    pub async fn objects(&self) -> Result<Option<crate::storage::ObjectStore>, Failure> {
+        match crate::storage::ObjectStore::open_loaded(&self.config).await {
+            Some(opened) => Ok(Some(opened.map_err(|e| Failure::Unreachable(e.to_string()))?)),
+            None => Ok(None),
+        }
     }
 
     /// The catalog and the named workflow, checked against it, and the `--tenant` ids

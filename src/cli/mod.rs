@@ -3,6 +3,7 @@
 //! Data goes to stdout (`--json` for machines), logs and progress to stderr. Exit status:
 //! 0 done; 1 the run or validation failed; 2 usage error; 3 a required service is unreachable.
 
+mod backups;
 mod context;
 mod drift;
 mod plan;
@@ -60,6 +61,19 @@ pub enum Command {
         /// Only these tenants (repeatable).
         #[arg(long = "tenant", value_name = "ID")]
         tenants: Vec<String>,
+    },
+    /// Backups in the object store with their sizes, ages and verification verdicts: every
+    /// backup of TENANT, or a line per tenant and service.
+    Backups {
+        /// Only this tenant, with each of its backups.
+        tenant: Option<String>,
+        /// Only this service.
+        #[arg(long, value_name = "S")]
+        service: Option<String>,
+        /// Only the tenants whose newest backup or newest passed verification is older than
+        /// `[backups]` allows (active tenants, unless TENANT names one); exit 1 when any.
+        #[arg(long)]
+        stale: bool,
     },
     /// Enqueue a one-off run of a workflow.
     Run {
@@ -145,6 +159,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Tenants => tenants::run(&ctx, cli.json).await,
         Command::Drift { service, reference, tenants } => {
             drift::run(&ctx, service, reference.as_deref(), tenants, cli.json).await
+        }
+        Command::Backups { tenant, service, stale } => {
+            backups::run(&ctx, tenant.as_deref(), service.as_deref(), *stale, cli.json).await
         }
         Command::Run { workflow, tenants, wait, changed_by } => {
             runs::run(&ctx, workflow, tenants, changed_by.as_deref(), *wait, cli.json).await

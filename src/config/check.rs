@@ -208,6 +208,12 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
         (CatalogSource::Static, None) => {}
     }
 
+    for (key, age) in [("max_backup_age", c.backups.max_backup_age), ("max_verify_age", c.backups.max_verify_age)] {
+        if age.0.is_zero() {
+            err(path!["backups", key], format!("backups.{key} must be longer than zero (every tenant would be stale)"));
+        }
+    }
+
     if let Some(s) = &c.storage {
         match s.kind {
             StorageKind::S3 if s.bucket.as_deref().unwrap_or("").is_empty() => {

@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: Option<StorageConfig>,
     #[serde(default)]
+    pub backups: BackupsConfig,
+    #[serde(default)]
     pub hosts: BTreeMap<String, HostSpec>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
@@ -206,4 +208,27 @@ pub struct StorageConfig {
     /// Parts of one upload in flight at once (default 3).
     #[serde(default)]
     pub parts_in_flight: Option<u32>,
+}
+
+/// `[backups]`: how fresh every tenant's backups and restore verifications must be
+/// (`tenantry backups --stale`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupsConfig {
+    /// A tenant whose newest complete backup is older than this (or that has none) is
+    /// stale. The default leaves a nightly backup half a day of slack.
+    pub max_backup_age: HumanDuration,
+    /// A tenant whose newest passed restore verification is older than this is stale; one
+    /// never verified is stale once its oldest backup is this old (it could have been
+    /// verified by then).
+    pub max_verify_age: HumanDuration,
+}
+
+impl Default for BackupsConfig {
+    fn default() -> Self {
+        Self {
+            max_backup_age: HumanDuration(std::time::Duration::from_secs(36 * 3600)),
+            max_verify_age: HumanDuration(std::time::Duration::from_secs(30 * 24 * 3600)),
+        }
+    }
 }

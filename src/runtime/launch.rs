@@ -69,6 +69,7 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
         waves,
         tenants: snapshots,
         receipt_run: None,
+        timezone: spec.timezone.clone(),
     }
 }
 

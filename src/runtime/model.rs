@@ -212,12 +212,23 @@ pub struct RunSpec {
     /// None for a run that is its own root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_run: Option<String>,
+    /// The workflow's `timezone` (IANA name) when it sets one: where the calendar days,
+    /// weeks and months of its steps begin (`prune_backups`' daily/weekly/monthly keeps).
+    /// None: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 impl RunSpec {
     /// The run id that keys this run's receipts.
     pub fn receipt_run(&self) -> &str {
         self.receipt_run.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The workflow's time zone; UTC when it sets none. (`validate` and `run` refuse an
+    /// unknown name before a run is created.)
+    pub fn zone(&self) -> chrono_tz::Tz {
+        self.timezone.as_deref().and_then(|z| crate::workflow::parse_timezone(z).ok()).unwrap_or(chrono_tz::UTC)
     }
 
     /// The per-wave settings the advance script needs, as JSON.

@@ -579,6 +579,7 @@ impl Runtime {
                 fence,
                 objects: self.objects.as_deref(),
                 clock: &crate::runtime::clock::SystemClock,
+                timezone: spec.zone(),
             };
             let timeout = step.timeout.unwrap_or(spec.timeout).0;
             // A unit that its step's plan left out of the run (outside a sample) is recorded

@@ -1,4 +1,4 @@
-//! What a step gets to run one tenant: the run, the tenant, its placement, the step, database sessions, the cancellation signal, the lease's fence and the clock.
+//! What a step gets to run one tenant: the run, the tenant, its placement, the step, database sessions, the cancellation signal, the lease's fence, the clock and the workflow's time zone.
 
 use std::path::Path;
 
@@ -40,6 +40,9 @@ pub struct StepContext<'a> {
     pub objects: Option<&'a crate::storage::ObjectStore>,
     /// The time, for windows and timestamps (the scheduler's clock; a test can move it).
     pub clock: &'a dyn Clock,
+    /// The workflow's time zone (UTC unless it sets `timezone`): where the calendar days,
+    /// weeks and months of retention rules begin.
+    pub timezone: chrono_tz::Tz,
 }
 
 impl StepContext<'_> {

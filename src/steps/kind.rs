@@ -66,13 +66,13 @@ impl StepKind {
     /// The registry: what each kind is, from its own file. A new kind adds its variant
     /// above and its line here.
     pub fn def(self) -> &'static dyn Kind {
-        use super::{backup, drift, health, migrate, planned, provision, seed, sql, verify_restore};
+        use super::{backup, drift, health, migrate, planned, provision, prune_backups, seed, sql, verify_restore};
         match self {
             Self::Migrate => registered::<migrate::Migrate>(),
             Self::Seed => registered::<seed::Seed>(),
             Self::Provision => registered::<provision::Provision>(),
             Self::Backup => registered::<backup::Backup>(),
-            Self::PruneBackups => registered::<planned::PruneBackups>(),
+            Self::PruneBackups => registered::<prune_backups::PruneBackups>(),
             Self::VerifyRestore => registered::<verify_restore::VerifyRestore>(),
             Self::RdsSnapshot => registered::<planned::RdsSnapshot>(),
             Self::VerifySnapshot => registered::<planned::VerifySnapshot>(),

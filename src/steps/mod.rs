@@ -10,6 +10,7 @@ mod kind;
 pub mod migrate;
 pub mod planned;
 pub mod provision;
+pub mod prune_backups;
 pub mod receipt;
 pub mod seed;
 mod spec;

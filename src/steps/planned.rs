@@ -58,41 +58,6 @@ fn check_ratio(key: &str, ratio: Option<f64>, out: &mut Findings) {
     }
 }
 
-/// `prune_backups`: a tenant's backups past the retention (last N, daily, weekly, monthly).
-pub struct PruneBackups;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PruneBackupsOptions {
-    pub keep_last: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub dry_run: Option<bool>,
-}
-
-impl Step for PruneBackups {
-    type Options = PruneBackupsOptions;
-
-    fn check(o: &PruneBackupsOptions, out: &mut Findings) {
-        if [o.keep_last, o.keep_daily, o.keep_weekly, o.keep_monthly].iter().all(|k| k.unwrap_or(0) == 0) {
-            out.push((
-                "kind".into(),
-                "prune_backups without any keep_* would delete every backup; set keep_last, keep_daily, keep_weekly or keep_monthly"
-                    .to_string(),
-            ));
-        }
-    }
-
-    fn runs_on(engine: Engine) -> Result<(), String> {
-        not_yet(engine)
-    }
-
-    async fn run(ctx: &StepContext<'_>, _options: &PruneBackupsOptions) -> Result<serde_json::Value, StepError> {
-        unreachable_run(ctx).await
-    }
-}
-
 /// `rds_snapshot`: a snapshot of the tenant's RDS instance.
 pub struct RdsSnapshot;
 

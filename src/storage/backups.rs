@@ -105,6 +105,29 @@ pub async fn tenant_backups(
     Ok(group(&prefix, store.list(&prefix).await?))
 }
 
+/// Every tenant's backup folders of `service`, by tenant id, each oldest first: one
+/// listing of the service's prefix (for fleet-wide reports, instead of one per tenant).
+pub async fn service_backups(
+    store: &ObjectStore,
+    service: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<BackupFolder>>, StorageError> {
+    let mut by_tenant: std::collections::BTreeMap<String, Vec<ObjectInfo>> = std::collections::BTreeMap::new();
+    for o in store.list(&format!("{service}/")).await? {
+        let Some(tenant) = o.key.strip_prefix(&format!("{service}/")).and_then(|r| r.split_once('/')).map(|(t, _)| t)
+        else {
+            continue;
+        };
+        by_tenant.entry(tenant.to_string()).or_default().push(o);
+    }
+    Ok(by_tenant
+        .into_iter()
+        .map(|(tenant, objects)| {
+            let folders = group(&tenant_prefix(service, &tenant), objects);
+            (tenant, folders)
+        })
+        .collect())
+}
+
 /// Groups a listing of `prefix` (a tenant's prefix) into folders, oldest first.
 pub fn group(prefix: &str, objects: Vec<ObjectInfo>) -> Vec<BackupFolder> {
     let mut folders: Vec<BackupFolder> = Vec::new();

@@ -117,13 +117,20 @@ impl FsStore {
         .map_err(|e| StorageError::permanent(format!("listing: {e}")))?
     }
 
+    /// Deletes the file, then its directory if that is now empty (a pruned backup folder
+    /// leaves no empty directory behind; a writer that races it recreates the directory).
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::transient(format!("deleting {}: {e}", path.display()))),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::transient(format!("deleting {}: {e}", path.display()))),
         }
+        if let Some(dir) = path.parent().filter(|d| *d != self.root.as_path()) {
+            // Fails, as it should, while the directory holds anything.
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
+        Ok(())
     }
 
     /// Temporary files older than `older_than` (left by killed workers).

@@ -36,7 +36,17 @@ pub fn check(spec: &WorkflowSpec, name: &str, source: &SourceFile, ctx: &CheckCo
                 err(at, e.to_string());
             }
         }
-        (None, Some(_)) => err(path!["timezone"], "timezone is set but there is no schedule".to_string()),
+        // The zone also sets where prune_backups' days, weeks and months begin.
+        (None, Some(tz)) if spec.steps.iter().any(|s| s.kind == crate::steps::StepKind::PruneBackups) => {
+            if let Err(e) = super::parse_timezone(tz) {
+                err(path!["timezone"], e.to_string());
+            }
+        }
+        (None, Some(_)) => err(
+            path!["timezone"],
+            "timezone is set but there is no schedule (nor a prune_backups step, whose days, weeks and months it sets)"
+                .to_string(),
+        ),
         (None, None) => {}
     }
 
