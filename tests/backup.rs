@@ -5,6 +5,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use support::store::{s3, s3_env, s3_get, s3_keys};
 use support::{
     WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, tenantry, unique, wait_for_state,
 };
@@ -16,10 +17,6 @@ const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 struct Fleet {
     name: String,
     dir: tempfile::TempDir,
-}
-
-fn s3_env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the tests through deploy/local/test.sh"))
 }
 
 /// Where a fleet's backups go.
@@ -142,37 +139,6 @@ schema = "tenant_{{tenant}}"
             exec(&mut admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
         }
     }
-}
-
-/// An S3 client of the test's own, not tenantry's reader.
-async fn s3() -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new(
-        s3_env("TENANTRY_TEST_S3_ACCESS_KEY"),
-        s3_env("TENANTRY_TEST_S3_SECRET_KEY"),
-        None,
-        None,
-        "test",
-    );
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(s3_env("TENANTRY_TEST_S3_ENDPOINT"))
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-async fn s3_keys(client: &aws_sdk_s3::Client, prefix: &str) -> Vec<String> {
-    let out = client.list_objects_v2().bucket(s3_env("TENANTRY_TEST_S3_BUCKET")).prefix(prefix).send().await.unwrap();
-    let mut keys: Vec<String> = out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
-    keys.sort();
-    keys
-}
-
-async fn s3_get(client: &aws_sdk_s3::Client, key: &str) -> Vec<u8> {
-    let out = client.get_object().bucket(s3_env("TENANTRY_TEST_S3_BUCKET")).key(key).send().await.unwrap();
-    out.body.collect().await.unwrap().into_bytes().to_vec()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
