@@ -126,14 +126,27 @@ _svc_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# True when the pid in FILE is alive and runs a program whose name contains NAME.
+# True when the pid in FILE is alive and runs a program whose name contains NAME. A server
+# whose working directory was deleted (one started from a CI clone by an older version of
+# this file) resolves relative paths against nothing and fails requests: it is stopped, and
+# counts as not running, so the caller starts a new one (on the same port).
 _svc_pid_alive() {
-    local file=$1 name=$2 pid
+    local file=$1 name=$2 pid i
     [[ -s $file ]] || return 1
     pid=$(<"$file")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$name"* ]]
+    [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$name"* ]] || return 1
+    if [[ $(readlink "/proc/$pid/cwd" 2>/dev/null) == *" (deleted)" ]]; then
+        _svc_log "$name (pid $pid): its working directory was deleted; restarting it"
+        kill "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || return 1
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        return 1
+    fi
 }
 
 # _svc_spawn PIDFILE LOGFILE COMMAND...: start COMMAND detached (own session, no terminal,
@@ -143,8 +156,11 @@ _svc_spawn() {
     shift 2
     rm -f "$pidfile"
     # shellcheck disable=SC2016
+    # The server runs from / : the directory this is called from may be a clone that is
+    # deleted while the server keeps running.
     setsid bash -c '
         pidfile=$1 logfile=$2; shift 2
+        cd / || exit 1
         for fd in /proc/$$/fd/*; do
             fd=${fd##*/}
             if [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
