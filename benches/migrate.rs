@@ -1150,6 +1150,7 @@ impl Bench<'_> {
                         cancel: &tokio_util::sync::CancellationToken::new(),
                         fence: &tenantry::runtime::fence::Fence::none(&spec.id, tenant),
                         objects: None,
+                        backup_limits: &Default::default(),
                         clock: &tenantry::runtime::clock::SystemClock,
                         timezone: chrono_tz::UTC,
                     };

@@ -1015,6 +1015,7 @@ impl Bench<'_> {
                         cancel: &cancel,
                         fence: &tenantry::runtime::fence::Fence::none(&run_id, tenant),
                         objects: None,
+                        backup_limits: &Default::default(),
                         clock: &tenantry::runtime::clock::SystemClock,
                         timezone: chrono_tz::UTC,
                     };

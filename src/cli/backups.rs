@@ -15,7 +15,7 @@ use super::{Context, Failure};
 use crate::catalog::TenantStatus;
 use crate::config::BackupsConfig;
 use crate::storage::StorageError;
-use crate::storage::backups::{BackupFolder, service_backups, tenant_backups};
+use crate::storage::backups::{BackupFolder, age, service_backups, staleness, tenant_backups};
 
 /// One tenant's backups of one service.
 #[derive(Debug, Serialize)]
@@ -177,36 +177,6 @@ fn entry(
     }
 }
 
-/// Why a tenant's backups of one service are stale at `now` (empty: they are not).
-fn staleness(folders: &[BackupFolder], now: DateTime<Utc>, limits: &BackupsConfig) -> Vec<String> {
-    let complete: Vec<&BackupFolder> = folders.iter().filter(|f| f.complete).collect();
-    let max_backup = TimeDelta::from_std(limits.max_backup_age.0).unwrap_or(TimeDelta::MAX);
-    let max_verify = TimeDelta::from_std(limits.max_verify_age.0).unwrap_or(TimeDelta::MAX);
-    let Some(newest) = complete.iter().map(|f| f.taken_at).max() else {
-        return vec!["no complete backup".to_string()];
-    };
-    let mut out = Vec::new();
-    if now - newest > max_backup {
-        out.push(format!("newest backup is {} old (backups.max_backup_age = {})", age(now - newest), age(max_backup)));
-    }
-    let oldest = complete.iter().map(|f| f.taken_at).min().unwrap_or(newest);
-    match complete.iter().filter_map(|f| f.last_verified()).max() {
-        Some(verified) if now - verified > max_verify => out.push(format!(
-            "last passed verification is {} old (backups.max_verify_age = {})",
-            age(now - verified),
-            age(max_verify)
-        )),
-        Some(_) => {}
-        None if now - oldest > max_verify => out.push(format!(
-            "never verified, and its oldest backup is {} old (backups.max_verify_age = {})",
-            age(now - oldest),
-            age(max_verify)
-        )),
-        None => {}
-    }
-    out
-}
-
 fn print_backups(r: &Report) {
     println!("{:10}  {:44}  {:20}  {:>9}  {:>10}  VERDICT", "SERVICE", "BACKUP", "TAKEN (UTC)", "AGE", "SIZE");
     let mut count = 0;
@@ -285,17 +255,6 @@ fn verdict(b: &Row, now: DateTime<Utc>) -> String {
 }
 
 /// `3d 4h`, `5h 12m`, `40m`, `12s`: the two largest units.
-fn age(d: TimeDelta) -> String {
-    let s = d.num_seconds().max(0);
-    let (days, hours, minutes) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
-    match (days, hours, minutes) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, m) => format!("{m}m"),
-        (0, h, m) => format!("{h}h {m}m"),
-        (d, h, _) => format!("{d}d {h}h"),
-    }
-}
-
 /// `812 B`, `3.4 KiB`, `12.0 MiB`, `1.5 GiB`.
 fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];

@@ -155,7 +155,7 @@ impl Context {
                 self.config.base_dir.clone(),
             )
             .with_services(c.services.clone())
-            .with_objects(objects),
+            .with_objects(objects, c.backups.clone()),
         ))
     }
 

@@ -42,6 +42,8 @@ pub struct Runtime {
     services: std::collections::BTreeMap<String, crate::catalog::ServiceSpec>,
     /// The object store of `[storage]` (backups), when configured.
     objects: Option<Arc<crate::storage::ObjectStore>>,
+    /// `[backups]`: the freshness limits a `health` step checks backups against.
+    backup_limits: crate::config::BackupsConfig,
     /// Migration sets loaded per (run, service), checked against the run's snapshot.
     migration_sets: Mutex<HashMap<(String, String), Arc<crate::migrations::MigrationSet>>>,
 }
@@ -118,6 +120,7 @@ impl Runtime {
             stopping: CancellationToken::new(),
             services: Default::default(),
             objects: None,
+            backup_limits: Default::default(),
             migration_sets: Mutex::new(HashMap::new()),
         }
     }
@@ -128,9 +131,14 @@ impl Runtime {
         self
     }
 
-    /// The object store the steps write backups to.
-    pub fn with_objects(mut self, objects: Option<Arc<crate::storage::ObjectStore>>) -> Self {
+    /// The object store the steps write backups to, and how fresh those must be.
+    pub fn with_objects(
+        mut self,
+        objects: Option<Arc<crate::storage::ObjectStore>>,
+        limits: crate::config::BackupsConfig,
+    ) -> Self {
         self.objects = objects;
+        self.backup_limits = limits;
         self
     }
 
@@ -578,6 +586,7 @@ impl Runtime {
                 cancel: &stop,
                 fence,
                 objects: self.objects.as_deref(),
+                backup_limits: &self.backup_limits,
                 clock: &crate::runtime::clock::SystemClock,
                 timezone: spec.zone(),
             };

@@ -1,4 +1,4 @@
-//! The `backup` step: a tenant's database or schema dumped with `pg_dump --format=custom` from an exported snapshot, streamed into the object store, with per-table row counts from that same snapshot in a manifest written last.
+//! The `backup` step: a tenant's database or schema dumped with `pg_dump --format=custom` (a row-isolated tenant's rows as a `psql` script, see `backup_rows`) from an exported snapshot, streamed into the object store, with per-table row counts from that same snapshot in a manifest written last.
 //!
 //! Layout: `{service}/{tenant}/{stamp}_{run}/` under the store's prefix, where `stamp` is the
 //! UTC time of the run (its id starts with it) and `run` the run whose receipts the step uses
@@ -33,6 +33,9 @@ pub struct Options {
     pub compression: Option<u32>,
     /// How long `pg_dump` waits for a table lock held by someone else (default 1m).
     pub lock_timeout: Option<crate::units::HumanDuration>,
+    /// `row` isolation: tables without the tenant column whose rows are copied whole
+    /// (reference data the tenant's rows need), besides those found through foreign keys.
+    pub reference_tables: Vec<String>,
 }
 
 pub use crate::storage::backups::MANIFEST;
@@ -62,13 +65,17 @@ pub struct Manifest {
     pub run: String,
     /// The run whose folder this is (a retry's root run).
     pub receipt_run: String,
+    /// `row` isolation: which rows of each table the script holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_export: Option<super::backup_rows::RowExport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DumpInfo {
     /// Relative to the store's prefix.
     pub key: String,
-    /// `pg_dump_custom`: restore with `pg_restore`.
+    /// `pg_dump_custom`: restore with `pg_restore`; `psql_script_gzip` (row isolation):
+    /// `gunzip -c | psql`.
     pub format: String,
     pub compression: Option<u32>,
     pub size: u64,
@@ -98,12 +105,9 @@ impl Step for Backup {
         let storage = env.config.config.storage.is_some();
         targets
             .iter()
-            .map(|p| match p.isolation {
-                _ if !storage => StepAction::Blocked { reason: "backup needs [storage] in the config".to_string() },
-                Isolation::Row => {
-                    StepAction::Blocked { reason: "backup of row isolation tenants is not built yet".to_string() }
-                }
-                _ => StepAction::Run,
+            .map(|_| match storage {
+                false => StepAction::Blocked { reason: "backup needs [storage] in the config".to_string() },
+                true => StepAction::Run,
             })
             .collect()
     }
@@ -136,16 +140,13 @@ fn run_stamp(run: &str) -> String {
     }
 }
 
-fn store_error(e: StorageError) -> StepError {
+pub(super) fn store_error(e: StorageError) -> StepError {
     if e.transient { StepError::transient(e.to_string()) } else { StepError::permanent(e.to_string()) }
 }
 
 async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
     let store = ctx.objects.ok_or_else(|| StepError::permanent("backup needs [storage] in the config"))?;
     let p = ctx.placement;
-    if p.isolation == Isolation::Row {
-        return Err(StepError::permanent("backup of row isolation tenants is not built yet"));
-    }
     let folder = folder(&p.service, ctx.tenant, ctx.receipt_run(), &ctx.step.label());
     let manifest_key = format!("{folder}/{MANIFEST}");
     if let Some(existing) = read_manifest(store, &manifest_key).await? {
@@ -169,12 +170,17 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     let outcome = dump(ctx, options, store, &folder, &tool_version, &mut session).await;
     // The snapshot's transaction ends here whatever happened; a dropped step terminates it.
     // `dump` commits it when the dump is complete; a failure leaves it open (sqlx does not
-    // know of a raw BEGIN, so the reset's own `BEGIN` would draw a server warning).
-    if outcome.is_err() {
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *session).await;
+    // know of a raw BEGIN, so the reset's own `BEGIN` would draw a server warning). A row
+    // export may have stopped in the middle of a `COPY`: that session is terminated.
+    match &outcome {
+        Err(_) if p.isolation == Isolation::Row => drop(session),
+        Err(_) => {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *session).await;
+            session.release().await;
+        }
+        Ok(_) => session.release().await,
     }
-    session.release().await;
-    let (dump, tables, schema_version, server_version) = outcome?;
+    let Dumped { dump, tables, schema_version, server_version, row_export } = outcome?;
 
     let manifest = Manifest {
         format: 1,
@@ -194,6 +200,7 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
         server_version,
         run: ctx.run.to_string(),
         receipt_run: ctx.receipt_run().to_string(),
+        row_export,
     };
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| StepError::permanent(e.to_string()))?;
     // The commit point: only the lease's owner writes it, and only once (the store refuses
@@ -263,7 +270,13 @@ async fn tidy(ctx: &StepContext<'_>, store: &ObjectStore, folder: &str, manifest
     }
 }
 
-type Dumped = (DumpInfo, Vec<TableRows>, Option<String>, String);
+struct Dumped {
+    dump: DumpInfo,
+    tables: Vec<TableRows>,
+    schema_version: Option<String>,
+    server_version: String,
+    row_export: Option<super::backup_rows::RowExport>,
+}
 
 /// Exports a snapshot, counts the rows in it, and streams `pg_dump` of that snapshot into
 /// the store while the snapshot's transaction stays open.
@@ -302,12 +315,24 @@ async fn dump(
             "{tool_version} cannot dump a PostgreSQL {server_major} server; install the client tools of version {server_major} or newer on this worker"
         )));
     }
+    let schema_version = schema_version(session, &p.schema).await?;
+    let attempt = attempt_id();
+    if p.isolation == Isolation::Row {
+        let key = format!("{folder}/dump-{attempt}.sql.gz");
+        let exported = super::backup_rows::dump(ctx, options, store, &key, &snapshot, &attempt, session).await?;
+        let _ = sqlx::raw_sql("COMMIT").execute(&mut **session).await;
+        return Ok(Dumped {
+            dump: exported.dump,
+            tables: exported.tables,
+            schema_version,
+            server_version,
+            row_export: Some(exported.export),
+        });
+    }
     let schema_only = p.isolation == Isolation::Schema;
     let tables = count_rows(session, schema_only.then_some(p.schema.as_str())).await?;
-    let schema_version = schema_version(session, &p.schema).await?;
 
     let host = ctx.databases.host(&p.host).map_err(StepError::permanent)?;
-    let attempt = attempt_id();
     let mut cmd = crate::engine::tools::libpq_command("pg_dump", &host.url, &p.database);
     // Its own application name, so that its backend can be found and stopped with the step.
     let app_name = format!("tenantry-backup-{attempt}");
@@ -342,7 +367,7 @@ async fn dump(
         size: stored.size,
         sha256: stored.sha256,
     };
-    Ok((dump, tables, schema_version, server_version))
+    Ok(Dumped { dump, tables, schema_version, server_version, row_export: None })
 }
 
 /// `15` from "pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)".
@@ -352,13 +377,13 @@ fn major_version(tool_version: &str) -> Option<i32> {
 
 /// Terminates `pg_dump`'s backend when the step ends before it did (timeout, lost lease,
 /// cancel): killing the client alone can leave its backend waiting in a lock queue.
-struct StopBackend {
+pub(super) struct StopBackend {
     pool: Option<sqlx::PgPool>,
     app_name: String,
 }
 
 impl StopBackend {
-    fn new(ctx: &StepContext<'_>, app_name: &str) -> Self {
+    pub(super) fn new(ctx: &StepContext<'_>, app_name: &str) -> Self {
         let pool = ctx.databases.postgres(&ctx.placement.host, &ctx.placement.database).ok();
         Self { pool, app_name: app_name.to_string() }
     }

@@ -38,6 +38,8 @@ pub struct StepContext<'a> {
     pub fence: &'a Fence,
     /// The object store of `[storage]`, when the config has one (backups).
     pub objects: Option<&'a crate::storage::ObjectStore>,
+    /// `[backups]`: how old a tenant's newest backup and verification may be.
+    pub backup_limits: &'a crate::config::BackupsConfig,
     /// The time, for windows and timestamps (the scheduler's clock; a test can move it).
     pub clock: &'a dyn Clock,
     /// The workflow's time zone (UTC unless it sets `timezone`): where the calendar days,

@@ -1,8 +1,11 @@
-//! The `health` step: connectivity, size, long transactions, transaction-id age and connections of a tenant's database.
+//! The `health` step: connectivity, size, long transactions, transaction-id age and connections of a tenant's database, and (`backups = true`) the freshness of its backups.
 //!
 //! It changes nothing. A tenant whose database is unreachable fails (after retries); one
 //! with a transaction open longer than `long_transaction` or a transaction-id age over
 //! `max_xid_age` fails permanently with the numbers, so unhealthy tenants stand out in the run.
+//! With `backups = true`, a tenant whose newest backup or newest passed verification of the
+//! service is older than `[backups]` allows (what `tenantry backups --stale` lists) is
+//! unhealthy too: one listing of the tenant's backups per service.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,9 @@ pub struct Options {
     pub long_transaction: Option<HumanDuration>,
     /// A transaction-id age above this makes the tenant unhealthy (default 1 billion).
     pub max_xid_age: Option<u64>,
+    /// Also check the tenant's backups of the service against `[backups]`'
+    /// `max_backup_age` and `max_verify_age` (needs `[storage]`).
+    pub backups: bool,
 }
 
 impl Step for Health {
@@ -71,7 +77,14 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
         "long_transactions": long_transactions,
         "oldest_transaction_s": oldest_s,
     });
+    let mut report = report;
     let mut problems = Vec::new();
+    if options.backups {
+        let stale = backup_freshness(ctx, &mut report).await?;
+        if !stale.is_empty() {
+            problems.push(format!("backups stale: {}", stale.join("; ")));
+        }
+    }
     if long_transactions > 0 {
         problems.push(format!(
             "{long_transactions} transaction(s) open longer than {}s (oldest {:.0}s)",
@@ -87,4 +100,20 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     } else {
         Err(StepError::permanent(format!("unhealthy: {} ({report})", problems.join("; "))))
     }
+}
+
+/// Adds the tenant's newest backup and newest passed verification of the service to
+/// `report`; returns why they are stale (empty: they are not).
+async fn backup_freshness(ctx: &StepContext<'_>, report: &mut serde_json::Value) -> Result<Vec<String>, StepError> {
+    let store =
+        ctx.objects.ok_or_else(|| StepError::permanent("health with backups = true needs [storage] in the config"))?;
+    let folders = crate::storage::backups::tenant_backups(store, &ctx.placement.service, ctx.tenant)
+        .await
+        .map_err(super::backup::store_error)?;
+    let complete = folders.iter().filter(|f| f.complete);
+    report["latest_backup"] = serde_json::json!(complete.clone().map(|f| f.taken_at).max());
+    report["last_verified"] = serde_json::json!(complete.filter_map(|f| f.last_verified()).max());
+    let stale = crate::storage::backups::staleness(&folders, ctx.clock.now(), ctx.backup_limits);
+    report["backups_stale"] = serde_json::json!(stale);
+    Ok(stale)
 }

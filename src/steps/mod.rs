@@ -1,6 +1,7 @@
 //! Step kinds (SPEC §4): what each kind accepts in a workflow file, where it fits, and (one file per kind) what it does per tenant.
 
 pub mod backup;
+pub mod backup_rows;
 mod context;
 pub mod define;
 pub mod drift;

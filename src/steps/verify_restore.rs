@@ -42,7 +42,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::backup::{Manifest, TableRows, count_rows, schema_version};
+use super::backup::{DumpInfo, Manifest, TableRows, count_rows, schema_version};
 use super::define::{Findings, PlanEnv, Step};
 use super::planned::{check_sample, check_smoke_queries};
 use super::{StepContext, StepError};
@@ -116,8 +116,6 @@ const STDERR_KEPT: usize = 2000;
 /// Bytes read from the store and written to `pg_restore` at a time.
 const CHUNK: usize = 256 * 1024;
 
-const ROW_NOT_YET: &str = "verify_restore of row isolation tenants is not built yet (backup does not back them up yet)";
-
 /// The prefix of every scratch database of `tenant`: [`SCRATCH_PREFIX`] and 12 hex digits
 /// of the SHA-256 of the id. (Tenant ids may contain `_`, so the id itself cannot end an
 /// unambiguous prefix: `tenantry_verify_a_` would also match tenant `a_b`'s databases.)
@@ -188,9 +186,6 @@ fn scratch_host<'h>(
 fn blocker(options: &Options, p: &Placement, env: &PlanEnv<'_>) -> Option<String> {
     if env.config.config.storage.is_none() {
         return Some("verify_restore needs [storage] in the config".to_string());
-    }
-    if p.isolation == Isolation::Row {
-        return Some(ROW_NOT_YET.to_string());
     }
     scratch_host(options.scratch_host.as_deref(), p, |n| env.config.config.hosts.get(n)).err()
 }
@@ -349,9 +344,6 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     let p = ctx.placement;
     let who = Who { tenant: ctx.tenant, service: &p.service };
     let store = ctx.objects.ok_or_else(|| StepError::permanent("verify_restore needs [storage] in the config"))?;
-    if p.isolation == Isolation::Row {
-        return Err(StepError::permanent(format!("{who}: {ROW_NOT_YET}")));
-    }
     let (host_name, host) = scratch_host(options.scratch_host.as_deref(), p, |n| ctx.databases.host(n).ok())
         .map_err(|e| StepError::permanent(format!("{who}: {e}")))?;
 
@@ -576,7 +568,7 @@ async fn restore_into(
 ) -> Result<u64, StepError> {
     let who = Who { tenant: ctx.tenant, service: &ctx.placement.service };
     let dump = &manifest.dump;
-    let Some(streamed) = stream_restore(&who, store, &dump.key, host, scratch).await? else {
+    let Some(streamed) = stream_restore(&who, store, dump, host, scratch).await? else {
         checks.push(outcome("sha256", false, format!("the dump {} that the manifest names does not exist", dump.key)));
         return Ok(0);
     };
@@ -594,7 +586,7 @@ async fn restore_into(
         },
     ));
     checks.push(match &streamed.restore {
-        Ok(()) => outcome("restore", true, "pg_restore succeeded"),
+        Ok(()) => outcome("restore", true, format!("{} succeeded", streamed.tool)),
         Err(e) => outcome("restore", false, e.clone()),
     });
 
@@ -612,67 +604,96 @@ async fn restore_into(
 }
 
 struct Streamed {
+    /// `pg_restore`, or `psql` for a row-isolation script.
+    tool: &'static str,
     size: u64,
     sha256: String,
     /// `pg_restore`'s outcome; `Err` quotes the end of its stderr.
     restore: Result<(), String>,
 }
 
-/// Reads the dump once, hashing it and writing it to `pg_restore`'s stdin. When
-/// `pg_restore` stops early (it failed), the rest is still read for the checksum. `None`
-/// when there is no such object.
+/// Reads the dump once, hashing it and writing it to `pg_restore`'s stdin (a row-isolation
+/// script: gunzipped into `psql --single-transaction`'s). When the tool stops early (it
+/// failed), the rest is still read for the checksum. `None` when there is no such object.
 async fn stream_restore(
     who: &Who<'_>,
     store: &ObjectStore,
-    key: &str,
+    dump: &DumpInfo,
     host: &HostSpec,
     scratch: &str,
 ) -> Result<Option<Streamed>, StepError> {
-    let Some(mut reader) = store.get(key).await.map_err(|e| store_error(who, e))? else { return Ok(None) };
-    let mut cmd = crate::engine::tools::libpq_command("pg_restore", &host.url, scratch);
+    let script = match dump.format.as_str() {
+        "pg_dump_custom" => false,
+        super::backup_rows::FORMAT => true,
+        other => return Err(StepError::permanent(format!("{who}: {} has an unknown format {other:?}", dump.key))),
+    };
+    let Some(mut reader) = store.get(&dump.key).await.map_err(|e| store_error(who, e))? else { return Ok(None) };
+    let tool = if script { "psql" } else { "pg_restore" };
+    let mut cmd = crate::engine::tools::libpq_command(tool, &host.url, scratch);
     // Its own application name, for pg_stat_activity (the name ends with the attempt's tag).
     cmd.env("PGAPPNAME", format!("tenantry-verify-{}", &scratch[SCRATCH_PREFIX.len()..]));
-    cmd.args(["--no-owner", "--no-acl", "--exit-on-error", "--no-password"]).arg(format!("--dbname={scratch}"));
+    if script {
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password"]);
+    } else {
+        cmd.args(["--no-owner", "--no-acl", "--exit-on-error", "--no-password"]);
+    }
+    cmd.arg(format!("--dbname={scratch}"));
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
-        StepError::permanent(format!("{who}: cannot run pg_restore: {e} (install the PostgreSQL client tools)"))
+        StepError::permanent(format!("{who}: cannot run {tool}: {e} (install the PostgreSQL client tools)"))
     })?;
-    let mut stdin = child.stdin.take();
+    let mut stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = match child.stdin.take() {
+        Some(pipe) if script => Some(Box::new(async_compression::tokio::write::GzipDecoder::new(pipe))),
+        Some(pipe) => Some(Box::new(pipe)),
+        None => None,
+    };
     let stderr = child.stderr.take().map(|pipe| crate::engine::tools::keep_tail(pipe, STDERR_KEPT));
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; CHUNK];
+    // A script that is not valid gzip: psql must not reach the end of its input, where
+    // `--single-transaction` commits what it read.
+    let mut undecodable = None;
     loop {
         let n = reader
             .read(&mut buf)
             .await
-            .map_err(|e| StepError::transient(format!("{who}: reading {key} from the object store: {e}")))?;
+            .map_err(|e| StepError::transient(format!("{who}: reading {} from the object store: {e}", dump.key)))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
         size += n as u64;
         if let Some(pipe) = stdin.as_mut()
-            && pipe.write_all(&buf[..n]).await.is_err()
+            && let Err(e) = pipe.write_all(&buf[..n]).await
         {
-            // pg_restore stopped reading: it failed, and its status says why.
+            // The tool stopped reading: it failed, and its status says why.
             stdin = None;
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                undecodable = Some(e.to_string());
+            }
         }
     }
-    if let Some(mut pipe) = stdin.take() {
-        let _ = pipe.shutdown().await;
+    if let Some(mut pipe) = stdin.take()
+        && let Err(e) = pipe.shutdown().await
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        undecodable = Some(e.to_string());
     }
-    let status = child.wait().await.map_err(|e| StepError::transient(format!("{who}: waiting for pg_restore: {e}")))?;
+    if undecodable.is_some() {
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await.map_err(|e| StepError::transient(format!("{who}: waiting for {tool}: {e}")))?;
     let stderr = match stderr {
         Some(task) => task.await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let restore = if status.success() {
-        Ok(())
-    } else {
-        Err(format!("pg_restore failed ({status}): {}", crate::engine::tools::tail(&stderr, STDERR_KEPT)))
+    let restore = match undecodable {
+        Some(e) => Err(format!("the script is not valid gzip ({e}); {tool} was stopped before it committed")),
+        None if status.success() => Ok(()),
+        None => Err(format!("{tool} failed ({status}): {}", crate::engine::tools::tail(&stderr, STDERR_KEPT))),
     };
-    Ok(Some(Streamed { size, sha256: hex::encode(hasher.finalize()), restore }))
+    Ok(Some(Streamed { tool, size, sha256: hex::encode(hasher.finalize()), restore }))
 }
 
 /// The `tables` check (the same tables in the restored copy as in the manifest) and the

@@ -6,10 +6,11 @@
 //! `verify-{stamp}_{run}-{passed|failed}.json` so that a listing tells the outcome without
 //! reading every verdict.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ObjectInfo, ObjectStore, StorageError};
+use crate::config::BackupsConfig;
 
 /// The manifest's name in a backup folder.
 pub const MANIFEST: &str = "manifest.json";
@@ -185,6 +186,48 @@ fn parse_verdict(key: &str, file: &str) -> Option<VerdictRef> {
     let at = stamp_time(rest)?;
     let run = rest.get(17..).unwrap_or_default().to_string();
     Some(VerdictRef { key: key.to_string(), at, run, passed })
+}
+
+/// Why a tenant's backups of one service are stale at `now` (empty: they are not).
+pub fn staleness(folders: &[BackupFolder], now: DateTime<Utc>, limits: &BackupsConfig) -> Vec<String> {
+    let complete: Vec<&BackupFolder> = folders.iter().filter(|f| f.complete).collect();
+    let max_backup = TimeDelta::from_std(limits.max_backup_age.0).unwrap_or(TimeDelta::MAX);
+    let max_verify = TimeDelta::from_std(limits.max_verify_age.0).unwrap_or(TimeDelta::MAX);
+    let Some(newest) = complete.iter().map(|f| f.taken_at).max() else {
+        return vec!["no complete backup".to_string()];
+    };
+    let mut out = Vec::new();
+    if now - newest > max_backup {
+        out.push(format!("newest backup is {} old (backups.max_backup_age = {})", age(now - newest), age(max_backup)));
+    }
+    let oldest = complete.iter().map(|f| f.taken_at).min().unwrap_or(newest);
+    match complete.iter().filter_map(|f| f.last_verified()).max() {
+        Some(verified) if now - verified > max_verify => out.push(format!(
+            "last passed verification is {} old (backups.max_verify_age = {})",
+            age(now - verified),
+            age(max_verify)
+        )),
+        Some(_) => {}
+        None if now - oldest > max_verify => out.push(format!(
+            "never verified, and its oldest backup is {} old (backups.max_verify_age = {})",
+            age(now - oldest),
+            age(max_verify)
+        )),
+        None => {}
+    }
+    out
+}
+
+/// A duration as people write it: `12s`, `5m`, `3h 20m`, `2d 4h`.
+pub fn age(d: TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    let (days, hours, minutes) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
 }
 
 #[cfg(test)]
