@@ -12,9 +12,10 @@ use support::{
 
 const BASES: [&str; 3] = ["acme", "globex", "initech"];
 
-/// The shared schema: `tenants` (reached through the tenant column's foreign key), `plans`
+/// The shared schema: `tenants` is reached through the tenant column's foreign key; `plans`
 /// (referenced by `tenants`) and `countries` (referenced by `customers`) are reference data;
-/// `audit` has no tenant column and nothing references it; `events` is partitioned.
+/// `order_items` and `item_notes` belong to tenants through foreign keys only; `audit` has no
+/// tenant column and nothing references it; `events` is partitioned.
 const SCHEMA: &str = r#"
 CREATE TYPE order_state AS ENUM ('open', 'paid');
 CREATE TABLE plans (id int PRIMARY KEY, name text NOT NULL);
@@ -35,6 +36,8 @@ CREATE TABLE orders (
     note text
 );
 CREATE INDEX orders_tenant ON orders (tenant_id);
+CREATE TABLE order_items (id serial PRIMARY KEY, order_id bigint NOT NULL REFERENCES orders, qty int NOT NULL);
+CREATE TABLE item_notes (item int NOT NULL REFERENCES order_items, body text);
 ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
 CREATE TABLE events (tenant_id text NOT NULL, kind text NOT NULL, at timestamptz NOT NULL DEFAULT now())
     PARTITION BY LIST (kind);
@@ -148,6 +151,9 @@ migrations = "migrations/shop"
                      INSERT INTO orders (tenant_id, customer, state, note)
                          SELECT '{t}', c.id, CASE WHEN c.id % 2 = 0 THEN 'paid' ELSE 'open' END::order_state, NULL
                          FROM customers c, generate_series(1, 4) WHERE c.tenant_id = '{t}';
+                     INSERT INTO order_items (order_id, qty) SELECT id, 2 FROM orders WHERE tenant_id = '{t}';
+                     INSERT INTO item_notes SELECT id, 'note of ' || id FROM order_items i
+                         WHERE EXISTS (SELECT 1 FROM orders o WHERE o.id = i.order_id AND o.tenant_id = '{t}');
                      INSERT INTO events (tenant_id, kind) SELECT '{t}', CASE WHEN g % 3 = 0 THEN 'login' ELSE 'view' END
                          FROM generate_series(1, {e}) g;
                      INSERT INTO audit (message) VALUES ('{t} was here');",
@@ -269,6 +275,9 @@ async fn a_row_tenants_backup_restores_with_plain_psql_and_holds_not_one_row_of_
             assert_eq!(choice(table)["because"], because, "{table}");
         }
         assert_eq!(choice("audit")["copied"], "schema_only");
+        assert_eq!(choice("order_items")["copied"], "referencing");
+        assert_eq!(choice("order_items")["parent"], "orders");
+        assert_eq!(choice("item_notes")["parent"], "order_items");
         let rows = |table: &str| {
             manifest["tables"].as_array().unwrap().iter().find(|e| e["table"] == table).unwrap()["rows"]
                 .as_i64()
@@ -278,6 +287,7 @@ async fn a_row_tenants_backup_restores_with_plain_psql_and_holds_not_one_row_of_
         assert_eq!(rows("customers"), customers);
         assert_eq!(rows("orders"), 4 * customers);
         assert_eq!(rows("events"), 10 * (i as i64 + 1));
+        assert_eq!((rows("order_items"), rows("item_notes")), (4 * customers, 4 * customers));
         assert_eq!((rows("tenants"), rows("plans"), rows("countries"), rows("audit")), (1, 2, 3, 0));
 
         let target = format!("{}_restored_{t}", fleet.name);
@@ -295,6 +305,21 @@ async fn a_row_tenants_backup_restores_with_plain_psql_and_holds_not_one_row_of_
             );
         }
         assert_eq!(&scalar(&target, "SELECT string_agg(id, ',') FROM tenants").await, t);
+        for (table, filter) in [
+            ("order_items", format!("WHERE order_id IN (SELECT id FROM orders WHERE tenant_id = '{t}')")),
+            (
+                "item_notes",
+                format!(
+                    "WHERE item IN (SELECT i.id FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.tenant_id = '{t}')"
+                ),
+            ),
+        ] {
+            assert_eq!(
+                scalar(&target, &digest(table, "")).await,
+                scalar(&source, &digest(table, &filter)).await,
+                "{table}: the restored rows are not exactly the tenant's"
+            );
+        }
         assert_eq!(scalar(&target, "SELECT count(*)::text FROM audit").await, "0");
         assert_eq!(scalar(&target, &digest("countries", "")).await, scalar(&source, &digest("countries", "")).await);
         assert_eq!(scalar(&target, &digest("plans", "")).await, scalar(&source, &digest("plans", "")).await);

@@ -10,6 +10,8 @@
 //! - a table with the tenant column: the rows where it equals the tenant's id;
 //! - a table without it that a copied table references through its tenant column (the usual
 //!   `tenants` table): the rows whose referenced column equals the tenant's id;
+//! - a table without it whose foreign key points at a table filtered so (`order_items` →
+//!   `orders`), however many links away: the rows that reference the tenant's rows;
 //! - a table without it that copied rows reference otherwise (reference data: countries,
 //!   plans), the migration history, and the tables the step's `reference_tables` names: all
 //!   its rows, so that the restored foreign keys hold and the schema version is known;
@@ -63,6 +65,10 @@ pub struct ExportedTable {
 pub enum Copied {
     /// The rows whose `column` equals the tenant's id.
     TenantRows { column: String },
+    /// The rows whose `columns` reference copied rows of `parent` (its `referenced`
+    /// columns): a table without the tenant column whose rows belong to tenants through a
+    /// foreign key.
+    Referencing { parent: String, columns: Vec<String>, referenced: Vec<String> },
     /// Every row, and why.
     AllRows { because: String },
     /// The table's definition, no rows.
@@ -118,30 +124,44 @@ pub fn choose(
     if let Some(name) = missing.first() {
         return Err(format!("reference_tables names {name}, which is not a table of the service's schema"));
     }
-    // The tables copied rows point at, until nothing changes. The tenant column's own
-    // references (orders.tenant_id → tenants.id) come first: they filter rather than copy all.
+    let filtered = |c: &Copied| matches!(c, Copied::TenantRows { .. } | Copied::Referencing { .. });
+    // The table the tenant column points at (orders.tenant_id → tenants.id): its rows of the
+    // tenant only.
+    for k in keys {
+        let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
+        if tables[from].scoped && !chosen.contains_key(&to) && k.columns == [tenant_column] && k.referenced.len() == 1 {
+            chosen.insert(to, Copied::TenantRows { column: k.referenced[0].clone() });
+        }
+    }
+    // Tables without the tenant column whose rows point at the tenant's rows
+    // (order_items.order_id → orders.id): those rows, however many links away.
     loop {
         let mut added = false;
-        for through_tenant in [true, false] {
-            for k in keys {
-                let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
-                if from == to || chosen.contains_key(&to) || !chosen.contains_key(&from) {
-                    continue;
-                }
-                let by_tenant = tables[from].scoped && k.columns == [tenant_column] && k.referenced.len() == 1;
-                if by_tenant != through_tenant {
-                    continue;
-                }
-                let copied = if by_tenant {
-                    Copied::TenantRows { column: k.referenced[0].clone() }
-                } else {
-                    Copied::AllRows { because: format!("referenced by {}", tables[from].name) }
+        for k in keys {
+            let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
+            if from != to && !chosen.contains_key(&from) && chosen.get(&to).is_some_and(filtered) {
+                let copied = Copied::Referencing {
+                    parent: tables[to].name.clone(),
+                    columns: k.columns.clone(),
+                    referenced: k.referenced.clone(),
                 };
-                chosen.insert(to, copied);
+                chosen.insert(from, copied);
                 added = true;
             }
-            if added {
-                break;
+        }
+        if !added {
+            break;
+        }
+    }
+    // The tables copied rows point at otherwise (reference data), until nothing changes.
+    // None of them points at a tenant's rows: those were all taken above.
+    loop {
+        let mut added = false;
+        for k in keys {
+            let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
+            if from != to && chosen.contains_key(&from) && !chosen.contains_key(&to) {
+                chosen.insert(to, Copied::AllRows { because: format!("referenced by {}", tables[from].name) });
+                added = true;
             }
         }
         if !added {
@@ -219,7 +239,8 @@ async fn catalog(
                 ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, o) \
                       JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.o) \
          FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace \
-         WHERE k.contype = 'f' AND k.conparentid = 0 AND n.nspname = $1",
+         WHERE k.contype = 'f' AND k.conparentid = 0 AND n.nspname = $1 \
+         ORDER BY k.conrelid::regclass::text, k.conname",
     )
     .bind(schema)
     .fetch_all(&mut **session)
@@ -353,6 +374,27 @@ struct Script<'a> {
 }
 
 impl Script<'_> {
+    /// The condition that picks the tenant's rows of a table copied so (`None`: all rows).
+    fn predicate(&self, copied: &Copied) -> Option<String> {
+        let list = |names: &[String]| names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        match copied {
+            Copied::TenantRows { column } => Some(format!("{} = {}", quote_ident(column), self.tenant)),
+            Copied::Referencing { parent, columns, referenced } => {
+                let (i, of_parent) = self.order.iter().find(|(i, _)| self.tables[*i].name == *parent)?;
+                let only = if self.tables[*i].partitioned { "" } else { "ONLY " };
+                Some(format!(
+                    "({}) IN (SELECT {} FROM {only}{}.{} WHERE {})",
+                    list(columns),
+                    list(referenced),
+                    quote_ident(self.schema),
+                    quote_ident(parent),
+                    self.predicate(of_parent)?
+                ))
+            }
+            Copied::AllRows { .. } | Copied::SchemaOnly => None,
+        }
+    }
+
     /// Writes the whole script; returns the rows copied of each table of `order`.
     async fn write<W: AsyncWrite + Unpin>(
         &self,
@@ -377,8 +419,15 @@ impl Script<'_> {
                     counts.push(0);
                     continue;
                 }
-                Copied::TenantRows { column } => format!(" WHERE {} = {}", quote_ident(column), self.tenant),
                 Copied::AllRows { .. } => String::new(),
+                // Never all rows for want of a filter.
+                _ => format!(
+                    " WHERE {}",
+                    self.predicate(copied).ok_or_else(|| Failure::Step(StepError::permanent(format!(
+                        "no filter for the tenant's rows of table {}",
+                        t.name
+                    ))))?
+                ),
             };
             let columns = t.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
             let table = format!("{schema}.{}", quote_ident(&t.name));
@@ -521,6 +570,7 @@ mod tests {
                 let what = match c {
                     Copied::TenantRows { column } => format!("tenant:{column}"),
                     Copied::AllRows { because } => format!("all:{because}"),
+                    Copied::Referencing { parent, columns, .. } => format!("ref:{parent}({})", columns.join(",")),
                     Copied::SchemaOnly => "schema".to_string(),
                 };
                 (tables[*i].name.clone(), what)
@@ -529,7 +579,7 @@ mod tests {
     }
 
     #[test]
-    fn tenant_tables_filter_the_tenants_table_and_copy_the_reference_data_they_point_at() {
+    fn tenant_tables_filter_the_tenants_table_and_their_children_and_copy_the_reference_data_they_point_at() {
         let tables = [
             table(1, "orders", true),
             table(2, "tenants", false),
@@ -537,6 +587,9 @@ mod tests {
             table(4, "countries", false),
             table(5, "audit", false),
             table(6, "customers", true),
+            table(7, "items", false),
+            table(8, "notes", false),
+            table(9, "log", false),
         ];
         let keys = [
             fk(1, 6, &["tenant_id", "customer"], &["tenant_id", "id"]),
@@ -545,6 +598,9 @@ mod tests {
             fk(2, 3, &["plan"], &["id"]),
             fk(6, 4, &["country"], &["code"]),
             fk(5, 6, &["customer"], &["id"]),
+            fk(8, 7, &["item"], &["id"]),
+            fk(7, 1, &["order_id"], &["id"]),
+            fk(7, 4, &["country"], &["code"]),
         ];
         let order = choose(&tables, &keys, "tenant_id", &BTreeMap::new()).unwrap();
         assert_eq!(
@@ -554,8 +610,11 @@ mod tests {
                 ("plans", "all:referenced by tenants"),
                 ("tenants", "tenant:id"),
                 ("customers", "tenant:tenant_id"),
+                ("audit", "ref:customers(customer)"),
                 ("orders", "tenant:tenant_id"),
-                ("audit", "schema"),
+                ("items", "ref:orders(order_id)"),
+                ("notes", "ref:items(item)"),
+                ("log", "schema"),
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
         );
