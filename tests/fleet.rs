@@ -262,7 +262,11 @@ async fn plan_reports_a_missing_tenant_database_without_hiding_the_others() {
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_shows_steps_that_cannot_run_yet_as_blocked() {
     let fleet = Fleet::create(2, "").await;
-    write(fleet.path(), "workflows/maintain.toml", "[[steps]]\nkind = \"health\"\n\n[[steps]]\nkind = \"vacuum\"\n");
+    write(
+        fleet.path(),
+        "workflows/maintain.toml",
+        "[[steps]]\nkind = \"health\"\n\n[[steps]]\nkind = \"purge\"\ntable = \"events\"\ncolumn = \"at\"\nolder_than = \"90d\"\n",
+    );
     let run = tenantry(fleet.path(), &["plan", "maintain", "--json"], &[]);
     assert_eq!(run.code(), 0, "{}", run.all());
     let plan: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
@@ -277,7 +281,7 @@ async fn plan_shows_steps_that_cannot_run_yet_as_blocked() {
     for s in &steps {
         match s["kind"].as_str().unwrap() {
             "health" => assert_eq!(s["action"], "run", "{s}"),
-            "vacuum" => {
+            "purge" => {
                 assert_eq!(s["action"], "blocked", "{s}");
                 assert!(s["reason"].as_str().unwrap().contains("does not run yet"), "{s}");
             }
@@ -285,6 +289,6 @@ async fn plan_shows_steps_that_cannot_run_yet_as_blocked() {
         }
     }
     let text = tenantry(fleet.path(), &["plan", "maintain"], &[]);
-    assert!(text.stdout().contains("BLOCKED: vacuum does not run yet"), "{}", text.all());
+    assert!(text.stdout().contains("BLOCKED: purge does not run yet"), "{}", text.all());
     fleet.drop().await;
 }

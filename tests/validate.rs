@@ -102,14 +102,15 @@ fn shipped_config_and_workflows_are_valid() {
     assert!(
         run.stderr()
             .lines()
-            .any(|l| l.contains("workflows/nightly.toml:44:")
-                && l.contains("warning: step vacuum: vacuum does not run yet")),
+            .any(|l| l.contains("workflows/nightly.toml:52:")
+                && l.contains("warning: step purge: purge does not run yet")),
         "{}",
         run.all()
     );
     assert!(!run.stderr().contains("step health"), "health runs: no warning\n{}", run.all());
     assert!(!run.stderr().contains("step prune_backups"), "prune_backups runs: no warning\n{}", run.all());
     assert!(!run.stderr().contains("step backup"), "backup runs: no warning\n{}", run.all());
+    assert!(!run.stderr().contains("step vacuum"), "vacuum runs: no warning\n{}", run.all());
     assert!(!run.stderr().contains("step verify_restore"), "verify_restore runs: no warning\n{}", run.all());
     let run = tenantry(&repo(), &["--config", "deploy/reference.toml", "validate", "--json"], &[]);
     let report: serde_json::Value = serde_json::from_str(&run.stdout()).expect("json");

@@ -4,5 +4,6 @@ pub mod fleet;
 pub mod pools;
 pub mod postgres;
 pub mod session;
+pub mod shared_reads;
 pub mod split;
 pub mod tools;

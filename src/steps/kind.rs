@@ -66,7 +66,9 @@ impl StepKind {
     /// The registry: what each kind is, from its own file. A new kind adds its variant
     /// above and its line here.
     pub fn def(self) -> &'static dyn Kind {
-        use super::{backup, drift, health, migrate, planned, provision, prune_backups, seed, sql, verify_restore};
+        use super::{
+            backup, drift, health, migrate, planned, provision, prune_backups, seed, sql, vacuum, verify_restore,
+        };
         match self {
             Self::Migrate => registered::<migrate::Migrate>(),
             Self::Seed => registered::<seed::Seed>(),
@@ -76,7 +78,7 @@ impl StepKind {
             Self::VerifyRestore => registered::<verify_restore::VerifyRestore>(),
             Self::RdsSnapshot => registered::<planned::RdsSnapshot>(),
             Self::VerifySnapshot => registered::<planned::VerifySnapshot>(),
-            Self::Vacuum => registered::<planned::Vacuum>(),
+            Self::Vacuum => registered::<vacuum::Vacuum>(),
             Self::AnalyzeIndexes => registered::<planned::AnalyzeIndexes>(),
             Self::Purge => registered::<planned::Purge>(),
             Self::Health => registered::<health::Health>(),

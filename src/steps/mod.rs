@@ -16,6 +16,7 @@ pub mod receipt;
 pub mod seed;
 mod spec;
 pub mod sql;
+pub mod vacuum;
 pub mod verify_restore;
 
 pub use context::{StepContext, execute};

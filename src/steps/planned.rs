@@ -120,37 +120,6 @@ impl Step for VerifySnapshot {
     }
 }
 
-/// `vacuum`: `VACUUM (ANALYZE)` of the tables past their thresholds.
-pub struct Vacuum;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VacuumOptions {
-    pub min_dead_tuples: Option<u64>,
-    pub min_dead_ratio: Option<f64>,
-    pub analyze: Option<bool>,
-}
-
-impl Step for Vacuum {
-    type Options = VacuumOptions;
-
-    fn fits(service: &ServiceSpec) -> Result<(), String> {
-        postgres_service("vacuum", service)
-    }
-
-    fn check(o: &VacuumOptions, out: &mut Findings) {
-        check_ratio("min_dead_ratio", o.min_dead_ratio, out);
-    }
-
-    fn runs_on(engine: Engine) -> Result<(), String> {
-        not_yet(engine)
-    }
-
-    async fn run(ctx: &StepContext<'_>, _options: &VacuumOptions) -> Result<serde_json::Value, StepError> {
-        unreachable_run(ctx).await
-    }
-}
-
 /// `analyze_indexes`: unused, duplicate, invalid and bloated indexes.
 pub struct AnalyzeIndexes;
 

@@ -307,3 +307,48 @@ pub async fn mysql_exec(conn: &mut sqlx::MySqlConnection, sql: &str) {
         .await
         .unwrap_or_else(|e| panic!("fixture SQL failed: {e}\n{sql}"));
 }
+
+/// Runs the first step of `workflow` for `tenant` in this process, as a worker would but
+/// without Redis (no lease: `Fence::none`), reading the time from `clock`: for tests that
+/// need to move time under a step (windows) rather than sleep.
+pub async fn execute_step(
+    dir: &Path,
+    workflow: &str,
+    tenant: &str,
+    clock: &dyn tenantry::runtime::clock::Clock,
+) -> Result<serde_json::Value, tenantry::steps::StepError> {
+    let ctx =
+        tenantry::cli::Context::load(Some(&dir.join("tenantry.toml")), &[]).unwrap_or_else(|f| panic!("config: {f}"));
+    let (catalog, wf) = ctx.checked_workflow(workflow, &[]).await.unwrap_or_else(|f| panic!("workflow: {f}"));
+    let spec = tenantry::runtime::launch::snapshot(&wf, &catalog, &ctx.config, &[]);
+    let c = &ctx.config.config;
+    let databases = tenantry::engine::pools::Databases::new(c.hosts.clone(), 4, 16);
+    let snapshot = &spec.tenants[tenant];
+    let unit = &snapshot.units[0];
+    let step = &spec.steps[unit.step];
+    let label = format!("{}/{}", step.label(), unit.service);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let fence = tenantry::runtime::fence::Fence::none(&spec.id, tenant);
+    let limits = tenantry::config::BackupsConfig::default();
+    let step_ctx = tenantry::steps::StepContext {
+        run: &spec.id,
+        root_run: None,
+        tenant,
+        unit: &label,
+        step,
+        placement: &snapshot.placements[&unit.service],
+        databases: &databases,
+        base_dir: &ctx.config.base_dir,
+        migrations: None,
+        service: c.services.get(&unit.service),
+        cancel: &cancel,
+        fence: &fence,
+        objects: None,
+        backup_limits: &limits,
+        clock,
+        timezone: spec.zone(),
+    };
+    let result = tenantry::steps::execute(&step_ctx).await;
+    databases.close().await;
+    result
+}
