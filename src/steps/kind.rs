@@ -67,7 +67,8 @@ impl StepKind {
     /// above and its line here.
     pub fn def(self) -> &'static dyn Kind {
         use super::{
-            backup, drift, health, migrate, planned, provision, prune_backups, seed, sql, vacuum, verify_restore,
+            analyze_indexes, backup, drift, health, migrate, planned, provision, prune_backups, seed, sql, vacuum,
+            verify_restore,
         };
         match self {
             Self::Migrate => registered::<migrate::Migrate>(),
@@ -79,7 +80,7 @@ impl StepKind {
             Self::RdsSnapshot => registered::<planned::RdsSnapshot>(),
             Self::VerifySnapshot => registered::<planned::VerifySnapshot>(),
             Self::Vacuum => registered::<vacuum::Vacuum>(),
-            Self::AnalyzeIndexes => registered::<planned::AnalyzeIndexes>(),
+            Self::AnalyzeIndexes => registered::<analyze_indexes::AnalyzeIndexes>(),
             Self::Purge => registered::<planned::Purge>(),
             Self::Health => registered::<health::Health>(),
             Self::Sql => registered::<sql::Sql>(),

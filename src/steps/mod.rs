@@ -1,5 +1,6 @@
 //! Step kinds (SPEC §4): what each kind accepts in a workflow file, where it fits, and (one file per kind) what it does per tenant.
 
+pub mod analyze_indexes;
 pub mod backup;
 pub mod backup_rows;
 mod context;

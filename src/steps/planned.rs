@@ -50,7 +50,7 @@ pub(super) fn check_smoke_queries(queries: &Option<Vec<String>>, out: &mut Findi
     }
 }
 
-fn check_ratio(key: &str, ratio: Option<f64>, out: &mut Findings) {
+pub(super) fn check_ratio(key: &str, ratio: Option<f64>, out: &mut Findings) {
     if let Some(r) = ratio
         && !(0.0..=1.0).contains(&r)
     {
@@ -116,36 +116,6 @@ impl Step for VerifySnapshot {
     }
 
     async fn run(ctx: &StepContext<'_>, _options: &VerifySnapshotOptions) -> Result<serde_json::Value, StepError> {
-        unreachable_run(ctx).await
-    }
-}
-
-/// `analyze_indexes`: unused, duplicate, invalid and bloated indexes.
-pub struct AnalyzeIndexes;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AnalyzeIndexesOptions {
-    pub reindex_invalid: Option<bool>,
-    pub min_bloat_ratio: Option<f64>,
-}
-
-impl Step for AnalyzeIndexes {
-    type Options = AnalyzeIndexesOptions;
-
-    fn fits(service: &ServiceSpec) -> Result<(), String> {
-        postgres_service("analyze_indexes", service)
-    }
-
-    fn check(o: &AnalyzeIndexesOptions, out: &mut Findings) {
-        check_ratio("min_bloat_ratio", o.min_bloat_ratio, out);
-    }
-
-    fn runs_on(engine: Engine) -> Result<(), String> {
-        not_yet(engine)
-    }
-
-    async fn run(ctx: &StepContext<'_>, _options: &AnalyzeIndexesOptions) -> Result<serde_json::Value, StepError> {
         unreachable_run(ctx).await
     }
 }

@@ -91,11 +91,7 @@ impl Step for Vacuum {
     }
 
     fn check(o: &Options, out: &mut Findings) {
-        if let Some(r) = o.min_dead_ratio
-            && !(0.0..=1.0).contains(&r)
-        {
-            out.push(("min_dead_ratio".into(), format!("min_dead_ratio is a ratio and must be in [0, 1], not {r}")));
-        }
+        super::planned::check_ratio("min_dead_ratio", o.min_dead_ratio, out);
         super::seed::check_lock_timeout(o.lock_timeout, out);
         if let (Some(w), Some(c)) = (o.xid_warning, o.xid_critical)
             && w > c
