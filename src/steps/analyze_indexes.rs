@@ -111,6 +111,10 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// What makes two indexes the same: schema, table, method, keys, operator classes,
+/// expressions, predicate.
+type Definition<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+
 /// The findings about `indexes` (all of one target).
 pub fn findings(indexes: &[IndexInfo], min_bloat_ratio: f64, block_size: i64, since: &str) -> Vec<Finding> {
     let finding = |i: &IndexInfo, kind, detail: String| Finding {
@@ -124,8 +128,7 @@ pub fn findings(indexes: &[IndexInfo], min_bloat_ratio: f64, block_size: i64, si
     let mut out = Vec::new();
     // Duplicates: group identical definitions; keep the one backing a constraint, else a
     // unique one, else the most scanned, else the oldest.
-    let mut same: BTreeMap<(&str, &str, &str, &str, &str, Option<&str>, Option<&str>), Vec<&IndexInfo>> =
-        BTreeMap::new();
+    let mut same: BTreeMap<Definition<'_>, Vec<&IndexInfo>> = BTreeMap::new();
     for i in indexes.iter().filter(|i| i.valid) {
         let key = (
             i.schema.as_str(),
