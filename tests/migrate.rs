@@ -282,6 +282,11 @@ async fn two_runs_at_once_apply_every_migration_exactly_once() {
     for s in [&s1, &s2] {
         for (t, c) in s["tenants"].as_object().unwrap() {
             for (unit, out) in c["outputs"].as_object().unwrap() {
+                // A tenant the second run found up to date when it was created (the first
+                // run had applied everything of it) is done without running: nothing applied.
+                if unit == "run" && out["up_to_date"] == true {
+                    continue;
+                }
                 for m in out["changed"].as_array().unwrap_or_else(|| panic!("{unit}: {out}")) {
                     let target = if unit == "migrate/events" { "events".to_string() } else { format!("{t}/{unit}") };
                     *applied.entry(format!("{target}:{m}")).or_default() += 1;
