@@ -58,6 +58,10 @@ struct Fleet {
 
 impl Fleet {
     async fn new() -> Fleet {
+        Fleet::with_schema(SCHEMA).await
+    }
+
+    async fn with_schema(schema: &str) -> Fleet {
         let name = unique("tbackrow");
         let suffix = name.trim_start_matches("tbackrow_").to_string();
         let tenants: Vec<String> = BASES.iter().map(|b| format!("{b}_{suffix}")).collect();
@@ -66,7 +70,7 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
         std::fs::create_dir_all(dir.path().join("migrations/shop")).unwrap();
-        std::fs::write(dir.path().join("migrations/shop/V1__shop.sql"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("migrations/shop/V1__shop.sql"), schema).unwrap();
         let mut config = format!(
             r#"
 [redis]
@@ -128,7 +132,11 @@ migrations = "migrations/shop"
     }
 
     fn run_and_wait(&self, workflow: &str) -> (String, serde_json::Value) {
-        let out = tenantry(self.path(), &["run", workflow], &[]);
+        self.run_and_wait_with(&["run", workflow])
+    }
+
+    fn run_and_wait_with(&self, args: &[&str]) -> (String, serde_json::Value) {
+        let out = tenantry(self.path(), args, &[]);
         assert_eq!(out.code(), 0, "{}", out.all());
         let run = out.stdout().trim().to_string();
         let s = wait_for_state(self.path(), &run, &["succeeded", "failed", "cancelled"], Duration::from_secs(90));
@@ -450,4 +458,162 @@ async fn reference_tables_copy_a_table_whole_a_tenant_table_named_there_is_refus
         "the refusal does not say why: {s:#}"
     );
     fleet.drop(&[]).await;
+}
+
+/// The manifest and the script of `tenant`'s newest backup, fetched with a separate client.
+async fn fetched(fleet: &Fleet, tenant: &str) -> (serde_json::Value, Vec<u8>) {
+    let client = s3().await;
+    let keys = s3_keys(&client, &format!("{}/shop/{tenant}/", fleet.name)).await;
+    let manifest_key = keys.iter().rfind(|k| k.ends_with("/manifest.json")).expect("manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(&s3_get(&client, manifest_key).await).unwrap();
+    let dump_key = format!("{}/{}", fleet.name, manifest["dump"]["key"].as_str().unwrap());
+    (manifest, s3_get(&client, &dump_key).await)
+}
+
+fn manifest_rows(manifest: &serde_json::Value, table: &str) -> i64 {
+    manifest["tables"].as_array().unwrap().iter().find(|e| e["table"] == table).unwrap()["rows"].as_i64().unwrap()
+}
+
+/// `addresses` has no tenant column: its rows belong to tenants only through the customers
+/// that reference them. Another tenant's address is another tenant's row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_that_tenant_rows_reference_holds_no_rows_of_another_tenant_in_the_backup() {
+    let fleet = Fleet::with_schema(
+        "CREATE TABLE tenants (id text PRIMARY KEY);
+         CREATE TABLE addresses (id serial PRIMARY KEY, street text NOT NULL);
+         CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL REFERENCES tenants,
+                                 name text, address int REFERENCES addresses);",
+    )
+    .await;
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let (_, s) = fleet.run_and_wait("rollout");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let mut conn = connect_db(&fleet.database()).await;
+    for t in &fleet.tenants {
+        exec(
+            &mut conn,
+            &format!(
+                "INSERT INTO tenants VALUES ('{t}');
+                 WITH a AS (INSERT INTO addresses (street) VALUES ('home of {t}') RETURNING id)
+                 INSERT INTO customers (tenant_id, name, address) SELECT '{t}', 'someone', id FROM a;"
+            ),
+        )
+        .await;
+    }
+    let (_, s) = fleet.run_and_wait("nightly");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let t = &fleet.tenants[0];
+    let (manifest, dump) = fetched(&fleet, t).await;
+    let target = format!("{}_restored", fleet.name);
+    psql_restore(&dump, &target).await;
+    let streets = scalar(&target, "SELECT string_agg(street, ',' ORDER BY street) FROM addresses").await;
+    let result = std::panic::AssertUnwindSafe(async {
+        assert_eq!(streets, format!("home of {t}"), "another tenant's addresses are in {t}'s backup: {manifest:#}");
+        assert_eq!(manifest_rows(&manifest, "addresses"), 1, "{manifest:#}");
+    });
+    let outcome = futures::FutureExt::catch_unwind(result).await;
+    fleet.drop(&[target]).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A schema whose columns use an extension's type (`citext`, installed by a migration)
+/// restores with plain psql into an empty database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_using_an_extensions_type_restores_with_plain_psql_into_an_empty_database() {
+    let fleet = Fleet::with_schema(
+        "CREATE EXTENSION IF NOT EXISTS citext;
+         CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL, email citext NOT NULL);",
+    )
+    .await;
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let (_, s) = fleet.run_and_wait("rollout");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let mut conn = connect_db(&fleet.database()).await;
+    for t in &fleet.tenants {
+        exec(&mut conn, &format!("INSERT INTO customers (tenant_id, email) VALUES ('{t}', 'Someone@{t}.example')"))
+            .await;
+    }
+    let (_, s) = fleet.run_and_wait("nightly");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let t = &fleet.tenants[1];
+    let (_, dump) = fetched(&fleet, t).await;
+    let target = format!("{}_restored", fleet.name);
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        psql_restore(&dump, &target).await;
+        assert_eq!(
+            scalar(&target, &format!("SELECT count(*)::text FROM customers WHERE email = 'SOMEONE@{t}.EXAMPLE'")).await,
+            "1"
+        );
+    }))
+    .await;
+    let (_, s) = fleet.run_and_wait("verify");
+    let verified = s["run"]["state"].clone();
+    fleet.drop(&[target]).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(verified, "succeeded", "{s:#}");
+}
+
+/// A table truncated (or rewritten by `ALTER TABLE`) by someone else while the backup runs:
+/// `TRUNCATE` is not MVCC-safe, so a snapshot that holds no lock on the table sees it empty.
+/// The backup must hold the rows of its snapshot, not an empty table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_truncated_while_the_backup_runs_keeps_its_rows_in_the_backup() {
+    let fleet = Fleet::new().await;
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let (_, s) = fleet.run_and_wait("rollout");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    fleet.fill().await;
+    // `audit`, copied whole and first, is big enough for the truncation to land meanwhile.
+    let mut conn = connect_db(&fleet.database()).await;
+    exec(&mut conn, "INSERT INTO audit (message) SELECT 'event ' || g FROM generate_series(1, 1000000) g").await;
+    std::fs::write(
+        fleet.path().join("workflows/nightly.toml"),
+        "[retry]\nattempts = 1\n\n[[steps]]\nkind = \"backup\"\nreference_tables = [\"audit\"]\n",
+    )
+    .unwrap();
+    let t = fleet.tenants[0].clone();
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE tenant_id = $1")
+        .bind(&t)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let database = fleet.database();
+    let truncate = tokio::spawn(async move {
+        let mut watcher = connect_db(&database).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let copying: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE 'COPY (SELECT%\"audit\"%')",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if copying {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the backup never copied audit");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        exec(&mut watcher, "SET lock_timeout = '60s'; TRUNCATE orders CASCADE").await;
+    });
+    let (_, s) = fleet.run_and_wait_with(&["run", "nightly", "--tenant", &t]);
+    truncate.await.unwrap();
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let (manifest, dump) = fetched(&fleet, &t).await;
+    let target = format!("{}_restored", fleet.name);
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        assert_eq!(manifest_rows(&manifest, "orders"), orders, "the backup lost the truncated table's rows");
+        psql_restore(&dump, &target).await;
+        assert_eq!(scalar(&target, "SELECT count(*)::text FROM orders").await, orders.to_string());
+    }))
+    .await;
+    fleet.drop(&[target]).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
