@@ -251,6 +251,47 @@ async fn catalog(
     Ok((tables, keys))
 }
 
+/// Locks the schema's tables (and their partitions and children) in `ACCESS SHARE` mode for
+/// the rest of the snapshot's transaction, as `pg_dump` does: `TRUNCATE` and the `ALTER TABLE`
+/// forms that rewrite a table are not MVCC-safe, and a snapshot whose transaction holds no
+/// lock on a table sees it empty once they commit. One that committed between the snapshot
+/// and the lock is found by its new file node: the backup fails (and is retried) instead of
+/// holding an empty table.
+async fn lock(session: &mut PgSession, options: &Options, schema: &str, tables: &[Table]) -> Result<(), StepError> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let timeout = options.lock_timeout.map_or(60_000, |d| d.0.as_millis());
+    let list = tables
+        .iter()
+        .map(|t| format!("{}.{}", quote_ident(schema), quote_ident(&t.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = {timeout}; LOCK TABLE {list} IN ACCESS SHARE MODE; SET LOCAL lock_timeout = 0"
+    )))
+    .execute(&mut **session)
+    .await
+    .map_err(|e| StepError::from_sqlx("locking the schema's tables", &e))?;
+    // `relfilenode` as the snapshot sees it; `pg_relation_filenode` as the catalog is now.
+    let changed: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relfilenode <> 0 \
+           AND pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(&mut **session)
+    .await
+    .map_err(|e| StepError::from_sqlx("checking the schema's tables", &e))?;
+    if !changed.is_empty() {
+        return Err(StepError::transient(format!(
+            "table(s) {} were truncated or rewritten after the backup's snapshot was taken",
+            changed.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// What [`dump`] stored and found.
 pub struct Exported {
     pub dump: DumpInfo,
@@ -279,6 +320,7 @@ pub async fn dump(
         .await
         .map_err(|e| StepError::from_sqlx("turning row security off", &e))?;
     let (tables, keys) = catalog(session, &p.schema, column).await?;
+    lock(session, options, &p.schema, &tables).await?;
     let mut whole: BTreeMap<String, String> =
         options.reference_tables.iter().map(|t| (t.clone(), "named in reference_tables".to_string())).collect();
     if tables.iter().any(|t| t.name == super::migrate::HISTORY_TABLE) {
