@@ -342,8 +342,18 @@ pub async fn dump(
     .map_err(|e| StepError::from_sqlx("reading the schema's sequences", &e))?;
 
     // The DDL, read from the same snapshot. It is small next to the rows; kept in memory.
-    let pre = ddl(ctx, options, snapshot, attempt, "pre-data").await?;
-    let post = ddl(ctx, options, snapshot, attempt, "post-data").await?;
+    // The extensions installed in the schema: their types and functions are the schema's
+    // columns' and defaults' (citext), and `pg_dump --schema` leaves them out.
+    let extensions: Vec<String> = sqlx::query_scalar(
+        "SELECT e.extname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+         WHERE n.nspname = $1 ORDER BY 1",
+    )
+    .bind(&p.schema)
+    .fetch_all(&mut **session)
+    .await
+    .map_err(|e| StepError::from_sqlx("listing the schema's extensions", &e))?;
+    let pre = ddl(ctx, options, snapshot, attempt, "pre-data", &extensions).await?;
+    let post = ddl(ctx, options, snapshot, attempt, "post-data", &[]).await?;
 
     let script = Script { schema: &p.schema, tables: &tables, order: &order, tenant: &tenant, sequences: &sequences };
     let header = format!(
@@ -559,6 +569,7 @@ async fn ddl(
     snapshot: &str,
     attempt: &str,
     section: &str,
+    extensions: &[String],
 ) -> Result<Vec<u8>, StepError> {
     let p = ctx.placement;
     let host = ctx.databases.host(&p.host).map_err(StepError::permanent)?;
@@ -568,6 +579,7 @@ async fn ddl(
     cmd.arg(format!("--section={section}"))
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--schema=\"{}\"", p.schema.replace('"', "\"\"")))
+        .args(extensions.iter().map(|e| format!("--extension=\"{}\"", e.replace('"', "\"\""))))
         .args(["--no-owner", "--no-privileges", "--no-password"])
         .arg(format!("--lock-wait-timeout={}", options.lock_timeout.map_or(60_000, |d| d.0.as_millis())));
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
