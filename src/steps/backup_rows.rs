@@ -248,6 +248,26 @@ async fn catalog(
     .map_err(|e| StepError::from_sqlx("listing the schema's foreign keys", &e))?;
     let keys =
         keys.into_iter().map(|(from, to, columns, referenced)| ForeignKey { from, to, columns, referenced }).collect();
+    // A foreign key into another schema: the script holds the service's schema only, so its
+    // constraint would fail in an empty database (and the referenced rows would be missing).
+    // Refused before anything is stored, rather than a backup that never restores.
+    let outside: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s (%s) references %s', c.relname, k.conname, k.confrelid::regclass) \
+         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+              JOIN pg_class f ON f.oid = k.confrelid \
+         WHERE k.contype = 'f' AND k.conparentid = 0 AND n.nspname = $1 AND f.relnamespace <> n.oid \
+         ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(&mut **session)
+    .await
+    .map_err(|e| StepError::from_sqlx("listing the schema's foreign keys", &e))?;
+    if !outside.is_empty() {
+        return Err(StepError::permanent(format!(
+            "a row backup holds schema {schema} only, and its foreign keys into other schemas would not restore: {}",
+            outside.join(", ")
+        )));
+    }
     Ok((tables, keys))
 }
 
