@@ -695,3 +695,53 @@ async fn a_foreign_key_to_another_schema_is_refused_or_its_script_restores_with_
         std::panic::resume_unwind(panic);
     }
 }
+
+/// `comments` has no tenant column and two foreign keys to tenant tables: one nullable
+/// (`order_id`, named first), one not (`customer_id`). Every comment belongs to the tenant
+/// through its customer; those on no order must be in the backup too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_with_two_foreign_keys_to_tenant_tables_keeps_the_rows_linked_through_either() {
+    let fleet = Fleet::with_schema(
+        "CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL);
+         CREATE TABLE orders (id serial PRIMARY KEY, tenant_id text NOT NULL, customer int NOT NULL REFERENCES customers);
+         CREATE TABLE comments (id serial PRIMARY KEY, body text,
+             order_id int CONSTRAINT a_order REFERENCES orders,
+             customer_id int NOT NULL CONSTRAINT b_customer REFERENCES customers);",
+    )
+    .await;
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let (_, s) = fleet.run_and_wait("rollout");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let mut conn = connect_db(&fleet.database()).await;
+    for t in &fleet.tenants {
+        exec(
+            &mut conn,
+            &format!(
+                "WITH c AS (INSERT INTO customers (tenant_id) VALUES ('{t}') RETURNING id),
+                      o AS (INSERT INTO orders (tenant_id, customer) SELECT '{t}', id FROM c RETURNING id, customer)
+                 INSERT INTO comments (body, order_id, customer_id)
+                     SELECT 'on an order', o.id, o.customer FROM o
+                     UNION ALL SELECT 'on the customer', NULL, c.id FROM c;"
+            ),
+        )
+        .await;
+    }
+    let (_, s) = fleet.run_and_wait("nightly");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let t = &fleet.tenants[1];
+    let (manifest, dump) = fetched(&fleet, t).await;
+    let target = format!("{}_restored", fleet.name);
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        psql_restore(&dump, &target).await;
+        assert_eq!(
+            scalar(&target, "SELECT string_agg(body, ',' ORDER BY body) FROM comments").await,
+            "on an order,on the customer",
+            "{manifest:#}"
+        );
+    }))
+    .await;
+    fleet.drop(&[target]).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
