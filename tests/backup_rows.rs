@@ -646,7 +646,8 @@ async fn names_with_quotes_and_newlines_are_quoted_in_the_script() {
     let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
         psql_restore(&dump, &target).await;
         assert_eq!(
-            scalar(&target, "SELECT string_agg(tenant_id || ':' || \"v'al\\\", ',') FROM \"we\"\"ird\n\\. name;\"").await,
+            scalar(&target, "SELECT string_agg(tenant_id || ':' || \"v'al\\\", ',') FROM \"we\"\"ird\n\\. name;\"")
+                .await,
             format!("{t}:a\n\\.\nb")
         );
     }))
