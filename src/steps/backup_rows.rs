@@ -10,11 +10,13 @@
 //! - a table with the tenant column: the rows where it equals the tenant's id;
 //! - a table without it that a copied table references through its tenant column (the usual
 //!   `tenants` table): the rows whose referenced column equals the tenant's id;
-//! - a table without it whose foreign key points at a table filtered so (`order_items` →
-//!   `orders`), however many links away: the rows that reference the tenant's rows;
-//! - a table without it that copied rows reference otherwise (reference data: countries,
-//!   plans), the migration history, and the tables the step's `reference_tables` names: all
-//!   its rows, so that the restored foreign keys hold and the schema version is known;
+//! - a table without it whose foreign keys point at rows filtered so (`order_items` →
+//!   `orders`), however many links away: the rows that reference the tenant's rows through
+//!   any of those keys;
+//! - a table copied rows point at otherwise (reference data: countries, plans, addresses):
+//!   only the rows they point at, so the restored foreign keys hold and no row that only
+//!   another tenant's rows need is in the backup;
+//! - the migration history and the tables the step's `reference_tables` names: all rows;
 //! - any other table: none (its definition only).
 //!
 //! The tenant's id reaches the statements as a literal quoted by the server
@@ -65,14 +67,27 @@ pub struct ExportedTable {
 pub enum Copied {
     /// The rows whose `column` equals the tenant's id.
     TenantRows { column: String },
-    /// The rows whose `columns` reference copied rows of `parent` (its `referenced`
-    /// columns): a table without the tenant column whose rows belong to tenants through a
-    /// foreign key.
-    Referencing { parent: String, columns: Vec<String>, referenced: Vec<String> },
+    /// The rows that point at the tenant's rows of another table through any of `links`
+    /// (a table without the tenant column whose rows belong to tenants through foreign
+    /// keys: `order_items.order_id → orders.id`).
+    Referencing { links: Vec<Link> },
+    /// The rows that copied rows of another table point at through any of `links` (data
+    /// the tenant's rows need, such as the countries its customers are in): only those,
+    /// never the rows other tenants' rows point at.
+    Referenced { links: Vec<Link> },
     /// Every row, and why.
     AllRows { because: String },
     /// The table's definition, no rows.
     SchemaOnly,
+}
+
+/// A foreign key seen from one end: this table's `columns` and the other `table`'s `other`
+/// columns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Link {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub other: Vec<String>,
 }
 
 /// A table of the schema, as the catalog describes it.
@@ -134,38 +149,54 @@ pub fn choose(
         }
     }
     // Tables without the tenant column whose rows point at the tenant's rows
-    // (order_items.order_id → orders.id): those rows, however many links away.
-    loop {
-        let mut added = false;
-        for k in keys {
-            let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
-            if from != to && !chosen.contains_key(&from) && chosen.get(&to).is_some_and(filtered) {
-                let copied = Copied::Referencing {
-                    parent: tables[to].name.clone(),
-                    columns: k.columns.clone(),
-                    referenced: k.referenced.clone(),
-                };
-                chosen.insert(from, copied);
-                added = true;
+    // (order_items.order_id → orders.id), however many links away; then the tables copied
+    // rows point at (reference data), until nothing changes. Links are filled in below.
+    for referencing in [true, false] {
+        loop {
+            let mut added = false;
+            for k in keys {
+                let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
+                if from == to {
+                    continue;
+                }
+                if referencing && !chosen.contains_key(&from) && chosen.get(&to).is_some_and(filtered) {
+                    chosen.insert(from, Copied::Referencing { links: Vec::new() });
+                    added = true;
+                } else if !referencing && chosen.contains_key(&from) && !chosen.contains_key(&to) {
+                    chosen.insert(to, Copied::Referenced { links: Vec::new() });
+                    added = true;
+                }
             }
-        }
-        if !added {
-            break;
+            if !added {
+                break;
+            }
         }
     }
-    // The tables copied rows point at otherwise (reference data), until nothing changes.
-    // None of them points at a tenant's rows: those were all taken above.
-    loop {
-        let mut added = false;
-        for k in keys {
-            let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
-            if from != to && chosen.contains_key(&from) && !chosen.contains_key(&to) {
-                chosen.insert(to, Copied::AllRows { because: format!("referenced by {}", tables[from].name) });
-                added = true;
-            }
+    // Every link counts: a row pointing at the tenant's rows through any of its foreign
+    // keys is the tenant's; a row any copied row points at is needed.
+    let kinds: BTreeMap<usize, bool> = chosen.iter().map(|(&i, c)| (i, filtered(c))).collect();
+    for k in keys {
+        let (Some(&from), Some(&to)) = (by_oid.get(&k.from), by_oid.get(&k.to)) else { continue };
+        if from == to {
+            continue;
         }
-        if !added {
-            break;
+        if let Some(Copied::Referencing { links }) = chosen.get_mut(&from)
+            && kinds.get(&to) == Some(&true)
+        {
+            links.push(Link {
+                table: tables[to].name.clone(),
+                columns: k.columns.clone(),
+                other: k.referenced.clone(),
+            });
+        }
+        if kinds.contains_key(&from)
+            && let Some(Copied::Referenced { links }) = chosen.get_mut(&to)
+        {
+            links.push(Link {
+                table: tables[from].name.clone(),
+                columns: k.referenced.clone(),
+                other: k.columns.clone(),
+            });
         }
     }
     // Referenced tables first (Kahn's algorithm over the copied tables, by name on ties).
@@ -446,25 +477,52 @@ struct Script<'a> {
 }
 
 impl Script<'_> {
-    /// The condition that picks the tenant's rows of a table copied so (`None`: all rows).
-    fn predicate(&self, copied: &Copied) -> Option<String> {
+    /// The condition that picks the tenant's rows of a table copied so (`None`: all rows,
+    /// or no condition could be made: a caller must not take that for all rows).
+    fn predicate(&self, table: &str, copied: &Copied) -> Option<String> {
+        self.predicate_within(copied, &mut vec![table.to_string()])
+    }
+
+    /// [`Script::predicate`], not following a link back into a table it is already
+    /// inside (`visiting`): foreign keys may form cycles.
+    fn predicate_within(&self, copied: &Copied, visiting: &mut Vec<String>) -> Option<String> {
         let list = |names: &[String]| names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-        match copied {
-            Copied::TenantRows { column } => Some(format!("{} = {}", quote_ident(column), self.tenant)),
-            Copied::Referencing { parent, columns, referenced } => {
-                let (i, of_parent) = self.order.iter().find(|(i, _)| self.tables[*i].name == *parent)?;
-                let only = if self.tables[*i].partitioned { "" } else { "ONLY " };
-                Some(format!(
-                    "({}) IN (SELECT {} FROM {only}{}.{} WHERE {})",
-                    list(columns),
-                    list(referenced),
-                    quote_ident(self.schema),
-                    quote_ident(parent),
-                    self.predicate(of_parent)?
-                ))
+        let links = match copied {
+            Copied::TenantRows { column } => return Some(format!("{} = {}", quote_ident(column), self.tenant)),
+            Copied::Referencing { links } | Copied::Referenced { links } => links,
+            Copied::AllRows { .. } | Copied::SchemaOnly => return None,
+        };
+        let mut parts = Vec::new();
+        for link in links {
+            if visiting.contains(&link.table) {
+                continue;
             }
-            Copied::AllRows { .. } | Copied::SchemaOnly => None,
+            let Some((i, other)) = self.order.iter().find(|(i, _)| self.tables[*i].name == link.table) else {
+                continue;
+            };
+            let condition = match other {
+                Copied::AllRows { .. } => String::new(),
+                Copied::SchemaOnly => continue,
+                _ => {
+                    visiting.push(link.table.clone());
+                    let inner = self.predicate_within(other, visiting);
+                    visiting.pop();
+                    match inner {
+                        Some(p) => format!(" WHERE {p}"),
+                        None => continue,
+                    }
+                }
+            };
+            let only = if self.tables[*i].partitioned { "" } else { "ONLY " };
+            parts.push(format!(
+                "({}) IN (SELECT {} FROM {only}{}.{}{condition})",
+                list(&link.columns),
+                list(&link.other),
+                quote_ident(self.schema),
+                quote_ident(&link.table),
+            ));
         }
+        if parts.is_empty() { None } else { Some(parts.join(" OR ")) }
     }
 
     /// Writes the whole script; returns the rows copied of each table of `order`.
@@ -495,7 +553,7 @@ impl Script<'_> {
                 // Never all rows for want of a filter.
                 _ => format!(
                     " WHERE {}",
-                    self.predicate(copied).ok_or_else(|| Failure::Step(StepError::permanent(format!(
+                    self.predicate(&t.name, copied).ok_or_else(|| Failure::Step(StepError::permanent(format!(
                         "no filter for the tenant's rows of table {}",
                         t.name
                     ))))?
@@ -637,6 +695,10 @@ mod tests {
         }
     }
 
+    fn joined(links: &[Link]) -> String {
+        links.iter().map(|l| format!("{}({})", l.table, l.columns.join(","))).collect::<Vec<_>>().join("|")
+    }
+
     fn chosen(order: &[(usize, Copied)], tables: &[Table]) -> Vec<(String, String)> {
         order
             .iter()
@@ -644,7 +706,8 @@ mod tests {
                 let what = match c {
                     Copied::TenantRows { column } => format!("tenant:{column}"),
                     Copied::AllRows { because } => format!("all:{because}"),
-                    Copied::Referencing { parent, columns, .. } => format!("ref:{parent}({})", columns.join(",")),
+                    Copied::Referencing { links } => format!("ref:{}", joined(links)),
+                    Copied::Referenced { links } => format!("by:{}", joined(links)),
                     Copied::SchemaOnly => "schema".to_string(),
                 };
                 (tables[*i].name.clone(), what)
@@ -653,7 +716,7 @@ mod tests {
     }
 
     #[test]
-    fn tenant_tables_filter_the_tenants_table_and_their_children_and_copy_the_reference_data_they_point_at() {
+    fn tenant_tables_filter_the_tenants_table_their_children_and_the_reference_rows_they_point_at() {
         let tables = [
             table(1, "orders", true),
             table(2, "tenants", false),
@@ -680,8 +743,8 @@ mod tests {
         assert_eq!(
             chosen(&order, &tables),
             [
-                ("countries", "all:referenced by customers"),
-                ("plans", "all:referenced by tenants"),
+                ("countries", "by:customers(code)|items(code)"),
+                ("plans", "by:tenants(id)"),
                 ("tenants", "tenant:id"),
                 ("customers", "tenant:tenant_id"),
                 ("audit", "ref:customers(customer)"),
