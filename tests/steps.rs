@@ -207,3 +207,58 @@ async fn health_reports_every_isolation_model_and_flags_a_long_transaction() {
     drop(holder);
     fleet.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_flags_a_replication_slot_holding_wal_and_a_shared_table_without_row_level_security() {
+    let fleet = Fleet::new().await;
+    // A temporary physical slot (gone with its session) that holds WAL from now on.
+    let slot = format!("{}_slot", fleet.name);
+    let mut holder = connect(&format!("{}_core_acme", fleet.name)).await;
+    exec(&mut holder, &format!("SELECT pg_create_physical_replication_slot('{slot}', true, true)")).await;
+    exec(&mut holder, "CREATE TABLE filler AS SELECT g, md5(g::text) AS m FROM generate_series(1, 20000) g").await;
+    fleet.workflow(
+        "slots",
+        "[retry]\nattempts = 1\n\n[[steps]]\nkind = \"health\"\nservices = [\"core\"]\nmax_slot_wal = \"64KiB\"\n",
+    );
+    let _worker = WorkerProcess::spawn(fleet.path());
+    let s = fleet.run_and_wait("slots");
+    assert_eq!(s["run"]["state"], "failed", "{s:#}");
+    let error = s["tenants"]["globex"]["last_error"].as_str().unwrap();
+    // A temporary slot is active while the session that made it lasts.
+    assert!(error.contains(&format!("replication slot {slot} (active) holds")), "{error}");
+    assert!(error.contains("over max_slot_wal (65536)"), "{error}");
+    drop(holder);
+
+    // `events` is forced with a policy on a setting; `seen` has no row-level security.
+    let mut events = connect(&format!("{}_events", fleet.name)).await;
+    exec(
+        &mut events,
+        "ALTER TABLE events ENABLE ROW LEVEL SECURITY; ALTER TABLE events FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant ON events USING (tenant_id = current_setting('app.tenant', true));",
+    )
+    .await;
+    fleet.workflow(
+        "rls",
+        "[retry]\nattempts = 1\n\n[[steps]]\nkind = \"health\"\nservices = [\"events\"]\nrls = true\n",
+    );
+    let s = fleet.run_and_wait("rls");
+    assert_eq!(s["run"]["state"], "failed", "{s:#}");
+    let error = s["tenants"]["acme"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains(
+            "row-level security: seen: not enabled, no policy comparing the tenant column with current_setting(...)"
+        ),
+        "{error}"
+    );
+    assert!(!error.contains("events:"), "events is protected: {error}");
+    exec(
+        &mut events,
+        "ALTER TABLE seen ENABLE ROW LEVEL SECURITY; ALTER TABLE seen FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant ON seen USING (tenant_id = current_setting('app.tenant', true));",
+    )
+    .await;
+    let s = fleet.run_and_wait("rls");
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    assert_eq!(s["tenants"]["acme"]["outputs"]["health/events"]["rls_findings"], serde_json::json!([]), "{s:#}");
+    fleet.drop().await;
+}
