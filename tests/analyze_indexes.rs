@@ -2,19 +2,10 @@
 
 mod support;
 
-use std::path::Path;
-use std::time::Duration;
-
-use support::{
-    WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, tenantry, unique, wait_for_state,
-};
+use support::fleet::TwoServices;
+use support::{WorkerProcess, connect_db, exec};
 
 const TENANTS: [&str; 2] = ["acme", "globex"];
-
-struct Fleet {
-    name: String,
-    dir: tempfile::TempDir,
-}
 
 /// `visits`: `visits_pkey` (used), `visits_patient_idx` (never scanned), `visits_patient_dup`
 /// (the same definition), `visits_day_idx` (the leading column of `visits_day_room_idx`),
@@ -46,76 +37,6 @@ async fn indexes(conn: &mut sqlx::PgConnection, schema: &str) {
     assert!(failed.is_err(), "the concurrent build was meant to fail");
 }
 
-impl Fleet {
-    async fn new(workflow: &str) -> Fleet {
-        let name = unique("tindexes");
-        let mut admin = pg_admin().await;
-        exec(&mut admin, &format!("CREATE DATABASE {name}_clinic")).await;
-        for t in TENANTS {
-            exec(&mut admin, &format!("CREATE DATABASE {name}_core_{t}")).await;
-            indexes(&mut connect_db(&format!("{name}_core_{t}")).await, "public").await;
-            let mut clinic = connect_db(&format!("{name}_clinic")).await;
-            exec(&mut clinic, &format!("CREATE SCHEMA tenant_{t}")).await;
-            indexes(&mut clinic, &format!("tenant_{t}")).await;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("workflows")).unwrap();
-        let mut config = format!(
-            r#"
-[redis]
-url = "{redis}"
-prefix = "{name}"
-
-[hosts.main]
-engine = "postgres"
-url = "{pg}"
-
-[services.core]
-engine = "postgres"
-isolation = "database"
-host = "main"
-database = "{name}_core_{{tenant}}"
-
-[services.clinic]
-engine = "postgres"
-isolation = "schema"
-host = "main"
-database = "{name}_clinic"
-schema = "tenant_{{tenant}}"
-"#,
-            redis = redis_url(),
-            pg = pg_url()
-        );
-        for t in TENANTS {
-            config.push_str(&format!("\n[[catalog.tenants]]\nid = \"{t}\"\nservices = [\"core\", \"clinic\"]\n"));
-        }
-        std::fs::write(dir.path().join("tenantry.toml"), config).unwrap();
-        std::fs::write(dir.path().join("workflows/indexes.toml"), workflow).unwrap();
-        Fleet { name, dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn run_and_wait(&self) -> serde_json::Value {
-        let out = tenantry(self.path(), &["run", "indexes"], &[]);
-        assert_eq!(out.code(), 0, "{}", out.all());
-        let run = out.stdout().trim().to_string();
-        wait_for_state(self.path(), &run, &["succeeded", "failed", "cancelled"], Duration::from_secs(60))
-    }
-
-    async fn drop(self) {
-        clear_redis(&self.name).await;
-        let mut admin = pg_admin().await;
-        let mut dbs = vec![format!("{}_clinic", self.name)];
-        dbs.extend(TENANTS.iter().map(|t| format!("{}_core_{t}", self.name)));
-        for db in dbs {
-            exec(&mut admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
-        }
-    }
-}
-
 fn by_kind(output: &serde_json::Value) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = output["findings"]
         .as_array()
@@ -129,9 +50,10 @@ fn by_kind(output: &serde_json::Value) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unused_duplicate_redundant_invalid_and_bloated_indexes_are_found_and_the_invalid_one_rebuilt() {
-    let fleet = Fleet::new("[[steps]]\nkind = \"analyze_indexes\"\n").await;
+    let fleet =
+        TwoServices::new("tindexes", &TENANTS, ("indexes", "[[steps]]\nkind = \"analyze_indexes\"\n"), indexes).await;
     let _worker = WorkerProcess::spawn(fleet.path());
-    let s = fleet.run_and_wait();
+    let s = fleet.run_and_wait("indexes");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
     let expected: Vec<(String, String)> = [
         ("bloated", "visits_note_idx"),
@@ -160,22 +82,18 @@ async fn unused_duplicate_redundant_invalid_and_bloated_indexes_are_found_and_th
 
     // With reindex_invalid, after the duplicate codes are gone, the invalid index is rebuilt.
     for t in TENANTS {
-        let mut core = connect_db(&format!("{}_core_{t}", fleet.name)).await;
+        let mut core = connect_db(&fleet.core(t)).await;
         exec(&mut core, "DELETE FROM visits WHERE id > 1000").await;
-        let mut clinic = connect_db(&format!("{}_clinic", fleet.name)).await;
+        let mut clinic = connect_db(&fleet.clinic()).await;
         exec(&mut clinic, &format!("DELETE FROM tenant_{t}.visits WHERE id > 1000")).await;
     }
-    std::fs::write(
-        fleet.path().join("workflows/indexes.toml"),
-        "[[steps]]\nkind = \"analyze_indexes\"\nreindex_invalid = true\nlock_timeout = \"2s\"\n",
-    )
-    .unwrap();
-    let s = fleet.run_and_wait();
+    fleet.workflow("indexes", "[[steps]]\nkind = \"analyze_indexes\"\nreindex_invalid = true\nlock_timeout = \"2s\"\n");
+    let s = fleet.run_and_wait("indexes");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
     for t in TENANTS {
         let output = &s["tenants"][t]["outputs"]["analyze_indexes/clinic"];
         assert_eq!(output["reindexed"], serde_json::json!([format!("tenant_{t}.visits_code_key")]), "{output:#}");
-        let mut clinic = connect_db(&format!("{}_clinic", fleet.name)).await;
+        let mut clinic = connect_db(&fleet.clinic()).await;
         let valid: bool = sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = $1::regclass")
             .bind(format!("tenant_{t}.visits_code_key"))
             .fetch_one(&mut clinic)

@@ -2,88 +2,21 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use support::{
-    WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, tenantry, unique, wait_for_state,
-};
+
+use support::fleet::TwoServices;
+use support::{WorkerProcess, connect_db, exec};
 
 const TENANTS: [&str; 2] = ["acme", "globex"];
 
-/// `core`: a database per tenant; `clinic`: a schema per tenant. Every table starts with
-/// autovacuum off, so the dead tuples stay until the step vacuums them.
-struct Fleet {
-    name: String,
-    dir: tempfile::TempDir,
+/// `bloated` (half its rows deleted), `locked` (the same), `clean` (no dead tuples); every
+/// table with autovacuum off, so the dead tuples stay until the step vacuums them.
+async fn fill(conn: &mut sqlx::PgConnection, schema: &str) {
+    exec(conn, &tables(schema)).await;
 }
 
-impl Fleet {
-    async fn new(workflow: &str) -> Fleet {
-        let name = unique("tvacuum");
-        let mut admin = pg_admin().await;
-        exec(&mut admin, &format!("CREATE DATABASE {name}_clinic")).await;
-        for t in TENANTS {
-            exec(&mut admin, &format!("CREATE DATABASE {name}_core_{t}")).await;
-            let mut core = connect_db(&format!("{name}_core_{t}")).await;
-            exec(&mut core, &tables("public")).await;
-            let mut clinic = connect_db(&format!("{name}_clinic")).await;
-            exec(&mut clinic, &format!("CREATE SCHEMA tenant_{t}; {}", tables(&format!("tenant_{t}")))).await;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("workflows")).unwrap();
-        let mut config = format!(
-            r#"
-[redis]
-url = "{redis}"
-prefix = "{name}"
-
-[hosts.main]
-engine = "postgres"
-url = "{pg}"
-
-[services.core]
-engine = "postgres"
-isolation = "database"
-host = "main"
-database = "{name}_core_{{tenant}}"
-
-[services.clinic]
-engine = "postgres"
-isolation = "schema"
-host = "main"
-database = "{name}_clinic"
-schema = "tenant_{{tenant}}"
-"#,
-            redis = redis_url(),
-            pg = pg_url()
-        );
-        for t in TENANTS {
-            config.push_str(&format!("\n[[catalog.tenants]]\nid = \"{t}\"\nservices = [\"core\", \"clinic\"]\n"));
-        }
-        std::fs::write(dir.path().join("tenantry.toml"), config).unwrap();
-        std::fs::write(dir.path().join("workflows/vacuum.toml"), workflow).unwrap();
-        Fleet { name, dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    async fn drop(self) {
-        clear_redis(&self.name).await;
-        let mut admin = pg_admin().await;
-        let mut dbs = vec![format!("{}_clinic", self.name)];
-        dbs.extend(TENANTS.iter().map(|t| format!("{}_core_{t}", self.name)));
-        for db in dbs {
-            exec(&mut admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
-        }
-    }
-}
-
-/// `bloated` (half its rows deleted), `locked` (the same), `clean` (no dead tuples).
 fn tables(schema: &str) -> String {
     let mut sql = String::new();
     for table in ["bloated", "locked", "clean"] {
@@ -116,24 +49,26 @@ fn names(list: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_tuples_are_vacuumed_and_a_locked_table_is_skipped_after_the_lock_timeout_and_reported() {
-    let fleet = Fleet::new("[[steps]]\nkind = \"vacuum\"\nlock_timeout = \"300ms\"\n").await;
+    let fleet = TwoServices::new(
+        "tvacuum",
+        &TENANTS,
+        ("vacuum", "[[steps]]\nkind = \"vacuum\"\nlock_timeout = \"300ms\"\n"),
+        fill,
+    )
+    .await;
     // Another session holds `locked` of acme's database and schema for the whole run.
-    let mut holder_core = connect_db(&format!("{}_core_acme", fleet.name)).await;
+    let mut holder_core = connect_db(&fleet.core("acme")).await;
     exec(&mut holder_core, "BEGIN; LOCK TABLE public.locked IN SHARE UPDATE EXCLUSIVE MODE").await;
-    let mut holder_clinic = connect_db(&format!("{}_clinic", fleet.name)).await;
+    let mut holder_clinic = connect_db(&fleet.clinic()).await;
     exec(&mut holder_clinic, "BEGIN; LOCK TABLE tenant_acme.locked IN SHARE UPDATE EXCLUSIVE MODE").await;
 
     let _worker = WorkerProcess::spawn(fleet.path());
-    let out = tenantry(fleet.path(), &["run", "vacuum"], &[]);
-    assert_eq!(out.code(), 0, "{}", out.all());
-    let run = out.stdout().trim().to_string();
-    let s = wait_for_state(fleet.path(), &run, &["succeeded", "failed", "cancelled"], Duration::from_secs(60));
+    let s = fleet.run_and_wait("vacuum");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
     for t in TENANTS {
-        for (service, schema, database) in [
-            ("core", "public".to_string(), format!("{}_core_{t}", fleet.name)),
-            ("clinic", format!("tenant_{t}"), format!("{}_clinic", fleet.name)),
-        ] {
+        for (service, schema, database) in
+            [("core", "public".to_string(), fleet.core(t)), ("clinic", format!("tenant_{t}"), fleet.clinic())]
+        {
             let output = &s["tenants"][t]["outputs"][format!("vacuum/{service}")];
             let vacuumed = names(&output["vacuumed"]);
             let skipped = names(&output["skipped"]);
@@ -182,10 +117,8 @@ impl tenantry::runtime::clock::Clock for Stepping {
 async fn no_new_table_starts_once_the_window_has_closed() {
     // Three tables over the thresholds: `clean` too, with a threshold of zero dead tuples
     // and a ratio of zero.
-    let fleet = Fleet::new(
-        "[[steps]]\nkind = \"vacuum\"\nservices = [\"core\"]\nwindow = \"01:00-05:00\"\nmin_dead_tuples = 0\nmin_dead_ratio = 0.0\n",
-    )
-    .await;
+    let workflow = "[[steps]]\nkind = \"vacuum\"\nservices = [\"core\"]\nwindow = \"01:00-05:00\"\nmin_dead_tuples = 0\nmin_dead_ratio = 0.0\n";
+    let fleet = TwoServices::new("tvacuum", &TENANTS, ("vacuum", workflow), fill).await;
     let clock = Stepping { next: AtomicI64::new(0) };
     let output = support::execute_step(fleet.path(), "vacuum", "globex", &clock).await.unwrap();
     assert_eq!(output["window_closed"], true, "{output:#}");
@@ -198,6 +131,6 @@ async fn no_new_table_starts_once_the_window_has_closed() {
     let output = support::execute_step(fleet.path(), "vacuum", "acme", &late).await.unwrap();
     assert!(output["vacuumed"].as_array().unwrap().is_empty(), "{output:#}");
     assert_eq!(output["not_started"].as_array().unwrap().len(), 3, "{output:#}");
-    assert!(dead_tuples(&format!("{}_core_acme", fleet.name), "public", "bloated").await >= 2000);
+    assert!(dead_tuples(&fleet.core("acme"), "public", "bloated").await >= 2000);
     fleet.drop().await;
 }

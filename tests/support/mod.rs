@@ -1,6 +1,7 @@
 //! Shared support for the integration tests: running the `tenantry` binary, fixtures, and connections to the real services the local scripts start.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod store;
 
 use std::path::{Path, PathBuf};
