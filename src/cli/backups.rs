@@ -285,7 +285,7 @@ fn verdict(b: &Row, now: DateTime<Utc>) -> String {
 }
 
 /// `3d 4h`, `5h 12m`, `40m`, `12s`: the two largest units.
-fn age(d: TimeDelta) -> String {
+pub(super) fn age(d: TimeDelta) -> String {
     let s = d.num_seconds().max(0);
     let (days, hours, minutes) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
     match (days, hours, minutes) {
@@ -297,7 +297,7 @@ fn age(d: TimeDelta) -> String {
 }
 
 /// `812 B`, `3.4 KiB`, `12.0 MiB`, `1.5 GiB`.
-fn size(bytes: u64) -> String {
+pub(super) fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
