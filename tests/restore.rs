@@ -1,4 +1,4 @@
-//! `tenantry restore`: real backups (PostgreSQL, s3s-fs) restored into a tenant's own database or schema and into others, non-empty targets refused and replaced with `--force`, a corrupt backup refused with the target untouched.
+//! `tenantry restore` and disaster-recovery drills: real backups (PostgreSQL, s3s-fs) restored into a tenant's own database or schema and into others, non-empty targets refused and replaced with `--force`, a corrupt backup refused with the target untouched; a drill over several tenants with a broken backup reports RTO/RPO, worst and median, stored once and rewritten identically by another worker.
 
 mod support;
 
@@ -96,6 +96,11 @@ schema = "tenant_{{tenant}}"
         }
         std::fs::write(dir.path().join("tenantry.toml"), config).unwrap();
         std::fs::write(dir.path().join("workflows/backup.toml"), "[[steps]]\nkind = \"backup\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("workflows/drill.toml"),
+            "report = \"drill\"\n\n[retry]\nattempts = 1\n\n[[steps]]\nkind = \"verify_restore\"\nservices = [\"core\"]\n",
+        )
+        .unwrap();
         Fleet { name, tenants, dir }
     }
 
@@ -352,5 +357,104 @@ async fn restore_says_what_is_wrong_with_what_it_was_asked() {
     let (code, _, out) = fleet.restore(&[&acme, "--service", "core"]);
     assert_eq!(code, 1, "{}", out.all());
     assert!(out.stderr().contains("the config has no [storage]"), "{}", out.all());
+    fleet.drop(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_reports_rto_and_rpo_per_tenant_with_the_worst_and_median_once() {
+    let fleet = Fleet::new(&["acme", "globex", "initech"]).await;
+    let [acme, globex, initech] = ["acme", "globex", "initech"].map(|b| fleet.t(b));
+    let workers = [WorkerProcess::spawn(fleet.path()), WorkerProcess::spawn(fleet.path())];
+    fleet.back_up();
+    // globex's backup is broken.
+    let client = s3().await;
+    let keys = s3_keys(&client, &format!("{}/core/{globex}/", fleet.name)).await;
+    let dump_key = keys.iter().find(|k| k.ends_with(".pgdump")).unwrap().clone();
+    let mut dump = s3_get(&client, &dump_key).await;
+    let middle = dump.len() / 2;
+    dump[middle] ^= 0x01;
+    s3_put(&client, &dump_key, dump).await;
+
+    let (run, _) = fleet.run_and_wait("drill");
+    // The report is written right after the run ends; wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = support::status(fleet.path(), &run);
+        if s["report"]["state"] == "written" || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(s["run"]["state"], "failed", "{s:#}");
+    let report = &s["report"];
+    assert_eq!(report["state"], "written", "{s:#}");
+    assert_eq!(report["json"], format!("_reports/drill/{run}.json"));
+    let r = &report["report"];
+    assert_eq!(r["run"], run.as_str());
+    let summary = &r["summary"];
+    assert_eq!(
+        (summary["targets"].as_u64(), summary["passed"].as_u64(), summary["failed"].as_u64()),
+        (Some(3), Some(2), Some(1)),
+        "{r:#}"
+    );
+
+    // Per tenant: RTO and RPO are those of the verdicts stored beside the backups.
+    let mut measured = Vec::new();
+    for t in [&acme, &globex, &initech] {
+        let target = r["targets"].as_array().unwrap().iter().find(|x| x["tenant"] == *t).unwrap();
+        let verdict_key = format!("{}/{}", fleet.name, target["verdict"].as_str().unwrap());
+        let verdict: serde_json::Value = serde_json::from_slice(&s3_get(&client, &verdict_key).await).unwrap();
+        assert_eq!(target["rto_ms"], verdict["rto_ms"], "{t}: {target:#} {verdict:#}");
+        assert_eq!(target["rpo_ms"], verdict["rpo_ms"], "{t}: {target:#} {verdict:#}");
+        assert!(target["rpo_ms"].as_u64().unwrap() > 0, "{target:#}");
+        if *t == globex {
+            assert_eq!(target["outcome"], "failed", "{target:#}");
+            assert!(target["reason"].as_str().unwrap().starts_with("sha256: the dump read is"), "{target:#}");
+            assert_eq!(verdict["passed"], false);
+        } else {
+            assert_eq!(target["outcome"], "passed", "{target:#}");
+            measured.push((verdict["rto_ms"].as_u64().unwrap(), verdict["rpo_ms"].as_u64().unwrap(), t.clone()));
+        }
+    }
+    let (a, b) = (&measured[0], &measured[1]);
+    let worst_rto = if a.0 >= b.0 { a } else { b };
+    assert_eq!(summary["rto"]["worst_ms"], worst_rto.0, "{summary:#}");
+    assert_eq!(summary["rto"]["worst"], format!("{}/core", worst_rto.2), "{summary:#}");
+    assert_eq!(summary["rto"]["median_ms"], (a.0 + b.0) / 2, "{summary:#}");
+    assert_eq!(summary["rpo"]["worst_ms"], a.1.max(b.1), "{summary:#}");
+    assert_eq!(summary["rpo"]["median_ms"], (a.1 + b.1) / 2, "{summary:#}");
+
+    // Stored once: one JSON and one Markdown, which says the same.
+    let prefix = format!("{}/_reports/", fleet.name);
+    let stored = s3_keys(&client, &prefix).await;
+    assert_eq!(stored, [format!("{prefix}drill/{run}.json"), format!("{prefix}drill/{run}.md")]);
+    let json = s3_get(&client, &stored[0]).await;
+    let md = String::from_utf8(s3_get(&client, &stored[1]).await).unwrap();
+    assert!(md.contains("Restores verified: 2 of 3; failed 1"), "{md}");
+    assert!(md.contains(&format!("| {globex} | core | failed |")), "{md}");
+    // `status` prints it.
+    let text = tenantry(fleet.path(), &["status", &run], &[]);
+    assert!(text.stdout().contains("drill report: 2 of 3 restores verified, 1 failed"), "{}", text.all());
+    assert!(text.stdout().contains(&format!("_reports/drill/{run}.md")), "{}", text.all());
+
+    // A worker killed right after the run ended, before the report: the run is in the
+    // active set, without its report. Another worker's maintenance writes the same one.
+    s3_clear(&client, &prefix).await;
+    let active = tenantry::runtime::keys::Keys::new(&fleet.name).active_runs();
+    let redis_client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = redis_client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SADD").arg(&active).arg(&run).query_async(&mut conn).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let members: Vec<String> = redis::cmd("SMEMBERS").arg(&active).query_async(&mut conn).await.unwrap();
+        if !members.contains(&run) && s3_keys(&client, &prefix).await.len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the report was not written again: {members:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s3_get(&client, &stored[0]).await, json, "the rewritten report differs");
+    assert_eq!(String::from_utf8(s3_get(&client, &stored[1]).await).unwrap(), md);
+    drop(workers);
     fleet.drop(&[]).await;
 }
