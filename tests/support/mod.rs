@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod store;
+pub mod tenant_data;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
