@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::store::{s3, s3_clear, s3_get, s3_keys, s3_put, s3_storage_config};
-use support::tenant_data::{clinic_schema, core_database};
+use support::tenant_data::{clinic_schema, core_database, services_config};
 use support::{
-    WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, tenantry, unique, wait_for_state,
+    WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, run_and_wait, tenantry, unique,
 };
 
 /// A fleet of `core` (a database per tenant: customers, orders) and `clinic` (a schema per
@@ -50,22 +50,11 @@ sweep_interval = "200ms"
 engine = "postgres"
 url = "{pg}"
 
-[services.core]
-engine = "postgres"
-isolation = "database"
-host = "main"
-database = "{name}_core_{{tenant}}"
-
-[services.clinic]
-engine = "postgres"
-isolation = "schema"
-host = "main"
-database = "{name}_clinic"
-schema = "tenant_{{tenant}}"
-"#,
+{services}"#,
             redis = redis_url(),
             pg = pg_url(),
             storage = s3_storage_config(&name),
+            services = services_config(&name),
         );
         for t in &tenants {
             config.push_str(&format!("\n[[catalog.tenants]]\nid = \"{t}\"\nservices = [\"core\", \"clinic\"]\n"));
@@ -92,16 +81,8 @@ schema = "tenant_{{tenant}}"
         format!("{}_core_{tenant}", self.name)
     }
 
-    fn run_and_wait(&self, workflow: &str) -> (String, serde_json::Value) {
-        let out = tenantry(self.path(), &["run", workflow], &[]);
-        assert_eq!(out.code(), 0, "{}", out.all());
-        let run = out.stdout().trim().to_string();
-        let s = wait_for_state(self.path(), &run, &["succeeded", "failed", "cancelled"], Duration::from_secs(120));
-        (run, s)
-    }
-
     fn back_up(&self) -> String {
-        let (run, s) = self.run_and_wait("backup");
+        let (run, s) = run_and_wait(self.path(), "backup");
         assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
         run
     }
@@ -114,6 +95,18 @@ schema = "tenant_{{tenant}}"
         let out = tenantry(self.path(), &all, &[]);
         let json = serde_json::from_str(&out.stdout()).unwrap_or(serde_json::Value::Null);
         (out.code(), json, out)
+    }
+
+    /// Flips one byte in the middle of `tenant`'s core dump, through a client of the test's
+    /// own.
+    async fn break_dump(&self, tenant: &str) {
+        let client = s3().await;
+        let keys = s3_keys(&client, &format!("{}/core/{tenant}/", self.name)).await;
+        let dump_key = keys.iter().find(|k| k.ends_with(".pgdump")).unwrap().clone();
+        let mut dump = s3_get(&client, &dump_key).await;
+        let middle = dump.len() / 2;
+        dump[middle] ^= 0x01;
+        s3_put(&client, &dump_key, dump).await;
     }
 
     async fn drop(self, extra_databases: &[String]) {
@@ -276,14 +269,7 @@ async fn a_corrupt_backup_is_refused_and_the_target_is_left_as_it_was() {
     let worker = WorkerProcess::spawn(fleet.path());
     fleet.back_up();
     drop(worker);
-    // One flipped byte in the dump, through a client of the test's own.
-    let client = s3().await;
-    let keys = s3_keys(&client, &format!("{}/core/{acme}/", fleet.name)).await;
-    let dump_key = keys.iter().find(|k| k.ends_with(".pgdump")).unwrap().clone();
-    let mut dump = s3_get(&client, &dump_key).await;
-    let middle = dump.len() / 2;
-    dump[middle] ^= 0x01;
-    s3_put(&client, &dump_key, dump).await;
+    fleet.break_dump(&acme).await;
     let mut live = connect_db(&db).await;
     exec(&mut live, "DELETE FROM orders WHERE id > 20").await;
     drop(live);
@@ -343,15 +329,10 @@ async fn a_drill_reports_rto_and_rpo_per_tenant_with_the_worst_and_median_once()
     let workers = [WorkerProcess::spawn(fleet.path()), WorkerProcess::spawn(fleet.path())];
     fleet.back_up();
     // globex's backup is broken.
+    fleet.break_dump(&globex).await;
     let client = s3().await;
-    let keys = s3_keys(&client, &format!("{}/core/{globex}/", fleet.name)).await;
-    let dump_key = keys.iter().find(|k| k.ends_with(".pgdump")).unwrap().clone();
-    let mut dump = s3_get(&client, &dump_key).await;
-    let middle = dump.len() / 2;
-    dump[middle] ^= 0x01;
-    s3_put(&client, &dump_key, dump).await;
 
-    let (run, _) = fleet.run_and_wait("drill");
+    let (run, _) = run_and_wait(fleet.path(), "drill");
     // The report is written right after the run ends; wait for it.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let s = loop {

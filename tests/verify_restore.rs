@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::store::{s3, s3_clear, s3_get, s3_keys, s3_put, s3_storage_config};
-use support::tenant_data::{clinic_schema, core_database};
+use support::tenant_data::{clinic_schema, core_database, services_config};
 use support::{
     WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, tenantry, unique, wait_for_state,
 };
@@ -70,21 +70,10 @@ scratch_host = "scratch"
 engine = "postgres"
 url = "{pg}"
 
-[services.core]
-engine = "postgres"
-isolation = "database"
-host = "main"
-database = "{name}_core_{{tenant}}"
-
-[services.clinic]
-engine = "postgres"
-isolation = "schema"
-host = "main"
-database = "{name}_clinic"
-schema = "tenant_{{tenant}}"
-"#,
+{services}"#,
             redis = redis_url(),
-            pg = pg_url()
+            pg = pg_url(),
+            services = services_config(&name),
         );
         let services = services.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
         for t in &tenants {

@@ -308,3 +308,13 @@ pub async fn mysql_exec(conn: &mut sqlx::MySqlConnection, sql: &str) {
         .await
         .unwrap_or_else(|e| panic!("fixture SQL failed: {e}\n{sql}"));
 }
+
+/// `tenantry run WORKFLOW` in `cwd`, which must start, and its status once it has ended
+/// (within two minutes): the run id and `status --json`.
+pub fn run_and_wait(cwd: &Path, workflow: &str) -> (String, serde_json::Value) {
+    let out = tenantry(cwd, &["run", workflow], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let run = out.stdout().trim().to_string();
+    let s = wait_for_state(cwd, &run, &["succeeded", "failed", "cancelled"], std::time::Duration::from_secs(120));
+    (run, s)
+}

@@ -35,3 +35,24 @@ pub async fn clinic_schema(clinic: &mut sqlx::PgConnection, tenant: &str, visits
     )
     .await;
 }
+
+/// The `[services.core]` (database per tenant) and `[services.clinic]` (schema per tenant)
+/// sections of a config for the databases above, on host `main`, named after `name`.
+pub fn services_config(name: &str) -> String {
+    format!(
+        r#"
+[services.core]
+engine = "postgres"
+isolation = "database"
+host = "main"
+database = "{name}_core_{{tenant}}"
+
+[services.clinic]
+engine = "postgres"
+isolation = "schema"
+host = "main"
+database = "{name}_clinic"
+schema = "tenant_{{tenant}}"
+"#
+    )
+}
