@@ -129,7 +129,37 @@ async fn follow(runtime: &Runtime, id: &str, json: bool) -> Result<(), Failure> 
     } else {
         eprintln!("run {id} {}: {}", record.state, record.reason.clone().unwrap_or_default());
     }
+    if record.report.is_some() {
+        await_report(runtime, &record, json).await;
+    }
     if record.state == RunState::Succeeded { Ok(()) } else { Err(Failure::Reported) }
+}
+
+/// After a run with a report ended: waits (a minute at most) until a worker has written
+/// its report, and says where it is, so that `status` right after shows it.
+async fn await_report(runtime: &Runtime, record: &RunRecord, json: bool) {
+    let kind = record.report.as_deref().unwrap_or("drill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = runtime.store.record(&record.id).await.unwrap_or_else(|_| record.clone());
+        let status = report_status(runtime, &current, kind).await;
+        let done = status.state != "pending" || status.error.is_some();
+        if done || std::time::Instant::now() > deadline {
+            if !json {
+                match (status.state, &status.error) {
+                    ("written", _) => {
+                        eprintln!("{kind} report written: {} (see `tenantry status {}`)", status.markdown, record.id)
+                    }
+                    (_, Some(e)) => eprintln!("{kind} report not written: {e}"),
+                    _ => {
+                        eprintln!("{kind} report not written yet; a worker writes it (`tenantry status {}`)", record.id)
+                    }
+                }
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `tenantry runs`: recent runs, newest first.
