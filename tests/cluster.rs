@@ -78,6 +78,7 @@ fn spec(workflow: &str, waves: Vec<Wave>, hosts: &[(&str, &str)], limits: &[(&st
         migrations: Default::default(),
         receipt_run: None,
         timezone: None,
+        report: None,
     }
 }
 

@@ -384,6 +384,7 @@ fn empty_run(workflow: &str) -> tenantry::runtime::model::RunSpec {
         migrations: Default::default(),
         receipt_run: None,
         timezone: None,
+        report: None,
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::store::{s3, s3_clear, s3_get, s3_keys, s3_put, s3_storage_config};
+use support::tenant_data::{clinic_schema, core_database, services_config};
 use support::{
     WorkerProcess, clear_redis, connect_db, exec, pg_admin, pg_url, redis_url, tenantry, unique, wait_for_state,
 };
@@ -35,37 +36,10 @@ impl Fleet {
         let tenants: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut admin = pg_admin().await;
         exec(&mut admin, &format!("CREATE DATABASE {name}_clinic")).await;
-        for (i, t) in tenants.iter().enumerate() {
-            exec(&mut admin, &format!("CREATE DATABASE {name}_core_{t}")).await;
-            let mut core = connect_db(&format!("{name}_core_{t}")).await;
-            exec(
-                &mut core,
-                &format!(
-                    "CREATE TABLE customers (id int PRIMARY KEY, name text);
-                     CREATE TABLE orders (id int PRIMARY KEY, customer int REFERENCES customers, total numeric);
-                     INSERT INTO customers SELECT g, '{t}-' || g FROM generate_series(1, {c}) g;
-                     INSERT INTO orders SELECT g, 1 + g % {c}, g * 1.5 FROM generate_series(1, {o}) g;
-                     CREATE TABLE tenantry_migrations (version text PRIMARY KEY, state text NOT NULL);
-                     INSERT INTO tenantry_migrations VALUES ('1', 'applied'), ('2', 'applied');",
-                    c = 10 + i,
-                    o = 100 * (i + 1)
-                ),
-            )
-            .await;
-        }
         let mut clinic = connect_db(&format!("{name}_clinic")).await;
         for (i, t) in tenants.iter().enumerate() {
-            exec(
-                &mut clinic,
-                &format!(
-                    "CREATE SCHEMA tenant_{t}; CREATE TABLE tenant_{t}.visits (id int PRIMARY KEY, note text);
-                     INSERT INTO tenant_{t}.visits SELECT g, 'visit ' || g FROM generate_series(1, {n}) g;
-                     CREATE TABLE tenant_{t}.tenantry_migrations (version text PRIMARY KEY, state text NOT NULL);
-                     INSERT INTO tenant_{t}.tenantry_migrations VALUES ('20260101000000', 'applied');",
-                    n = 5 * (i + 1)
-                ),
-            )
-            .await;
+            core_database(&mut admin, &format!("{name}_core_{t}"), t, 10 + i, 100 * (i + 1)).await;
+            clinic_schema(&mut clinic, t, 5 * (i + 1)).await;
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("workflows")).unwrap();
@@ -96,21 +70,10 @@ scratch_host = "scratch"
 engine = "postgres"
 url = "{pg}"
 
-[services.core]
-engine = "postgres"
-isolation = "database"
-host = "main"
-database = "{name}_core_{{tenant}}"
-
-[services.clinic]
-engine = "postgres"
-isolation = "schema"
-host = "main"
-database = "{name}_clinic"
-schema = "tenant_{{tenant}}"
-"#,
+{services}"#,
             redis = redis_url(),
-            pg = pg_url()
+            pg = pg_url(),
+            services = services_config(&name),
         );
         let services = services.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
         for t in &tenants {

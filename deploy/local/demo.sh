@@ -6,7 +6,11 @@
 #   4. writes deploy/local/tenantry.toml for that fleet,
 #   5. runs `tenantry validate`, `tenantry tenants` and `tenantry plan <workflow>` on it,
 #   6. runs the health workflow over the whole fleet with two workers, with progress bars,
-#   7. rolls the new migrations out in waves: canaries, an approval gate, then 10 %.
+#   7. runs the nightly workflow end to end (health, backups into the local s3s-fs store,
+#      retention, a verified restore of a rotating tenth of the fleet) and lists the backups,
+#   8. runs a disaster-recovery drill on a few tenants and prints its RTO/RPO report,
+#   9. restores one tenant's backup into a database of its own with `tenantry restore`,
+#  10. rolls the new migrations out in waves: canaries, an approval gate, then 10 %.
 #
 # Usage: deploy/local/demo.sh [--keep-data]
 #   --keep-data   keep an existing demo fleet instead of seeding it afresh
@@ -194,6 +198,45 @@ if ((built)); then
         failures+=("tenantry run health")
     fi
 
+    header "tenantry run nightly --wait: health, backup, prune_backups and verify_restore (a 10 % sample)"
+    note "every tenant's database or schema is dumped with pg_dump into s3s-fs (bucket $TENANTRY_S3_BUCKET, prefix demo/),"
+    note "with a manifest of its row counts; a rotating tenth is restored into a scratch database and checked"
+    printf '    $ tenantry --config %s run nightly --wait\n\n' "${config#"$root"/}" >&2
+    rc=0
+    nightly=$("$bin" --config "$config" run nightly --wait </dev/null) || rc=$?
+    if [[ -n $nightly ]]; then
+        # Tenants that failed (with the step and the reason) are listed by status.
+        run_tenantry "status-nightly" 40 status "$nightly"
+    fi
+    if ((rc == 3 || rc == 2)) || [[ -z $nightly ]]; then
+        note "!! tenantry run nightly failed with exit status $rc"
+        failures+=("tenantry run nightly")
+    fi
+
+    header "tenantry backups: per tenant and service, its backups, their sizes and the last verification"
+    run_tenantry backups 25 backups
+    run_tenantry backups-acme 10 backups acme-insurance
+
+    header "tenantry run dr-drill: a disaster-recovery drill of a few tenants, with its report"
+    note "workflows/dr-drill.toml restores every targeted tenant's newest backup (no sample) and writes a"
+    note "drill report (RTO and RPO per tenant, the fleet's worst and median) to _reports/ in the store"
+    drill_tenants=()
+    for t in acme-insurance globex-mutual initech-assurance; do drill_tenants+=(--tenant "$t"); done
+    rc=0
+    drill=$("$bin" --config "$config" run dr-drill "${drill_tenants[@]}" --wait </dev/null) || rc=$?
+    if [[ -n $drill ]]; then
+        run_tenantry "status-drill" 40 status "$drill"
+    fi
+    if ((rc == 3 || rc == 2)) || [[ -z $drill ]]; then
+        note "!! tenantry run dr-drill failed with exit status $rc"
+        failures+=("tenantry run dr-drill")
+    fi
+
+    header "tenantry restore: acme-insurance's newest core backup, into a database of its own"
+    note "restored beside the target, checked against the manifest (SHA-256, tables, row counts), then put in"
+    note "place; --force because the demo restores into the same database every time it runs"
+    run_tenantry restore 20 restore acme-insurance --service core --into tenantry_demo_acme_restored --force
+
     header "tenantry run rollout: the pending migrations, in waves (canaries, approval, 10 %, the rest)"
     note "migrations/ has one new migration per service that the seeded fleet has not applied yet"
     run_tenantry "plan-rollout" 12 plan rollout
@@ -244,6 +287,8 @@ cat >&2 <<EOF
       $bin --config deploy/local/tenantry.toml tenants --json
       $bin --config deploy/local/tenantry.toml plan ${workflow:-nightly} --tenant acme-insurance
       $bin --config deploy/local/tenantry.toml runs
+      $bin --config deploy/local/tenantry.toml backups --stale
+      $bin --config deploy/local/tenantry.toml restore acme-insurance --service clinic --into acme_restored
       $bin --config deploy/local/tenantry.toml serve        # scheduler + worker; Ctrl-C drains
       psql postgres://postgres@127.0.0.1:$TENANTRY_PG_PORT/tenantry_demo_system -c 'select * from tenants limit 5'
       psql 'postgres://postgres@127.0.0.1:$TENANTRY_PG_PORT/tenantry_demo_acme-insurance_core' -c 'table tenantry_migrations'

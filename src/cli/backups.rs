@@ -254,9 +254,8 @@ fn verdict(b: &Row, now: DateTime<Utc>) -> String {
     }
 }
 
-/// `3d 4h`, `5h 12m`, `40m`, `12s`: the two largest units.
 /// `812 B`, `3.4 KiB`, `12.0 MiB`, `1.5 GiB`.
-fn size(bytes: u64) -> String {
+pub(super) fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");

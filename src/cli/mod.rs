@@ -7,6 +7,7 @@ mod backups;
 mod context;
 mod drift;
 mod plan;
+mod restore;
 mod runs;
 mod serve;
 mod tenants;
@@ -74,6 +75,28 @@ pub enum Command {
         /// `[backups]` allows (active tenants, unless TENANT names one); exit 1 when any.
         #[arg(long)]
         stale: bool,
+    },
+    /// Restore a tenant's newest complete backup of a service (or --backup KEY) into its own
+    /// database or schema, or --into another one on its host. The backup is restored beside
+    /// the target, checked against its manifest (SHA-256, tables, row counts, schema
+    /// version), and only then put in the target's place; a target that holds anything is
+    /// refused unless --force.
+    Restore {
+        tenant: String,
+        /// The service whose backup to restore.
+        #[arg(long, value_name = "S")]
+        service: String,
+        /// A backup folder (`20261124T230501Z_RUN`, or `service/tenant/folder`); default:
+        /// the newest complete backup (see `tenantry backups TENANT`).
+        #[arg(long, value_name = "KEY")]
+        backup: Option<String>,
+        /// Another database (database isolation) or schema in the tenant's database (schema
+        /// isolation) on the tenant's host; never another tenant's placement.
+        #[arg(long, value_name = "DATABASE|SCHEMA")]
+        into: Option<String>,
+        /// Replace a target that holds something (its sessions are ended; see the README).
+        #[arg(long)]
+        force: bool,
     },
     /// Enqueue a one-off run of a workflow.
     Run {
@@ -162,6 +185,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Backups { tenant, service, stale } => {
             backups::run(&ctx, tenant.as_deref(), service.as_deref(), *stale, cli.json).await
+        }
+        Command::Restore { tenant, service, backup, into, force } => {
+            let request =
+                restore::Request { tenant, service, backup: backup.as_deref(), into: into.as_deref(), force: *force };
+            restore::run(&ctx, &request, cli.json).await
         }
         Command::Run { workflow, tenants, wait, changed_by } => {
             runs::run(&ctx, workflow, tenants, changed_by.as_deref(), *wait, cli.json).await

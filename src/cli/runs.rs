@@ -129,7 +129,37 @@ async fn follow(runtime: &Runtime, id: &str, json: bool) -> Result<(), Failure> 
     } else {
         eprintln!("run {id} {}: {}", record.state, record.reason.clone().unwrap_or_default());
     }
+    if record.report.is_some() {
+        await_report(runtime, &record, json).await;
+    }
     if record.state == RunState::Succeeded { Ok(()) } else { Err(Failure::Reported) }
+}
+
+/// After a run with a report ended: waits (a minute at most) until a worker has written
+/// its report, and says where it is, so that `status` right after shows it.
+async fn await_report(runtime: &Runtime, record: &RunRecord, json: bool) {
+    let kind = record.report.as_deref().unwrap_or("drill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = runtime.store.record(&record.id).await.unwrap_or_else(|_| record.clone());
+        let status = report_status(runtime, &current, kind).await;
+        let done = status.state != "pending" || status.error.is_some();
+        if done || std::time::Instant::now() > deadline {
+            if !json {
+                match (status.state, &status.error) {
+                    ("written", _) => {
+                        eprintln!("{kind} report written: {} (see `tenantry status {}`)", status.markdown, record.id)
+                    }
+                    (_, Some(e)) => eprintln!("{kind} report not written: {e}"),
+                    _ => {
+                        eprintln!("{kind} report not written yet; a worker writes it (`tenantry status {}`)", record.id)
+                    }
+                }
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `tenantry runs`: recent runs, newest first.
@@ -162,6 +192,22 @@ struct Status {
     waves: Vec<WaveStatus>,
     tenants: BTreeMap<String, Checkpoint>,
     events: Vec<serde_json::Value>,
+    /// The run's report, for a workflow that writes one (`report = "drill"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<ReportStatus>,
+}
+
+#[derive(Serialize)]
+struct ReportStatus {
+    kind: String,
+    /// `written`, `pending` (the run is going, or its report is being written), `failed`.
+    state: &'static str,
+    /// Keys relative to the store's prefix.
+    json: String,
+    markdown: String,
+    /// Why it could not be written, or read.
+    error: Option<String>,
+    report: Option<crate::runtime::report::DrillReport>,
 }
 
 #[derive(Serialize)]
@@ -215,7 +261,37 @@ async fn load_status(runtime: &Runtime, id: &str) -> Result<Status, Failure> {
             WaveStatus { index: w.index, name: w.name.clone(), tenants: w.tenants.len(), counts }
         })
         .collect();
-    Ok(Status { run, waves, tenants, events })
+    let report = match &run.report {
+        Some(kind) => Some(report_status(runtime, &run, kind).await),
+        None => None,
+    };
+    Ok(Status { run, waves, tenants, events, report })
+}
+
+/// Where the run's report stands, with the report once it is written.
+async fn report_status(runtime: &Runtime, run: &RunRecord, kind: &str) -> ReportStatus {
+    use crate::runtime::report;
+    let (json, markdown) = report::keys(&run.workflow, &run.id);
+    let mut status =
+        ReportStatus { kind: kind.to_string(), state: "pending", json, markdown, error: None, report: None };
+    if let Some(e) = &run.report_error {
+        status.state = "failed";
+        status.error = Some(e.clone());
+        return status;
+    }
+    let Some(store) = runtime.objects() else {
+        status.error = Some("this config has no [storage] to read the report from".to_string());
+        return status;
+    };
+    match report::read(store, &run.workflow, &run.id).await {
+        Ok(Some(r)) => {
+            status.state = "written";
+            status.report = Some(r);
+        }
+        Ok(None) => {}
+        Err(e) => status.error = Some(e.to_string()),
+    }
+    status
 }
 
 fn print_status(s: &Status) {
@@ -263,6 +339,57 @@ fn print_status(s: &Status) {
             println!("... {} more (use --json)", notable.len() - 200);
         }
     }
+    if let Some(report) = &s.report {
+        print_report(report, r.state.is_terminal());
+    }
+}
+
+/// Targets of a drill report printed by `status`; the rest are in the stored report.
+const REPORT_LINES: usize = 100;
+
+fn print_report(status: &ReportStatus, ended: bool) {
+    use crate::runtime::report::{Outcome, duration};
+    println!();
+    let Some(r) = &status.report else {
+        let why = match (&status.error, ended) {
+            (Some(e), _) => format!("not available: {e}"),
+            (None, true) => "being written by a worker".to_string(),
+            (None, false) => "written when the run ends".to_string(),
+        };
+        println!("{} report {}: {why}", status.kind, status.json);
+        return;
+    };
+    let s = &r.summary;
+    println!(
+        "drill report: {} of {} restores verified, {} failed, {} skipped, {} not run",
+        s.passed, s.targets, s.failed, s.skipped, s.not_run
+    );
+    for (name, spread) in [("RTO", &s.rto), ("RPO", &s.rpo)] {
+        if let Some(x) = spread {
+            println!("  {name} worst {} ({}), median {}", duration(x.worst_ms), x.worst, duration(x.median_ms));
+        }
+    }
+    println!("\n{:24} {:10} {:8} {:>9} {:>9}  BACKUP / REASON", "TENANT", "SERVICE", "OUTCOME", "RTO", "RPO");
+    for t in r.targets.iter().take(REPORT_LINES) {
+        let detail = match t.outcome {
+            Outcome::Passed => t.backup.clone().unwrap_or_default(),
+            _ => t.reason.clone().unwrap_or_default(),
+        };
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), duration);
+        println!(
+            "{:24} {:10} {:8} {:>9} {:>9}  {}",
+            t.tenant,
+            t.service,
+            t.outcome.as_str(),
+            ms(t.rto_ms),
+            ms(t.rpo_ms),
+            detail
+        );
+    }
+    if r.targets.len() > REPORT_LINES {
+        println!("... {} more in the report", r.targets.len() - REPORT_LINES);
+    }
+    println!("report: {} and {} (under [storage] prefix)", status.json, status.markdown);
 }
 
 /// `approve`, `pause`, `resume`, `cancel`.

@@ -70,6 +70,7 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
         tenants: snapshots,
         receipt_run: None,
         timezone: spec.timezone.clone(),
+        report: spec.report,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod launch;
 pub mod model;
 pub mod queue;
+pub mod report;
 pub mod retry;
 pub mod scheduler;
 pub mod store;

@@ -217,6 +217,10 @@ pub struct RunSpec {
     /// None: UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// The report the run writes when it ends (the workflow's `report`). Such a run stays in
+    /// the active set until a worker has written it (see `Runtime::conclude`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::workflow::ReportKind>,
 }
 
 impl RunSpec {
@@ -287,6 +291,12 @@ pub struct Checkpoint {
     /// array into an empty object).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "outputs_from_text")]
     pub outputs: BTreeMap<String, serde_json::Value>,
+}
+
+/// A unit's name within a tenant's run (`step/service`): its key in
+/// [`Checkpoint::outputs`] and in receipts.
+pub fn unit_label(step: &StepSpec, service: &str) -> String {
+    format!("{}/{service}", step.label())
 }
 
 /// Encodes one unit's output for a checkpoint patch (see [`Checkpoint::outputs`]).
@@ -374,6 +384,10 @@ pub struct RunRecord {
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub soak_until_ms: Option<i64>,
+    /// The report the run writes when it ends (`drill`), if its workflow asks for one.
+    pub report: Option<String>,
+    /// Why that report could not be written (the run gave up on it).
+    pub report_error: Option<String>,
 }
 
 #[cfg(test)]

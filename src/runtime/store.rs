@@ -305,6 +305,26 @@ impl RunStore {
         Ok(())
     }
 
+    /// [`RunStore::retire`] for a run that ended without its spec at hand (cancel, an
+    /// operator's transition): a run that writes a report stays in the active set, where the
+    /// maintenance pass writes its report and then retires it.
+    async fn retire_unless_reporting(&self, run: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let report: Option<String> = conn.hget(self.keys.run(run), "report").await?;
+        if report.is_none_or(|r| r.is_empty()) {
+            self.retire(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Records in the run's record why its report could not be written (a permanent
+    /// problem: the run is retired without it).
+    pub async fn note_report_error(&self, run: &str, message: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.hset::<_, _, _, ()>(self.keys.run(run), "report_error", message).await?;
+        Ok(())
+    }
+
     /// The commands that write a new run (everything but the runs index and the active
     /// set, which are global keys), in one atomic pipeline on the run's slot.
     fn create_pipe(&self, spec: &RunSpec, trigger: &Trigger, queued: bool, now: i64) -> redis::Pipeline {
@@ -337,6 +357,10 @@ impl RunStore {
                 ("updated_ms", now.to_string()),
             ],
         );
+        // Read by cancel and transition, which end a run without its spec at hand.
+        if let Some(report) = spec.report {
+            pipe.hset(k.run(&spec.id), "report", report.as_str());
+        }
         pipe.set(k.run_spec(&spec.id), serde_json::to_string(spec).expect("spec serialises"));
         // Tenants with nothing to do (see `launch::skip_up_to_date`) are done from the start.
         let mut done_per_wave: BTreeMap<usize, u64> = BTreeMap::new();
@@ -433,7 +457,8 @@ impl RunStore {
             .await?;
         let mut it = out.into_iter();
         let state = it.next().unwrap_or_default();
-        if RunState::parse(&state).is_some_and(|s| s.is_terminal()) {
+        // A run that writes a report stays active until it is written (`Runtime::conclude`).
+        if RunState::parse(&state).is_some_and(|s| s.is_terminal()) && spec.report.is_none() {
             self.retire(&spec.id).await?;
         }
         Ok((state, it.filter_map(|s| parse_dispatch(&s)).collect()))
@@ -639,7 +664,7 @@ impl RunStore {
             .await?;
         match (out.first().map(String::as_str), out.get(1).map(String::as_str)) {
             (Some("ok"), previous) => {
-                self.retire(run).await?;
+                self.retire_unless_reporting(run).await?;
                 Ok(previous.and_then(RunState::parse).unwrap_or(RunState::Running))
             }
             (_, Some("missing") | None) => Err(StoreError::NoSuchRun(run.to_string())),
@@ -703,7 +728,7 @@ impl RunStore {
         match out.first().map(String::as_str) {
             Some("ok") => {
                 if to.is_terminal() {
-                    self.retire(run).await?;
+                    self.retire_unless_reporting(run).await?;
                 }
                 Ok(out.get(1).and_then(|s| RunState::parse(s)).unwrap_or(to))
             }
@@ -756,6 +781,8 @@ impl RunStore {
             started_ms: num("started_ms"),
             finished_ms: num("finished_ms"),
             soak_until_ms: num("soak_until_ms").filter(|s| *s > 0),
+            report: h.get("report").filter(|r| !r.is_empty()).cloned(),
+            report_error: h.get("report_error").filter(|r| !r.is_empty()).cloned(),
         })
     }
 

@@ -206,7 +206,63 @@ impl Runtime {
     pub async fn advance(&self, spec: &RunSpec) -> Result<String, StoreError> {
         let (state, dispatched) = self.store.advance(spec, self.grace()).await?;
         self.push(&spec.id, dispatched).await;
+        if spec.report.is_some() && RunState::parse(&state).is_some_and(RunState::is_terminal) {
+            self.conclude(spec).await?;
+        }
         Ok(state)
+    }
+
+    /// The object store of this process's configuration, if it has one.
+    pub fn objects(&self) -> Option<&crate::storage::ObjectStore> {
+        self.objects.as_deref()
+    }
+
+    /// The last thing that happens to a finished run whose workflow asks for a report: the
+    /// report is written (see [`super::report`]), then the run leaves the active set. Until
+    /// then it stays there, so that when this process dies first, the maintenance pass of
+    /// any worker does it; doing it twice writes the same report. A store that is down
+    /// leaves the run for the next pass; a problem that waiting does not mend (no
+    /// `[storage]`, a refused write) is noted in the run's record, and the run retired
+    /// without its report.
+    pub async fn conclude(&self, spec: &RunSpec) -> Result<(), StoreError> {
+        if spec.report.is_some() {
+            // Redis being away is this pass's problem, not the report's: `?`.
+            let record = self.store.record(&spec.id).await?;
+            let checkpoints = self.store.checkpoints(&spec.id).await?;
+            match self.write_report(spec, &record, &checkpoints).await {
+                Ok(Some(written)) => info!(run = %spec.id, key = written, "drill report written"),
+                Ok(None) => return Ok(()),
+                Err(message) => {
+                    warn!(run = %spec.id, error = %message, "the run's drill report cannot be written");
+                    self.store.note_report_error(&spec.id, &message).await?;
+                }
+            }
+        }
+        self.store.retire(&spec.id).await
+    }
+
+    /// Writes the run's drill report: `Ok(Some(key))` when it is stored, `Ok(None)` when the
+    /// store failed in a way that may pass (the run stays for the next pass), `Err` when
+    /// trying again cannot help.
+    async fn write_report(
+        &self,
+        spec: &RunSpec,
+        record: &super::model::RunRecord,
+        checkpoints: &std::collections::BTreeMap<String, super::model::Checkpoint>,
+    ) -> Result<Option<String>, String> {
+        let Some(store) = self.objects.as_deref() else {
+            return Err("the worker's config has no [storage] to write the drill report to".to_string());
+        };
+        let verdicts = super::report::failed_verdicts(store, spec, checkpoints).await;
+        let report = super::report::build(spec, record, checkpoints, &verdicts);
+        match super::report::store(store, &report).await {
+            Ok(_) => Ok(Some(super::report::keys(&spec.workflow, &spec.id).0)),
+            Err(e) if e.transient => {
+                warn!(run = %spec.id, error = %e, "writing the drill report failed; the next maintenance pass tries again");
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// A name for one claim attempt, unique across processes and attempts.
@@ -221,6 +277,9 @@ impl Runtime {
     async fn advance_taking_one(&self, spec: &RunSpec) -> Result<Option<TenantTask>, StoreError> {
         let (state, mut dispatched) = self.store.advance(spec, self.grace()).await?;
         if RunState::parse(&state).is_some_and(RunState::is_terminal) {
+            if spec.report.is_some() {
+                self.conclude(spec).await?;
+            }
             self.forget(&spec.id);
         }
         let own = if self.stopping.is_cancelled() || dispatched.is_empty() { None } else { Some(dispatched.remove(0)) };
@@ -269,8 +328,13 @@ impl Runtime {
         let mut records = Vec::with_capacity(active.len());
         for run in &active {
             match self.store.record(run).await {
-                // Ended, but the process that ended it died before it left the active set.
-                Ok(r) if r.state.is_terminal() => self.store.retire(run).await?,
+                // Ended, but the process that ended it died before it left the active set
+                // (or before it wrote the run's report), or an operator ended it.
+                Ok(r) if r.state.is_terminal() => match self.spec(run).await {
+                    Ok(spec) => self.conclude(&spec).await?,
+                    Err(StoreError::NoSuchRun(_)) => self.store.retire(run).await?,
+                    Err(e) => return Err(e),
+                },
                 Ok(r) => records.push(r),
                 Err(StoreError::NoSuchRun(_)) => {}
                 Err(e) => return Err(e),
@@ -553,7 +617,7 @@ impl Runtime {
         while unit < snapshot.units.len() {
             let u = &snapshot.units[unit];
             let step = &spec.steps[u.step];
-            let label = format!("{}/{}", step.label(), u.service);
+            let label = super::model::unit_label(step, &u.service);
             let Some(placement) = snapshot.placements.get(&u.service) else {
                 let error = format!("step {label}: no placement for service {}", u.service);
                 return Ok(Ending::Finish(TenantState::Failed, Some(error), serde_json::json!({})));

@@ -14,6 +14,7 @@ pub mod planned;
 pub mod provision;
 pub mod prune_backups;
 pub mod receipt;
+pub mod restore;
 pub mod seed;
 mod spec;
 pub mod sql;

@@ -7,7 +7,8 @@
 //!   nothing of `template1` is counted as restored.
 //! - **Streaming**: the dump is read from the store once, hashed on the way and piped into
 //!   `pg_restore --no-owner --no-acl --exit-on-error` (a custom-format archive restores from
-//!   a pipe when it is not restored in parallel). Nothing of the tenant's size is kept in
+//!   a pipe when it is not restored in parallel), by the restore code this step shares with
+//!   `tenantry restore` ([`super::restore`]). Nothing of the tenant's size is kept in
 //!   memory or on local disk. The password reaches `pg_restore` through libpq's environment.
 //! - **Checks**, in order, each in the verdict: `manifest` (readable, of this tenant and
 //!   service), `sha256` (size and SHA-256 of the dump as read, against the manifest),
@@ -31,20 +32,21 @@
 //!   target's backup listing and takes the least recently verified tenth, so every target is
 //!   verified within `100 / sample` runs; the others are skipped with the reason.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::backup::{DumpInfo, Manifest, TableRows, count_rows, schema_version};
+use super::backup::{Manifest, count_rows, schema_version};
 use super::define::{Findings, PlanEnv, Step};
 use super::planned::{check_sample, check_smoke_queries};
+use super::restore::{
+    DumpFormat, Target, choose_backup, compare_tables, compare_version, outcome, restorer, staged_name, staged_prefix,
+    stream,
+};
 use super::{StepContext, StepError};
 use crate::catalog::{Engine, HostSpec, Isolation, Placement};
 use crate::engine::postgres::{quote_ident, quote_literal};
@@ -104,47 +106,17 @@ impl Step for VerifyRestore {
 /// database is only ever dropped by this step when its name does.
 pub const SCRATCH_PREFIX: &str = "tenantry_verify_";
 
-/// PostgreSQL's identifier limit (NAMEDATALEN - 1).
-const MAX_NAME: usize = 63;
-
 /// Backup listings read at once while choosing a sample.
 const LISTINGS_AT_ONCE: usize = 8;
 
-/// How much of `pg_restore`'s stderr a failed `restore` check quotes (its end).
-const STDERR_KEPT: usize = 2000;
-
-/// Bytes read from the store and written to `pg_restore` at a time.
-const CHUNK: usize = 256 * 1024;
-
-/// The prefix of every scratch database of `tenant`: [`SCRATCH_PREFIX`] and 12 hex digits
-/// of the SHA-256 of the id. (Tenant ids may contain `_`, so the id itself cannot end an
-/// unambiguous prefix: `tenantry_verify_a_` would also match tenant `a_b`'s databases.)
+/// The prefix of every scratch database of `tenant` (see [`staged_prefix`]).
 pub fn scratch_prefix(tenant: &str) -> String {
-    let digest = hex::encode(Sha256::digest(tenant.as_bytes()));
-    format!("{SCRATCH_PREFIX}{}_", &digest[..12])
+    staged_prefix(SCRATCH_PREFIX, tenant)
 }
 
-/// A scratch database name for one attempt of `run` on `tenant`: the tenant's
-/// [`scratch_prefix`], 8 hex digits unique to the attempt (the run, this process, a counter,
-/// the time), and as much of the tenant id as fits in 63 bytes, for people reading `\l`.
+/// A scratch database name for one attempt of `run` on `tenant` (see [`staged_name`]).
 pub fn scratch_name(tenant: &str, run: &str) -> String {
-    static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = Sha256::new();
-    h.update(run.as_bytes());
-    h.update(std::process::id().to_le_bytes());
-    h.update(ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
-    h.update(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes(),
-    );
-    let attempt = hex::encode(&h.finalize()[..4]);
-    let mut name = format!("{}{attempt}_", scratch_prefix(tenant));
-    for c in tenant.chars() {
-        if name.len() + c.len_utf8() > MAX_NAME {
-            break;
-        }
-        name.push(c);
-    }
-    name
+    staged_name(SCRATCH_PREFIX, tenant, run)
 }
 
 /// `backup = "..."`: a folder name, or a `service/tenant/folder` path, inside the store.
@@ -310,33 +282,6 @@ fn sql_error(who: &Who<'_>, what: &str) -> impl Fn(sqlx::Error) -> StepError + u
 /// A step error with who it is about in front of its message.
 fn about(who: &Who<'_>, e: StepError) -> StepError {
     StepError { message: format!("{who}: {}", e.message), ..e }
-}
-
-fn outcome(name: &str, passed: bool, detail: impl Into<String>) -> Check {
-    Check { name: name.to_string(), passed, detail: detail.into() }
-}
-
-/// The backup to verify among a tenant's folders (oldest first).
-fn choose_backup<'f>(
-    folders: &'f [BackupFolder],
-    named: Option<&str>,
-    prefix: &str,
-) -> Result<&'f BackupFolder, String> {
-    let Some(named) = named else {
-        return folders.iter().rev().find(|f| f.complete).ok_or_else(|| {
-            format!("no complete backup (a folder with its manifest) under {prefix}; run the backup step first")
-        });
-    };
-    let named = named.trim_end_matches('/');
-    let folder = if named.contains('/') { named.to_string() } else { format!("{prefix}{named}") };
-    let found = folders
-        .iter()
-        .find(|f| f.folder == folder)
-        .ok_or_else(|| format!("backup {folder} (option `backup`) is not among the tenant's backups under {prefix}"))?;
-    if !found.complete {
-        return Err(format!("backup {folder} has no manifest: it is not a complete backup"));
-    }
-    Ok(found)
 }
 
 #[tracing::instrument(skip_all, fields(run = ctx.run, tenant = ctx.tenant, service = %ctx.placement.service, step = ctx.unit))]
@@ -568,27 +513,15 @@ async fn restore_into(
 ) -> Result<u64, StepError> {
     let who = Who { tenant: ctx.tenant, service: &ctx.placement.service };
     let dump = &manifest.dump;
-    let Some(streamed) = stream_restore(&who, store, dump, host, scratch).await? else {
+    let format = DumpFormat::of(manifest).map_err(|e| StepError::permanent(format!("{who}: {e}")))?;
+    // Its own application name, for pg_stat_activity (the name ends with the attempt's tag).
+    let app_name = format!("tenantry-verify-{}", &scratch[SCRATCH_PREFIX.len()..]);
+    let start = || restorer(format, host, Target::Database(scratch), &app_name);
+    let Some(streamed) = stream(store, &dump.key, start).await.map_err(|e| about(&who, e))? else {
         checks.push(outcome("sha256", false, format!("the dump {} that the manifest names does not exist", dump.key)));
         return Ok(0);
     };
-    let intact = streamed.size == dump.size && streamed.sha256 == dump.sha256;
-    checks.push(outcome(
-        "sha256",
-        intact,
-        if intact {
-            format!("{} bytes, sha256 {}", streamed.size, streamed.sha256)
-        } else {
-            format!(
-                "the dump read is {} bytes with sha256 {}; the manifest says {} bytes with sha256 {}",
-                streamed.size, streamed.sha256, dump.size, dump.sha256
-            )
-        },
-    ));
-    checks.push(match &streamed.restore {
-        Ok(()) => outcome("restore", true, format!("{} succeeded", streamed.tool)),
-        Err(e) => outcome("restore", false, e.clone()),
-    });
+    checks.extend(streamed.checks(dump, format.tool()));
 
     let mut conn = scratch_options.connect().await.map_err(sql_error(&who, "connecting to the scratch database"))?;
     let scope = (manifest.isolation == Isolation::Schema.as_str()).then_some(manifest.schema.as_str());
@@ -601,160 +534,6 @@ async fn restore_into(
     }
     let _ = conn.close().await;
     Ok(streamed.size)
-}
-
-struct Streamed {
-    /// `pg_restore`, or `psql` for a row-isolation script.
-    tool: &'static str,
-    size: u64,
-    sha256: String,
-    /// `pg_restore`'s outcome; `Err` quotes the end of its stderr.
-    restore: Result<(), String>,
-}
-
-/// Reads the dump once, hashing it and writing it to `pg_restore`'s stdin (a row-isolation
-/// script: gunzipped into `psql --single-transaction`'s). When the tool stops early (it
-/// failed), the rest is still read for the checksum. `None` when there is no such object.
-async fn stream_restore(
-    who: &Who<'_>,
-    store: &ObjectStore,
-    dump: &DumpInfo,
-    host: &HostSpec,
-    scratch: &str,
-) -> Result<Option<Streamed>, StepError> {
-    let script = match dump.format.as_str() {
-        "pg_dump_custom" => false,
-        super::backup_rows::FORMAT => true,
-        other => return Err(StepError::permanent(format!("{who}: {} has an unknown format {other:?}", dump.key))),
-    };
-    let Some(mut reader) = store.get(&dump.key).await.map_err(|e| store_error(who, e))? else { return Ok(None) };
-    let tool = if script { "psql" } else { "pg_restore" };
-    let mut cmd = crate::engine::tools::libpq_command(tool, &host.url, scratch);
-    // Its own application name, for pg_stat_activity (the name ends with the attempt's tag).
-    cmd.env("PGAPPNAME", format!("tenantry-verify-{}", &scratch[SCRATCH_PREFIX.len()..]));
-    if script {
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password"]);
-    } else {
-        cmd.args(["--no-owner", "--no-acl", "--exit-on-error", "--no-password"]);
-    }
-    cmd.arg(format!("--dbname={scratch}"));
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        StepError::permanent(format!("{who}: cannot run {tool}: {e} (install the PostgreSQL client tools)"))
-    })?;
-    let mut stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = match child.stdin.take() {
-        Some(pipe) if script => Some(Box::new(async_compression::tokio::write::GzipDecoder::new(pipe))),
-        Some(pipe) => Some(Box::new(pipe)),
-        None => None,
-    };
-    let stderr = child.stderr.take().map(|pipe| crate::engine::tools::keep_tail(pipe, STDERR_KEPT));
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    // A script that is not valid gzip: psql must not reach the end of its input, where
-    // `--single-transaction` commits what it read.
-    let mut undecodable = None;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|e| StepError::transient(format!("{who}: reading {} from the object store: {e}", dump.key)))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-        if let Some(pipe) = stdin.as_mut()
-            && let Err(e) = pipe.write_all(&buf[..n]).await
-        {
-            // The tool stopped reading: it failed, and its status says why.
-            stdin = None;
-            if e.kind() != std::io::ErrorKind::BrokenPipe {
-                undecodable = Some(e.to_string());
-            }
-        }
-    }
-    if let Some(mut pipe) = stdin.take()
-        && let Err(e) = pipe.shutdown().await
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        undecodable = Some(e.to_string());
-    }
-    if undecodable.is_some() {
-        let _ = child.start_kill();
-    }
-    let status = child.wait().await.map_err(|e| StepError::transient(format!("{who}: waiting for {tool}: {e}")))?;
-    let stderr = match stderr {
-        Some(task) => task.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let restore = match undecodable {
-        Some(e) => Err(format!("the script is not valid gzip ({e}); {tool} was stopped before it committed")),
-        None if status.success() => Ok(()),
-        None => Err(format!("{tool} failed ({status}): {}", crate::engine::tools::tail(&stderr, STDERR_KEPT))),
-    };
-    Ok(Some(Streamed { tool, size, sha256: hex::encode(hasher.finalize()), restore }))
-}
-
-/// The `tables` check (the same tables in the restored copy as in the manifest) and the
-/// `row_counts` check (of the tables in both).
-fn compare_tables(expected: &[TableRows], restored: &[TableRows]) -> [Check; 2] {
-    let name = |t: &TableRows| format!("{}.{}", t.schema, t.table);
-    let restored: BTreeMap<String, i64> = restored.iter().map(|t| (name(t), t.rows)).collect();
-    let expected: BTreeMap<String, i64> = expected.iter().map(|t| (name(t), t.rows)).collect();
-    let missing: Vec<String> = expected.keys().filter(|t| !restored.contains_key(*t)).cloned().collect();
-    let extra: Vec<String> = restored.keys().filter(|t| !expected.contains_key(*t)).cloned().collect();
-    let tables = if missing.is_empty() && extra.is_empty() {
-        outcome("tables", true, format!("{} tables, as in the manifest", expected.len()))
-    } else {
-        let mut problems = Vec::new();
-        if !missing.is_empty() {
-            problems.push(format!("in the manifest but not restored: {}", listed(&missing)));
-        }
-        if !extra.is_empty() {
-            problems.push(format!("restored but not in the manifest: {}", listed(&extra)));
-        }
-        outcome("tables", false, problems.join("; "))
-    };
-    let differ: Vec<String> = expected
-        .iter()
-        .filter_map(|(t, &want)| {
-            let &got = restored.get(t)?;
-            (got != want).then(|| format!("{t} has {got} rows, the manifest says {want}"))
-        })
-        .collect();
-    let rows = if differ.is_empty() {
-        let total: i64 = expected.iter().filter(|(t, _)| restored.contains_key(*t)).map(|(_, n)| n).sum();
-        outcome("row_counts", true, format!("{total} rows, as in the manifest"))
-    } else {
-        outcome("row_counts", false, listed(&differ))
-    };
-    [tables, rows]
-}
-
-/// Up to ten items, then how many more.
-fn listed(items: &[String]) -> String {
-    let mut out = items.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
-    if items.len() > 10 {
-        out.push_str(&format!(" and {} more", items.len() - 10));
-    }
-    out
-}
-
-fn compare_version(expected: Option<&str>, restored: Option<&str>) -> Check {
-    match (expected, restored) {
-        (None, None) => outcome("schema_version", true, "no migration history, as in the manifest"),
-        (Some(want), Some(got)) if want == got => outcome("schema_version", true, format!("version {got}")),
-        (want, got) => outcome(
-            "schema_version",
-            false,
-            format!(
-                "the restored history's newest applied migration is {}; the manifest says {}",
-                got.unwrap_or("none"),
-                want.unwrap_or("none")
-            ),
-        ),
-    }
 }
 
 /// The `smoke_queries` check: every query must succeed, run like a `sql` step's SQL
@@ -844,18 +623,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scratch_names_fit_postgres_and_start_with_the_tenants_own_prefix() {
-        let long = "t".repeat(63);
-        for tenant in ["a", "a_b", "acme-corp", long.as_str()] {
-            let name = scratch_name(tenant, "20261124-230501-3fa9c1");
-            assert!(name.len() <= MAX_NAME, "{name} is {} bytes", name.len());
-            assert!(name.starts_with(&scratch_prefix(tenant)), "{name}");
-            assert!(name.starts_with(SCRATCH_PREFIX));
-        }
-        // A prefix never matches another tenant's names, even when one id extends the other.
-        assert!(!scratch_name("a_b", "r").starts_with(&scratch_prefix("a")));
-        assert!(scratch_name("acme", "r").ends_with("_acme"));
-        assert_ne!(scratch_name("acme", "r"), scratch_name("acme", "r"), "each attempt has its own name");
+    fn scratch_names_are_staged_names_of_their_own_prefix() {
+        let name = scratch_name("acme", "20261124-230501-3fa9c1");
+        assert!(name.starts_with(&scratch_prefix("acme")) && name.starts_with(SCRATCH_PREFIX), "{name}");
     }
 
     #[test]
@@ -905,23 +675,6 @@ mod tests {
     }
 
     #[test]
-    fn tables_and_row_counts_name_what_differs() {
-        let t = |table: &str, rows| TableRows { schema: "public".into(), table: table.into(), rows };
-        let [tables, rows] = compare_tables(&[t("a", 1), t("b", 2)], &[t("a", 1), t("b", 2)]);
-        assert!(tables.passed && rows.passed, "{tables:?} {rows:?}");
-        let [tables, rows] =
-            compare_tables(&[t("a", 1), t("b", 2), t("gone", 5)], &[t("a", 1), t("b", 3), t("new", 0)]);
-        assert!(!tables.passed);
-        assert!(tables.detail.contains("not restored: public.gone"), "{}", tables.detail);
-        assert!(tables.detail.contains("not in the manifest: public.new"), "{}", tables.detail);
-        assert!(!rows.passed);
-        assert_eq!(rows.detail, "public.b has 3 rows, the manifest says 2");
-        assert!(compare_version(Some("3"), Some("3")).passed);
-        assert!(!compare_version(Some("3"), Some("2")).passed);
-        assert!(!compare_version(None, Some("2")).passed);
-    }
-
-    #[test]
     fn the_backup_option_is_a_folder_name_or_path() {
         assert!(check_backup_option("20261124T230501Z_20261124-230501-3fa9c1").is_ok());
         assert!(check_backup_option("core/acme/20261124T230501Z_r/").is_ok());
@@ -929,24 +682,5 @@ mod tests {
         assert!(check_backup_option("/abs").is_err());
         assert!(check_backup_option("a/b").is_err());
         assert!(check_backup_option("").is_err());
-    }
-
-    #[test]
-    fn the_newest_complete_backup_is_chosen_unless_one_is_named() {
-        let folder = |name: &str, d: u32, complete: bool| BackupFolder {
-            folder: format!("core/acme/{name}"),
-            taken_at: day(d).unwrap(),
-            complete,
-            size: 1,
-            verdicts: Vec::new(),
-            objects: Vec::new(),
-        };
-        let folders = [folder("f1", 1, true), folder("f2", 2, true), folder("f3", 3, false)];
-        assert_eq!(choose_backup(&folders, None, "core/acme/").unwrap().folder, "core/acme/f2");
-        assert_eq!(choose_backup(&folders, Some("f1"), "core/acme/").unwrap().folder, "core/acme/f1");
-        assert_eq!(choose_backup(&folders, Some("core/acme/f1/"), "core/acme/").unwrap().folder, "core/acme/f1");
-        assert!(choose_backup(&folders, Some("f3"), "core/acme/").unwrap_err().contains("no manifest"));
-        assert!(choose_backup(&folders, Some("core/other/f1"), "core/acme/").is_err());
-        assert!(choose_backup(&folders[2..], None, "core/acme/").unwrap_err().contains("no complete backup"));
     }
 }

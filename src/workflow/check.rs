@@ -68,6 +68,15 @@ pub fn check(spec: &WorkflowSpec, name: &str, source: &SourceFile, ctx: &CheckCo
 
     check_waves(spec, ctx, &mut err);
 
+    if spec.report == Some(super::ReportKind::Drill)
+        && !spec.steps.iter().any(|s| s.kind == crate::steps::StepKind::VerifyRestore)
+    {
+        err(
+            path!["report"],
+            "report = \"drill\" reports on the workflow's verify_restore steps, and it has none".to_string(),
+        );
+    }
+
     if spec.concurrency.run == 0 {
         err(path!["concurrency", "run"], "concurrency.run must be at least 1".to_string());
     }

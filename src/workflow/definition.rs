@@ -40,6 +40,33 @@ pub struct WorkflowSpec {
     pub timeout: HumanDuration,
     #[serde(default)]
     pub steps: Vec<StepSpec>,
+    /// What a run of the workflow leaves in the object store when it ends: `"drill"`, a
+    /// disaster-recovery drill report of its `verify_restore` steps (RTO and RPO per
+    /// tenant, the fleet's worst and median, the failures). None: no report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportKind>,
+}
+
+/// A report a run writes when it ends (see [`WorkflowSpec::report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportKind {
+    /// The verify_restore steps' outcomes, with RTO and RPO: `crate::runtime::report`.
+    Drill,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drill => "drill",
+        }
+    }
+}
+
+impl std::fmt::Display for ReportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn default_timeout() -> HumanDuration {

@@ -3,6 +3,7 @@
 
 pub mod fleet;
 pub mod store;
+pub mod tenant_data;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -352,4 +353,14 @@ pub async fn execute_step(
     let result = tenantry::steps::execute(&step_ctx).await;
     databases.close().await;
     result
+}
+
+/// `tenantry run WORKFLOW` in `cwd`, which must start, and its status once it has ended
+/// (within two minutes): the run id and `status --json`.
+pub fn run_and_wait(cwd: &Path, workflow: &str) -> (String, serde_json::Value) {
+    let out = tenantry(cwd, &["run", workflow], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let run = out.stdout().trim().to_string();
+    let s = wait_for_state(cwd, &run, &["succeeded", "failed", "cancelled"], std::time::Duration::from_secs(120));
+    (run, s)
 }
