@@ -5,6 +5,7 @@
 //! (one module per step kind), [`engine`] (what differs between database engines),
 //! [`config`] (the layered configuration) and [`cli`] (the command line).
 
+pub mod aws;
 pub mod catalog;
 pub mod cli;
 pub mod config;
