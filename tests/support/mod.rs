@@ -346,6 +346,7 @@ pub async fn execute_step(
         fence: &fence,
         objects: None,
         backup_limits: &limits,
+        rds: None,
         clock,
         timezone: spec.zone(),
     };
