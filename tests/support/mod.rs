@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod rds;
 pub mod store;
 
 use std::path::{Path, PathBuf};
