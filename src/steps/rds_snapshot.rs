@@ -160,7 +160,7 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
 
     let (snapshot, created) = match describe(client, &name, &who).await? {
         Some(found) => {
-            if found.db_instance_identifier() != Some(instance) {
+            if !found.db_instance_identifier().is_some_and(|i| i.eq_ignore_ascii_case(instance)) {
                 return Err(StepError::permanent(format!(
                     "{who}: snapshot {name} exists but is of instance {}; it is not this tenant's (rename one of the instances)",
                     found.db_instance_identifier().unwrap_or("?")
@@ -218,7 +218,12 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
 /// The snapshot named `name`, if there is one.
 pub(super) async fn describe(client: &Client, name: &str, who: &str) -> Result<Option<DbSnapshot>, StepError> {
     match client.describe_db_snapshots().db_snapshot_identifier(name).send().await {
-        Ok(out) => Ok(out.db_snapshots().iter().find(|s| s.db_snapshot_identifier() == Some(name)).cloned()),
+        // RDS keeps identifiers in lower case.
+        Ok(out) => Ok(out
+            .db_snapshots()
+            .iter()
+            .find(|s| s.db_snapshot_identifier().is_some_and(|id| id.eq_ignore_ascii_case(name)))
+            .cloned()),
         Err(e) if rds::code(&e) == Some("DBSnapshotNotFound") => Ok(None),
         Err(e) => Err(rds::error(&format!("{who}: looking up snapshot {name}"), e)),
     }

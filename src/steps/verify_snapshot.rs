@@ -303,7 +303,7 @@ async fn choose(
     let Some(snapshot) = super::rds_snapshot::describe(client, &id, who).await? else {
         return Err(StepError::permanent(format!("{who}: there is no snapshot {id}")));
     };
-    let of_instance = snapshot.db_instance_identifier() == Some(instance);
+    let of_instance = snapshot.db_instance_identifier().is_some_and(|i| i.eq_ignore_ascii_case(instance));
     if !of_instance && rds::tag(snapshot.tag_list(), rds::TAG_TENANT) != Some(ctx.tenant) {
         return Err(StepError::permanent(format!(
             "{who}: snapshot {id} is of instance {} and not tagged as this tenant's; refusing to verify another tenant's snapshot",
