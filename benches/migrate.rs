@@ -1151,6 +1151,7 @@ impl Bench<'_> {
                         fence: &tenantry::runtime::fence::Fence::none(&spec.id, tenant),
                         objects: None,
                         backup_limits: &Default::default(),
+                        rds: None,
                         clock: &tenantry::runtime::clock::SystemClock,
                         timezone: chrono_tz::UTC,
                     };

@@ -1016,6 +1016,7 @@ impl Bench<'_> {
                         fence: &tenantry::runtime::fence::Fence::none(&run_id, tenant),
                         objects: None,
                         backup_limits: &Default::default(),
+                        rds: None,
                         clock: &tenantry::runtime::clock::SystemClock,
                         timezone: chrono_tz::UTC,
                     };

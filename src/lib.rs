@@ -2,15 +2,18 @@
 //!
 //! The crate is split by domain: [`catalog`] (tenants, services, placements), [`workflow`]
 //! (workflow files, schedules, waves), [`migrations`] (migration directories), [`steps`]
-//! (one module per step kind), [`engine`] (what differs between database engines),
+//! (one module per step kind), [`engine`] (what differs between database engines), [`rds`]
+//! (managed instances through the RDS API),
 //! [`config`] (the layered configuration) and [`cli`] (the command line).
 
+pub mod aws;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
 pub mod engine;
 pub mod migrations;
+pub mod rds;
 pub mod runtime;
 pub mod secret;
 pub mod source;

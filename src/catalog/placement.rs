@@ -1,4 +1,4 @@
-//! Placements: where one tenant's data of one service lives (host, database, schema), resolved from templates and overrides.
+//! Placements: where one tenant's data of one service lives (host, database, schema, and its own RDS instance if it has one), resolved from templates and overrides.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,9 @@ pub struct PlacementSpec {
     pub database: Option<String>,
     #[serde(default)]
     pub schema: Option<String>,
+    /// The tenant's own RDS DB instance identifier (overrides the service's template).
+    #[serde(default)]
+    pub rds_instance: Option<String>,
 }
 
 /// Where a tenant's data of one service lives, with every template rendered.
@@ -30,6 +33,10 @@ pub struct Placement {
     /// `row` isolation: the tenant column of the shared tables.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_column: Option<String>,
+    /// The RDS DB instance that holds the tenant's database (managed instances only):
+    /// what `rds_snapshot` snapshots. Absent in snapshots of runs made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rds_instance: Option<String>,
 }
 
 impl Placement {
@@ -45,6 +52,10 @@ impl Placement {
             database,
             schema,
             tenant_column: service.tenant_column.clone(),
+            rds_instance: spec
+                .rds_instance
+                .clone()
+                .or_else(|| service.rds_instance.as_ref().map(|t| render(t, tenant, service_name))),
         }
     }
 

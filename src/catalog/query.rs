@@ -82,7 +82,9 @@ pub async fn load_query_tenants(
             Err(e) => {
                 problem(
                     "placements",
-                    format!("placements must be a JSON object of service -> {{host, database, schema}}: {e}"),
+                    format!(
+                        "placements must be a JSON object of service -> {{host, database, schema, rds_instance}}: {e}"
+                    ),
                 );
                 continue;
             }

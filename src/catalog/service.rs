@@ -111,6 +111,11 @@ pub struct ServiceSpec {
     pub migrations: Option<PathBuf>,
     #[serde(default)]
     pub seeds: Option<PathBuf>,
+    /// `database` isolation on managed instances: the template of each tenant's RDS DB
+    /// instance identifier (`"tenant-{tenant}"`), for `rds_snapshot` and `verify_snapshot`.
+    /// A tenant's placement may name its instance instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rds_instance: Option<String>,
 }
 
 impl ServiceSpec {

@@ -155,7 +155,8 @@ impl Context {
                 self.config.base_dir.clone(),
             )
             .with_services(c.services.clone())
-            .with_objects(objects, c.backups.clone()),
+            .with_objects(objects, c.backups.clone())
+            .with_rds(std::sync::Arc::new(crate::rds::Rds::new(c.rds.clone()))),
         ))
     }
 

@@ -55,7 +55,7 @@ pub async fn run(ctx: &Context, json: bool) -> Result<(), Failure> {
     let mut warnings = Vec::new();
     for w in &workflows {
         problems.extend(workflow::check(&w.spec, &w.name, &w.source, &check_ctx));
-        warnings.extend(workflow::warnings(&w.spec, &w.source, &loaded.config.services));
+        warnings.extend(workflow::warnings(&w.spec, &w.source, &loaded.config.services, Some(&catalog)));
     }
     // Warnings go to stderr and do not change the exit status: the files are valid.
     for w in &warnings {

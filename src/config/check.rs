@@ -160,6 +160,11 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
                 format!("service {name}: MariaDB has no schemas inside a database; use database isolation"),
             );
         }
+        if let Some(template) = &service.rds_instance
+            && let Err(e) = check_rds_template(template, name, service.isolation)
+        {
+            err(path!["services", name, "rds_instance"], format!("service {name}: {e}"));
+        }
         if let Some(dir) = &service.migrations
             && !loaded.resolve_path(dir).is_dir()
         {
@@ -256,7 +261,43 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
             );
         }
     }
+    if let Some(r) = &c.rds {
+        if let Some(endpoint) = &r.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            err(path!["rds", "endpoint"], format!("rds.endpoint must be an http:// or https:// URL, not {endpoint:?}"));
+        }
+        if r.region.as_deref() == Some("") {
+            err(path!["rds", "region"], "rds.region is empty; remove it to use the AWS default region".into());
+        }
+        if r.access_key_id.is_some() != r.secret_access_key.is_some() {
+            err(
+                path!["rds"],
+                "rds needs both access_key_id and secret_access_key, or neither (the standard AWS credential chain)"
+                    .into(),
+            );
+        }
+    }
     out
+}
+
+/// A service's `rds_instance` template: a tenant's own instance (database isolation, with
+/// `{tenant}`), whose fixed parts are what an RDS instance identifier may hold.
+fn check_rds_template(template: &str, service: &str, isolation: Isolation) -> Result<(), String> {
+    check_template(template)?;
+    if isolation != Isolation::Database {
+        return Err(format!(
+            "rds_instance names each tenant's own RDS instance, which only database isolation has (this service has {isolation} isolation)"
+        ));
+    }
+    if !template.contains("{tenant}") {
+        return Err(format!(
+            "rds_instance {template:?} must contain {{tenant}}; otherwise every tenant would name the same instance"
+        ));
+    }
+    // A sample rendering: tenant ids that make it invalid are reported per tenant.
+    crate::rds::check_instance_id(&crate::catalog::render(template, "t", service))
+        .map_err(|e| format!("rds_instance {template:?}: {e}"))
 }
 
 fn scheme_hint(engine: crate::catalog::Engine) -> &'static str {

@@ -36,6 +36,11 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub storage: Option<StorageConfig>,
+    /// The RDS API, for the steps on tenants with a managed instance of their own
+    /// (`rds_snapshot`, `verify_snapshot`). Without it: AWS, with the region and the
+    /// credentials of the standard AWS chain.
+    #[serde(default)]
+    pub rds: Option<RdsConfig>,
     #[serde(default)]
     pub backups: BackupsConfig,
     #[serde(default)]
@@ -208,6 +213,25 @@ pub struct StorageConfig {
     /// Parts of one upload in flight at once (default 3).
     #[serde(default)]
     pub parts_in_flight: Option<u32>,
+}
+
+/// `[rds]`: where the RDS API is and who calls it. Mirrors `[storage]`'s S3 settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdsConfig {
+    /// An RDS-compatible endpoint (the local emulator); empty for AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Default: the standard AWS chain (`AWS_REGION`, the profile); `us-east-1` with an
+    /// `endpoint` and no region anywhere (emulators ignore it, the signer needs one).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Static keys; both or neither. Without them, the standard AWS credential chain
+    /// (environment, profile, web identity, instance or task role).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
 }
 
 /// `[backups]`: how fresh every tenant's backups and restore verifications must be

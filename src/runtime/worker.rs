@@ -44,6 +44,8 @@ pub struct Runtime {
     objects: Option<Arc<crate::storage::ObjectStore>>,
     /// `[backups]`: the freshness limits a `health` step checks backups against.
     backup_limits: crate::config::BackupsConfig,
+    /// The RDS API of `[rds]`, opened when a step first uses it.
+    rds: Arc<crate::rds::Rds>,
     /// Migration sets loaded per (run, service), checked against the run's snapshot.
     migration_sets: Mutex<HashMap<(String, String), Arc<crate::migrations::MigrationSet>>>,
 }
@@ -121,6 +123,7 @@ impl Runtime {
             services: Default::default(),
             objects: None,
             backup_limits: Default::default(),
+            rds: Arc::new(crate::rds::Rds::new(None)),
             migration_sets: Mutex::new(HashMap::new()),
         }
     }
@@ -139,6 +142,12 @@ impl Runtime {
     ) -> Self {
         self.objects = objects;
         self.backup_limits = limits;
+        self
+    }
+
+    /// The RDS API the managed-instance steps call.
+    pub fn with_rds(mut self, rds: Arc<crate::rds::Rds>) -> Self {
+        self.rds = rds;
         self
     }
 
@@ -651,6 +660,7 @@ impl Runtime {
                 fence,
                 objects: self.objects.as_deref(),
                 backup_limits: &self.backup_limits,
+                rds: Some(self.rds.as_ref()),
                 clock: &crate::runtime::clock::SystemClock,
                 timezone: spec.zone(),
             };

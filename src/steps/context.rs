@@ -1,4 +1,4 @@
-//! What a step gets to run one tenant: the run, the tenant, its placement, the step, database sessions, the cancellation signal, the lease's fence, the clock and the workflow's time zone.
+//! What a step gets to run one tenant: the run, the tenant, its placement, the step, database sessions, the object store and the RDS API, the cancellation signal, the lease's fence, the clock and the workflow's time zone.
 
 use std::path::Path;
 
@@ -40,6 +40,8 @@ pub struct StepContext<'a> {
     pub objects: Option<&'a crate::storage::ObjectStore>,
     /// `[backups]`: how old a tenant's newest backup and verification may be.
     pub backup_limits: &'a crate::config::BackupsConfig,
+    /// The RDS API of `[rds]` (managed instances); None where nothing provides one.
+    pub rds: Option<&'a crate::rds::Rds>,
     /// The time, for windows and timestamps (the scheduler's clock; a test can move it).
     pub clock: &'a dyn Clock,
     /// The workflow's time zone (UTC unless it sets `timezone`): where the calendar days,

@@ -45,6 +45,14 @@ pub trait Step: Send + Sync + 'static {
     /// Checks of option values that serde cannot express, as (option, message).
     fn check(_options: &Self::Options, _out: &mut Findings) {}
 
+    /// What a tenant's placement must have for the kind besides a service it fits (its own
+    /// RDS instance, say); `Err` says what is missing and how to add it. `validate` warns
+    /// about each target without it, `plan` shows the step as blocked there, and a run
+    /// fails the step there with the reason (permanent).
+    fn needs(_placement: &Placement, _tenant: &str) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Whether this version of tenantry runs the kind on `engine`; `Err` says why, as a
     /// phrase after the kind's name ("is not supported on mariadb yet"), and makes `plan`
     /// show the step as blocked and `validate` warn. The default: PostgreSQL only.
@@ -90,6 +98,7 @@ pub fn postgres_only(engine: Engine) -> Result<(), String> {
 pub trait Kind: Sync {
     fn options(&self) -> &'static [&'static str];
     fn fits(&self, service: &ServiceSpec) -> Result<(), String>;
+    fn needs(&self, placement: &Placement, tenant: &str) -> Result<(), String>;
     /// Every problem of a step's options: values of the wrong type and failed checks.
     /// Options the kind does not take are `validate`'s to report (with their names).
     fn check(&self, step: &StepSpec) -> Findings;
@@ -120,6 +129,10 @@ impl<S: Step> Kind for Registered<S> {
 
     fn fits(&self, service: &ServiceSpec) -> Result<(), String> {
         S::fits(service)
+    }
+
+    fn needs(&self, placement: &Placement, tenant: &str) -> Result<(), String> {
+        S::needs(placement, tenant)
     }
 
     fn check(&self, step: &StepSpec) -> Findings {
@@ -171,6 +184,7 @@ impl<S: Step> Kind for Registered<S> {
     fn run<'a>(&'a self, ctx: &'a StepContext<'a>) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {
         Box::pin(async move {
             ctx.step.kind.runs_on(ctx.placement.engine).map_err(StepError::permanent)?;
+            S::needs(ctx.placement, ctx.tenant).map_err(StepError::permanent)?;
             let options = parse::<S::Options>(&ctx.step.options).map_err(StepError::permanent)?;
             S::run(ctx, &options).await
         })

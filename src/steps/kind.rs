@@ -67,8 +67,8 @@ impl StepKind {
     /// above and its line here.
     pub fn def(self) -> &'static dyn Kind {
         use super::{
-            analyze_indexes, backup, drift, health, migrate, planned, provision, prune_backups, seed, sql, vacuum,
-            verify_restore,
+            analyze_indexes, backup, drift, health, migrate, planned, provision, prune_backups, rds_snapshot, seed,
+            sql, vacuum, verify_restore, verify_snapshot,
         };
         match self {
             Self::Migrate => registered::<migrate::Migrate>(),
@@ -77,8 +77,8 @@ impl StepKind {
             Self::Backup => registered::<backup::Backup>(),
             Self::PruneBackups => registered::<prune_backups::PruneBackups>(),
             Self::VerifyRestore => registered::<verify_restore::VerifyRestore>(),
-            Self::RdsSnapshot => registered::<planned::RdsSnapshot>(),
-            Self::VerifySnapshot => registered::<planned::VerifySnapshot>(),
+            Self::RdsSnapshot => registered::<rds_snapshot::RdsSnapshot>(),
+            Self::VerifySnapshot => registered::<verify_snapshot::VerifySnapshot>(),
             Self::Vacuum => registered::<vacuum::Vacuum>(),
             Self::AnalyzeIndexes => registered::<analyze_indexes::AnalyzeIndexes>(),
             Self::Purge => registered::<planned::Purge>(),

@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod planned;
 pub mod provision;
 pub mod prune_backups;
+pub mod rds_snapshot;
 pub mod receipt;
 pub mod restore;
 pub mod seed;
@@ -20,6 +21,7 @@ mod spec;
 pub mod sql;
 pub mod vacuum;
 pub mod verify_restore;
+pub mod verify_snapshot;
 
 pub use context::{StepContext, execute};
 pub use error::{Cause, Retry, StepError};

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::define::{Findings, Step};
 use super::{StepContext, StepError};
-use crate::catalog::{Engine, Isolation, ServiceSpec};
+use crate::catalog::Engine;
 use crate::units::HumanDuration;
 
 fn not_yet(_engine: Engine) -> Result<(), String> {
@@ -17,23 +17,6 @@ fn not_yet(_engine: Engine) -> Result<(), String> {
 async fn unreachable_run(ctx: &StepContext<'_>) -> Result<serde_json::Value, StepError> {
     // `runs_on` refuses first; this is for a registry pointing here by mistake.
     Err(StepError::permanent(format!("step kind {} has no implementation", ctx.step.kind)))
-}
-
-fn postgres_service(kind: &str, service: &ServiceSpec) -> Result<(), String> {
-    if service.engine != Engine::Postgres {
-        return Err(format!("{kind} runs on PostgreSQL services only, not {}", service.engine));
-    }
-    Ok(())
-}
-
-fn instance_per_tenant(kind: &str, service: &ServiceSpec) -> Result<(), String> {
-    if service.isolation != Isolation::Database {
-        return Err(format!(
-            "{kind} needs a managed instance per tenant (database isolation), not {} isolation",
-            service.isolation
-        ));
-    }
-    postgres_service(kind, service)
 }
 
 pub(super) fn check_sample(sample: Option<f64>, out: &mut Findings) {
@@ -55,68 +38,6 @@ pub(super) fn check_ratio(key: &str, ratio: Option<f64>, out: &mut Findings) {
         && !(0.0..=1.0).contains(&r)
     {
         out.push((key.into(), format!("{key} is a ratio and must be in [0, 1], not {r}")));
-    }
-}
-
-/// `rds_snapshot`: a snapshot of the tenant's RDS instance.
-pub struct RdsSnapshot;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RdsSnapshotOptions {
-    pub keep_last: Option<u32>,
-}
-
-impl Step for RdsSnapshot {
-    type Options = RdsSnapshotOptions;
-
-    fn fits(service: &ServiceSpec) -> Result<(), String> {
-        instance_per_tenant("rds_snapshot", service)
-    }
-
-    fn check(o: &RdsSnapshotOptions, out: &mut Findings) {
-        if o.keep_last == Some(0) {
-            out.push(("keep_last".into(), "keep_last = 0 would delete the snapshot just taken".to_string()));
-        }
-    }
-
-    fn runs_on(engine: Engine) -> Result<(), String> {
-        not_yet(engine)
-    }
-
-    async fn run(ctx: &StepContext<'_>, _options: &RdsSnapshotOptions) -> Result<serde_json::Value, StepError> {
-        unreachable_run(ctx).await
-    }
-}
-
-/// `verify_snapshot`: a snapshot restored to a scratch instance and checked.
-pub struct VerifySnapshot;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VerifySnapshotOptions {
-    pub sample: Option<f64>,
-    pub smoke_queries: Option<Vec<String>>,
-}
-
-impl Step for VerifySnapshot {
-    type Options = VerifySnapshotOptions;
-
-    fn fits(service: &ServiceSpec) -> Result<(), String> {
-        instance_per_tenant("verify_snapshot", service)
-    }
-
-    fn check(o: &VerifySnapshotOptions, out: &mut Findings) {
-        check_sample(o.sample, out);
-        check_smoke_queries(&o.smoke_queries, out);
-    }
-
-    fn runs_on(engine: Engine) -> Result<(), String> {
-        not_yet(engine)
-    }
-
-    async fn run(ctx: &StepContext<'_>, _options: &VerifySnapshotOptions) -> Result<serde_json::Value, StepError> {
-        unreachable_run(ctx).await
     }
 }
 

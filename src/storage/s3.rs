@@ -46,24 +46,12 @@ pub struct S3Store {
 impl S3Store {
     pub async fn open(config: &StorageConfig, prefix: String) -> Result<Self, StorageError> {
         let bucket = config.bucket.clone().ok_or_else(|| StorageError::permanent("storage.bucket is not set"))?;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &config.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                id,
-                secret.expose(),
-                None,
-                None,
-                "tenantry-config",
-            ));
-        }
-        let shared = loader.load().await;
+        let keys = config.access_key_id.as_deref().zip(config.secret_access_key.as_ref());
+        let shared = crate::aws::sdk_config(config.region.as_deref(), keys).await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared);
         if shared.region().is_none() {
             // Servers other than AWS ignore the region, but the signer needs one.
-            builder = builder.region(aws_config::Region::new("us-east-1"));
+            builder = builder.region(aws_config::Region::new(crate::aws::EMULATOR_REGION));
         }
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
@@ -458,17 +446,7 @@ fn sdk_error<E>(what: &str, e: SdkError<E, HttpResponse>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let transient = match &e {
-        SdkError::ServiceError(s) => {
-            let status = s.raw().status().as_u16();
-            status >= 500 || status == 429 || matches!(s.err().code(), Some("SlowDown" | "RequestTimeout"))
-        }
-        SdkError::ConstructionFailure(_) => false,
-        _ => true,
-    };
-    let detail = match e.code() {
-        Some(code) => format!("{code}: {}", e.message().unwrap_or("")),
-        None => DisplayErrorContext(&e).to_string(),
-    };
+    let transient = crate::aws::is_transient(&e, &[]);
+    let detail = crate::aws::detail(&e);
     StorageError { message: format!("{what}: {detail}"), transient }
 }

@@ -290,9 +290,19 @@ fn check_steps(
 }
 
 /// What `validate` reports without failing: steps of a kind this version cannot run yet
-/// (on every service they would run on). A run of the workflow fails those steps.
-pub fn warnings(spec: &WorkflowSpec, source: &SourceFile, services: &BTreeMap<String, ServiceSpec>) -> Vec<Diagnostic> {
+/// (on every service they would run on), and, given the catalog, targets that lack what
+/// their step's kind needs of a placement (an RDS instance). A run of the workflow fails
+/// those steps there; the other tenants are not held back by them.
+pub fn warnings(
+    spec: &WorkflowSpec,
+    source: &SourceFile,
+    services: &BTreeMap<String, ServiceSpec>,
+    catalog: Option<&Catalog>,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    if let Some(catalog) = catalog {
+        out.extend(unready_targets(spec, source, catalog));
+    }
     for (i, step) in spec.steps.iter().enumerate() {
         let names: Vec<&String> = match &step.services {
             Some(list) => list.iter().collect(),
@@ -311,6 +321,44 @@ pub fn warnings(spec: &WorkflowSpec, source: &SourceFile, services: &BTreeMap<St
                 format!("warning: step {}: {reason}; a run fails this step on every tenant", step.label()),
             ));
         }
+    }
+    out
+}
+
+/// How many targets of each step lack what its kind needs, with the first few reasons.
+fn unready_targets(spec: &WorkflowSpec, source: &SourceFile, catalog: &Catalog) -> Vec<Diagnostic> {
+    const SHOWN: usize = 3;
+    let tenants = super::target::select(&spec.target, catalog, &[]);
+    let target_services = super::target::target_services(&spec.target, catalog);
+    let mut out = Vec::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let services = super::target::step_services(step, &target_services, catalog);
+        let mut reasons = Vec::new();
+        let mut targets = 0;
+        for tenant in &tenants {
+            for placement in services.iter().filter_map(|s| tenant.placements.get(*s)) {
+                if step.kind.runs_on(placement.engine).is_err() {
+                    continue;
+                }
+                targets += 1;
+                if let Err(why) = step.kind.def().needs(placement, tenant.id.as_str()) {
+                    reasons.push(why);
+                }
+            }
+        }
+        if reasons.is_empty() {
+            continue;
+        }
+        let more = if reasons.len() > SHOWN { format!("; and {} more", reasons.len() - SHOWN) } else { String::new() };
+        out.push(source.error_at(
+            &path!["steps", i, "kind"],
+            format!(
+                "warning: step {}: {} of {targets} target(s) cannot run it: {}{more}; a run fails this step there",
+                step.label(),
+                reasons.len(),
+                reasons.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ")
+            ),
+        ));
     }
     out
 }

@@ -103,9 +103,12 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
                 }
             }
         }
-        // Targets on an engine the kind does not run on yet are blocked without asking it.
-        let (runnable, blocked): (Vec<usize>, Vec<usize>) =
-            (0..targets.len()).partition(|&i| step.kind.runs_on(targets[i].engine).is_ok());
+        // Targets on an engine the kind does not run on yet, or without what the kind
+        // needs of a placement, are blocked without asking it.
+        let unready = |i: usize| {
+            step.kind.runs_on(targets[i].engine).and_then(|()| step.kind.def().needs(targets[i], keys[i].0.as_str()))
+        };
+        let (runnable, blocked): (Vec<usize>, Vec<usize>) = (0..targets.len()).partition(|&i| unready(i).is_ok());
         let asked: Vec<&Placement> = runnable.iter().map(|&i| targets[i]).collect();
         let asked_tenants: Vec<&str> = runnable.iter().map(|&i| keys[i].0.as_str()).collect();
         let env = PlanEnv { catalog, config, tenants: &asked_tenants };
@@ -115,7 +118,7 @@ pub async fn build(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig
             by_key.insert(keys[i], action);
         }
         for i in blocked {
-            let reason = step.kind.runs_on(targets[i].engine).unwrap_err();
+            let reason = unready(i).unwrap_err();
             by_key.insert(keys[i], StepAction::Blocked { reason });
         }
         actions.push(by_key);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod rds;
 pub mod store;
 pub mod tenant_data;
 
@@ -347,6 +348,7 @@ pub async fn execute_step(
         fence: &fence,
         objects: None,
         backup_limits: &limits,
+        rds: None,
         clock,
         timezone: spec.zone(),
     };
