@@ -372,6 +372,24 @@ async fn a_row_tenants_backup_restores_with_plain_psql_and_holds_not_one_row_of_
             .await;
     }
 
+    // `tenantry restore` of a row tenant: never among the other tenants' rows; --into a
+    // database of its own, checked against the manifest.
+    let t = &fleet.tenants[0];
+    let out = tenantry(fleet.path(), &["restore", t, "--service", "shop"], &[]);
+    assert_eq!(out.code(), 1, "{}", out.all());
+    assert!(out.all().contains("restore it into a database of its own with --into NEW_DATABASE"), "{}", out.all());
+    let out = tenantry(fleet.path(), &["restore", t, "--service", "shop", "--into", &source], &[]);
+    assert_eq!(out.code(), 1, "{}", out.all());
+    assert!(out.all().contains("restore never writes over another placement"), "{}", out.all());
+    let into = format!("{}_cli_{t}", fleet.name);
+    let out = tenantry(fleet.path(), &["restore", t, "--service", "shop", "--into", &into, "--json"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    let report: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    assert_eq!(report["passed"], true, "{report:#}");
+    restored.push(into.clone());
+    let filter = format!("WHERE tenant_id = '{t}'");
+    assert_eq!(scalar(&into, &digest("orders", "")).await, scalar(&source, &digest("orders", &filter)).await);
+
     // verify_restore restores the same scripts with psql into scratch databases and checks them.
     let (_, s) = fleet.run_and_wait("verify");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");

@@ -2,7 +2,9 @@
 //!
 //! What happens, in order:
 //! 1. The backup is chosen (as `verify_restore` chooses it) and its manifest read; a format
-//!    this version cannot restore, and row isolation, are refused before anything is touched.
+//!    this version cannot restore is refused before anything is touched. A row-isolation
+//!    backup (the tenant's rows of shared tables) restores only `--into` a database of its
+//!    own: restore never writes among other tenants' rows.
 //! 2. The target (the tenant's database or schema, or `--into`) is looked at: a target that
 //!    holds anything is refused, naming what it holds, unless `--force`. A target that is
 //!    another tenant's placement, or a database the fleet shares, is refused even with
@@ -107,10 +109,11 @@ pub async fn run(ctx: &Context, req: &Request<'_>, json: bool) -> Result<(), Fai
         })?;
     let (folder, taken_at, manifest) = backup(&store, req).await?;
     let who = format!("tenant {}, service {}", req.tenant, req.service);
-    if placement.isolation == Isolation::Row || manifest.isolation == Isolation::Row.as_str() {
+    let row = placement.isolation == Isolation::Row || manifest.isolation == Isolation::Row.as_str();
+    if row && req.into.is_none() {
         return Err(Failure::Failed(format!(
-            "{who} has row isolation: its backup ({}, format {}) holds the tenant's rows of shared tables, and restoring those is not built yet; restore it by hand into an empty database",
-            manifest.dump.key, manifest.dump.format
+            "{who} has row isolation: its backup ({}) holds the tenant's rows of tables it shares with other tenants, and restore never writes among another tenant's rows; restore it into a database of its own with --into NEW_DATABASE",
+            manifest.dump.key
         )));
     }
     let format = DumpFormat::of(&manifest).map_err(|e| Failure::Failed(format!("backup {folder}: {e}")))?;
@@ -266,7 +269,7 @@ fn destination(catalog: &Catalog, req: &Request<'_>, own: &Placement) -> Result<
         return refuse(format!("{into} is reserved"));
     }
     let own_dest = Destination { database: own.database.clone(), schema: schema_isolation.then(|| own.schema.clone()) };
-    if dest == own_dest {
+    if dest == own_dest && own.isolation != Isolation::Row {
         return Ok(dest);
     }
     for tenant in &catalog.tenants {
@@ -274,7 +277,9 @@ fn destination(catalog: &Catalog, req: &Request<'_>, own: &Placement) -> Result<
             if p.host != own.host || p.engine != Engine::Postgres {
                 continue;
             }
-            let mine = tenant.id.as_str() == req.tenant && service == req.service;
+            // A row tenant's placement is the database every tenant of the service shares:
+            // never the tenant's own to write over.
+            let mine = tenant.id.as_str() == req.tenant && service == req.service && p.isolation != Isolation::Row;
             let taken = match &dest.schema {
                 // A database that any placement uses (a tenant's, or one the fleet shares).
                 None => p.database == dest.database,
@@ -422,7 +427,7 @@ async fn stage_database(
         .map_err(db_failure(&format!("creating staging database {staging} on host {host_name}")))?;
     let app_name = format!("tenantry-restore-{}", &staging[STAGING_PREFIX.len()..]);
     let start = || restorer(format, host, Target::Database(staging), &app_name);
-    let outcome = restore_and_check(store, manifest, start, host, host_name, staging, None).await;
+    let outcome = restore_and_check(store, manifest, start, format.tool(), host, host_name, staging, None).await;
     if outcome.is_err() {
         let _ = drop_database(admin, staging, true).await;
     }
@@ -444,15 +449,17 @@ async fn stage_schema(
     let app_name = format!("tenantry-restore-{}", &staging[STAGING_PREFIX.len()..]);
     let target = Target::StagedSchema { database: &dest.database, schema: &manifest.schema, staging, hold: &hold };
     let start = || restorer(format, host, target, &app_name);
-    restore_and_check(store, manifest, start, host, host_name, &dest.database, Some(staging)).await
+    restore_and_check(store, manifest, start, "pg_restore | psql", host, host_name, &dest.database, Some(staging)).await
 }
 
 /// Streams the dump into the tool `start` starts, then counts the staged copy (the
 /// database `database`, or its schema `schema`) against the manifest.
+#[allow(clippy::too_many_arguments)]
 async fn restore_and_check(
     store: &ObjectStore,
     manifest: &Manifest,
     start: impl FnOnce() -> Result<crate::steps::restore::Restorer, String>,
+    tool: &str,
     host: &HostSpec,
     host_name: &str,
     database: &str,
@@ -469,7 +476,6 @@ async fn restore_and_check(
             format!("the dump {} that the manifest names does not exist", dump.key),
         )]);
     };
-    let tool = if schema.is_some() { "pg_restore | psql" } else { "pg_restore" };
     let mut checks: Vec<Check> = streamed.checks(dump, tool).into();
     let mut conn = connect(host, database, host_name).await?;
     let mut restored = count_rows(&mut conn, schema).await.map_err(|e| Failure::Failed(e.message))?;
