@@ -78,7 +78,7 @@ mod support;
 
 use support::{
     IDLE_CPUS, Result, Snapshot, Usage, background, clear_redis, commit, database_url, exec, machine, percentile,
-    pg_connect, pg_url, redis_url, settle, write_docs,
+    pg_connect, pg_url, publish, redis_url, settle,
 };
 
 const USAGE: &str = "usage: cargo bench --bench migrate -- [--tenants N] [--rows R] [--concurrency C] \
@@ -186,12 +186,7 @@ async fn bench(args: Args) -> Result<()> {
     let results = measured?;
     cleaned?;
     let section = render(&args, &results).await;
-    println!("{section}");
-    if args.docs {
-        let path = write_docs("migrate", HEADING, &section)?;
-        eprintln!("bench: wrote {}", path.display());
-    }
-    Ok(())
+    publish("migrate", HEADING, &section, args.docs)
 }
 
 // ---------------------------------------------------------------------------------------------

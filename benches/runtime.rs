@@ -59,7 +59,7 @@ mod support;
 
 use support::{
     IDLE_CPUS, Result, Rss, Snapshot, Usage, Workers, background, clear_redis, commit, database_url, exec, machine,
-    percentile, pg_connect, pg_url, redis_url, settle, write_docs,
+    percentile, pg_connect, pg_url, publish, redis_url, settle,
 };
 
 const USAGE: &str = "usage: cargo bench --bench runtime -- [--tenants N] [--concurrency C] [--pool P] [--workers W] \
@@ -172,12 +172,7 @@ async fn bench(args: Args) -> Result<()> {
     let rows = measured?;
     cleaned?;
     let section = render(&args, &rows).await;
-    println!("{section}");
-    if args.docs {
-        let path = write_docs("runtime", HEADING, &section)?;
-        eprintln!("bench: wrote {}", path.display());
-    }
-    Ok(())
+    publish("runtime", HEADING, &section, args.docs)
 }
 
 // ---------------------------------------------------------------------------------------------

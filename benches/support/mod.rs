@@ -558,6 +558,17 @@ pub async fn machine() -> String {
     format!("{cpus} CPUs ({model}), {memory} memory; {pg} and {redis} on the same machine")
 }
 
+/// Prints a bench's section (stdout) and, with `docs`, writes it into docs/benchmarks.md
+/// between its markers ([`write_docs`]).
+pub fn publish(name: &str, heading: &str, section: &str, docs: bool) -> Result<()> {
+    println!("{section}");
+    if docs {
+        let path = write_docs(name, heading, section)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Replaces the section between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in
 /// docs/benchmarks.md (creating the file, or appending `heading` and the section, when
 /// needed) and keeps the rest of the file.
