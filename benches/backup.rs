@@ -802,8 +802,10 @@ fn cpu_cells(u: &Usage) -> String {
     let tools = u.reaped("tenantry") + u.reaped("bench");
     format!(
         "{:.1} / {:.1} / {:.1} / {:.1} / {:.1} / {:.1} / {:.1} / {:.1}",
-        u.group("tenantry") - u.reaped("tenantry"),
-        u.group("bench") - u.reaped("bench"),
+        // Other `tenantry` processes that ended meanwhile (another checkout's tests) are taken
+        // off the group: never below zero.
+        (u.group("tenantry") - u.reaped("tenantry")).max(0.0),
+        (u.group("bench") - u.reaped("bench")).max(0.0),
         tools,
         u.group("postgres"),
         u.group("s3s-fs"),
@@ -857,7 +859,7 @@ async fn render(args: &Args, sizes: &Sizes, results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "- tenantry: one `tenantry worker` process (release build) with `worker_concurrency` {c}; run and per-host \
+        "- tenantry: one `tenantry worker` process ({profile} build) with `worker_concurrency` {c}; run and per-host \
          concurrency {c}; `[storage]` on s3s-fs with the default part size (8 MiB) and parts in flight (3); \
          `pg_dump` compression at its default. A run is created through the library as `tenantry run` creates one \
          (`launch::snapshot`, `skip_up_to_date`, `apply_selections`, `Runtime::start`) and timed from the snapshot \
@@ -865,6 +867,7 @@ async fn render(args: &Args, sizes: &Sizes, results: &Results) -> String {
          run was checked: succeeded, every tenant's backup has its manifest and rows (every verification passed). \
          The big tenant's backup ran on a newly started worker (VmRSS {idle} after start), alone.",
         idle = results.idle_rss.and_then(|r| r.now_mib).map_or("?".to_string(), |m| format!("{m:.0} MiB")),
+        profile = if cfg!(debug_assertions) { "debug" } else { "release" },
     );
     let _ = writeln!(
         out,
