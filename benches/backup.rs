@@ -296,6 +296,11 @@ impl Fleet {
 url = "{redis}"
 prefix = "{name}"
 
+# A pool per tenant database: at the default (256) a worker keeps an idle connection to each
+# of the 50 databases it backed up, which with other clients exceeds max_connections (100).
+[limits]
+max_pools = {max_pools}
+
 [runtime]
 worker_concurrency = {c}
 drain_timeout = "30s"
@@ -324,6 +329,7 @@ database = "{name}_{{tenant}}"
             pg = pg_url(),
             name = self.name,
             c = args.concurrency,
+            max_pools = 2 * args.concurrency,
             bucket = s3_env("TENANTRY_TEST_S3_BUCKET")?,
             endpoint = s3_env("TENANTRY_TEST_S3_ENDPOINT")?,
             access = s3_env("TENANTRY_TEST_S3_ACCESS_KEY")?,
@@ -860,7 +866,8 @@ async fn render(args: &Args, sizes: &Sizes, results: &Results) -> String {
     let _ = writeln!(
         out,
         "- tenantry: one `tenantry worker` process ({profile} build) with `worker_concurrency` {c}; run and per-host \
-         concurrency {c}; `[storage]` on s3s-fs with the default part size (8 MiB) and parts in flight (3); \
+         concurrency {c}; `limits.max_pools` {mp} (a pool per tenant database; at the default a worker keeps an idle \
+         connection to every database it backed up); `[storage]` on s3s-fs with the default part size (8 MiB) and parts in flight (3); \
          `pg_dump` compression at its default. A run is created through the library as `tenantry run` creates one \
          (`launch::snapshot`, `skip_up_to_date`, `apply_selections`, `Runtime::start`) and timed from the snapshot \
          until the bench saw it terminal, so it includes dispatch, claims, leases and checkpoints in Redis. Each \
@@ -868,6 +875,7 @@ async fn render(args: &Args, sizes: &Sizes, results: &Results) -> String {
          The big tenant's backup ran on a newly started worker (VmRSS {idle} after start), alone.",
         idle = results.idle_rss.and_then(|r| r.now_mib).map_or("?".to_string(), |m| format!("{m:.0} MiB")),
         profile = if cfg!(debug_assertions) { "debug" } else { "release" },
+        mp = 2 * c,
     );
     let _ = writeln!(
         out,

@@ -26,10 +26,12 @@ pub fn main<A, F: Future<Output = Result<()>>>(args: Result<A, String>, bench: i
     }
 }
 
-/// Logging from `TENANTRY_LOG` (default `warn`), a multi-threaded runtime, and the bench's
-/// outcome as the exit status (an error is printed).
+/// Logging from `TENANTRY_LOG` (default `warn`, without sqlx's slow-statement warnings: a
+/// bench's setup is slow statements), a multi-threaded runtime, and the bench's outcome as
+/// the exit status (an error is printed).
 pub fn block_on(bench: impl Future<Output = Result<()>>) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG").unwrap_or_else(|_| "warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG").unwrap_or_else(|_| "warn,sqlx::query=error".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
