@@ -253,6 +253,8 @@ pub struct ProcessCpu {
     /// Its reaped children's (cutime + cstime): ended PostgreSQL backends for the
     /// postmaster, `pg_dump`/`pg_restore` for a worker or the bench.
     pub reaped: u64,
+    /// When it started, in ticks since boot.
+    pub started: u64,
 }
 
 /// Counters at one moment.
@@ -263,6 +265,8 @@ pub struct Snapshot {
     pub machine_busy: u64,
     /// Redis command -> (calls, usec).
     pub redis: BTreeMap<String, (u64, u64)>,
+    /// Ticks since boot when it was taken.
+    pub taken: u64,
 }
 
 /// What happened between two snapshots, per tenant where that makes sense.
@@ -293,7 +297,11 @@ impl Snapshot {
     }
 
     async fn counted(database: Option<&str>) -> Result<Snapshot> {
-        let mut s = Snapshot { cpu: process_cpu(database), machine_busy: machine_busy(), ..Default::default() };
+        let taken = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0, |secs| (secs * TICKS_PER_SEC) as u64);
+        let mut s = Snapshot { cpu: process_cpu(database), machine_busy: machine_busy(), taken, ..Default::default() };
         let mut redis = redis_connect().await?;
         let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await?;
         for line in info.lines() {
@@ -310,7 +318,13 @@ impl Snapshot {
         let mut ticks: BTreeMap<&str, i64> = BTreeMap::new();
         let mut reaped: BTreeMap<&str, i64> = BTreeMap::new();
         for (pid, now) in &self.cpu {
-            let (own, children) = before.cpu.get(pid).map_or((0, 0), |p| (p.own, p.reaped));
+            let (own, children) = match before.cpu.get(pid) {
+                Some(p) => (p.own, p.reaped),
+                // New since `before`: all of its time is in between. One that is older but was
+                // not seen then (its /proc entry unreadable) has unknown time in between: none.
+                None if now.started + 1 >= before.taken => (0, 0),
+                None => (now.own, now.reaped),
+            };
             let grown = now.reaped.saturating_sub(children) as i64;
             *ticks.entry(now.group.as_str()).or_default() += now.own.saturating_sub(own) as i64 + grown;
             *reaped.entry(now.group.as_str()).or_default() += grown;
@@ -458,7 +472,11 @@ pub fn process_cpu(database: Option<&str>) -> BTreeMap<u32, ProcessCpu> {
             // kworker/1:0H-kblockd -> kworker
             comm.split('/').next().unwrap_or(comm).to_string()
         };
-        out.insert(pid, ProcessCpu { group, own: ticks(11) + ticks(12), reaped: ticks(13) + ticks(14) });
+        // starttime is field 19 after the comm.
+        out.insert(
+            pid,
+            ProcessCpu { group, own: ticks(11) + ticks(12), reaped: ticks(13) + ticks(14), started: ticks(19) },
+        );
     }
     out
 }
