@@ -54,7 +54,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,8 +74,12 @@ use tenantry::steps::migrate::HISTORY_DDL;
 use tenantry::steps::{StepContext, execute};
 use tenantry::workflow::{self, CheckContext, Workflow};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Result<T, E = BoxError> = std::result::Result<T, E>;
+mod support;
+
+use support::{
+    IDLE_CPUS, Result, Snapshot, Usage, background, clear_redis, commit, database_url, exec, machine, percentile,
+    pg_connect, pg_url, publish, redis_url, settle,
+};
 
 const USAGE: &str = "usage: cargo bench --bench migrate -- [--tenants N] [--rows R] [--concurrency C] \
                      [--timeout SECS] [--no-step-only] [--wait-idle SECS] [--no-docs]
@@ -96,12 +100,11 @@ const V1_SQL: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, created
 const V2_FILE: &str = "V2__items_category.sql";
 const V2_SQL: &str =
     "ALTER TABLE items ADD COLUMN category text;\nCREATE INDEX items_category_idx ON items (category);\n";
-const BEGIN_MARKER: &str = "<!-- migrate:begin -->";
-const END_MARKER: &str = "<!-- migrate:end -->";
+/// Above the table when docs/benchmarks.md has no migrate section yet.
+const HEADING: &str = "## Migrations\n\n`cargo bench --bench migrate` (`benches/migrate.rs`; see its header for what \
+                       is measured and how; PostgreSQL and Redis from `deploy/local/services.sh`).";
 /// Schemas per setup batch (one implicit transaction each: bounded lock table use).
 const SETUP_BATCH: usize = 50;
-/// Below this many busy CPUs (other processes), the machine counts as idle.
-const IDLE_CPUS: f64 = 0.2;
 /// Schemas per UNION query when checking histories.
 const CHECK_BATCH: usize = 500;
 
@@ -167,29 +170,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main(parse_args(), bench)
 }
 
 async fn bench(args: Args) -> Result<()> {
@@ -205,67 +186,11 @@ async fn bench(args: Args) -> Result<()> {
     let results = measured?;
     cleaned?;
     let section = render(&args, &results).await;
-    println!("{section}");
-    if args.docs {
-        let path = write_docs(&section)?;
-        eprintln!("bench: wrote {}", path.display());
-    }
-    Ok(())
+    publish("migrate", HEADING, &section, args.docs)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Services
-
-fn pg_url() -> String {
-    std::env::var("TENANTRY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("TENANTRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// The server URL with another database (query parameters such as `sslmode` kept).
-fn database_url(database: &str) -> String {
-    let url = pg_url();
-    match url::Url::parse(&url) {
-        Ok(mut parsed) => {
-            parsed.set_path(&format!("/{database}"));
-            parsed.to_string()
-        }
-        Err(_) => {
-            let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-            format!("{base}/{database}")
-        }
-    }
-}
-
-async fn pg_connect(database: &str) -> Result<sqlx::PgConnection> {
-    let url = database_url(database);
-    sqlx::PgConnection::connect(&url).await.map_err(|e| {
-        format!(
-            "PostgreSQL is not reachable at {url} ({e}); start it with `source deploy/local/services.sh && \
-             ensure_postgres && export_test_env`"
-        )
-        .into()
-    })
-}
-
-async fn redis_connect() -> Result<redis::aio::MultiplexedConnection> {
-    let url = redis_url();
-    let client = redis::Client::open(url.as_str())?;
-    client.get_multiplexed_async_connection().await.map_err(|e| {
-        format!(
-            "Redis is not reachable at {url} ({e}); start it with `source deploy/local/services.sh && ensure_redis \
-             && export_test_env`"
-        )
-        .into()
-    })
-}
-
-async fn exec(conn: &mut sqlx::PgConnection, sql: String) -> Result<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
-    Ok(())
-}
 
 /// A `CHECKPOINT`, so that no variant pays for the writes of the one before.
 async fn checkpoint() -> Result<()> {
@@ -313,8 +238,6 @@ struct Fleet {
     v1_checksum: String,
     v1_name: String,
     wait_idle: Duration,
-    /// The busiest the machine was just before a variant (CPUs), and the time spent waiting.
-    background: std::sync::Mutex<(f64, Duration)>,
 }
 
 impl Fleet {
@@ -346,7 +269,6 @@ impl Fleet {
             v1_checksum: v1.up.checksum.clone(),
             v1_name: v1.name.clone(),
             wait_idle: args.wait_idle,
-            background: std::sync::Mutex::new((0.0, Duration::ZERO)),
             dir,
         })
     }
@@ -547,27 +469,7 @@ migrations = "migrations/{SERVICE}"
     /// Before each variant: waits (up to `--wait-idle`) until nothing else keeps the machine
     /// busy, remembers how busy it was, then runs a `CHECKPOINT`.
     async fn settle(&self) -> Result<()> {
-        let started = Instant::now();
-        let mut warned = false;
-        let busy = loop {
-            let busy = busy_cpus(Duration::from_secs(2)).await;
-            if busy < IDLE_CPUS || started.elapsed() >= self.wait_idle {
-                break busy;
-            }
-            if !warned {
-                eprintln!(
-                    "bench: something else keeps {busy:.2} CPUs busy; waiting up to {:?} for the machine to be idle",
-                    self.wait_idle
-                );
-                warned = true;
-            }
-        };
-        let waited = started.elapsed().saturating_sub(Duration::from_secs(2));
-        {
-            let mut background = self.background.lock().expect("background lock");
-            background.0 = background.0.max(busy);
-            background.1 += waited;
-        }
+        settle(self.wait_idle).await;
         checkpoint().await
     }
 
@@ -578,27 +480,7 @@ migrations = "migrations/{SERVICE}"
             exec(&mut admin, format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await?;
         }
         admin.close().await?;
-        let mut redis = redis_connect().await?;
-        let mut cursor: u64 = 0;
-        let mut deleted = 0usize;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.name))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut redis)
-                .await?;
-            if !keys.is_empty() {
-                deleted += keys.len();
-                let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let deleted = clear_redis(&self.name).await?;
         eprintln!(
             "bench: dropped {} database(s), deleted {deleted} Redis keys of prefix {}",
             self.created.len(),
@@ -705,7 +587,7 @@ async fn measure(fleet: &Fleet, args: &Args) -> Result<Results> {
     if args.step_only {
         results.rows.push(bench.step_only().await?);
     }
-    results.background = *fleet.background.lock().expect("background lock");
+    results.background = background();
     Ok(results)
 }
 
@@ -742,11 +624,11 @@ async fn floor(fleet: &Fleet) -> Result<Row> {
     std::fs::write(&path, script)?;
     let path = path.to_str().ok_or("temporary path is not UTF-8")?.to_string();
     fleet.settle().await?;
-    let before = Snapshot::take(&fleet.name).await?;
+    let before = Snapshot::of_database(&fleet.name).await?;
     let started = Instant::now();
     psql(&database, &["-f", &path]).await?;
     let wall = started.elapsed();
-    let usage = Snapshot::take(&fleet.name).await?.since(&before, fleet.tenants);
+    let usage = Snapshot::of_database(&fleet.name).await?.since(&before, fleet.tenants);
     fleet.check_ddl(&database).await?;
     let row = Row {
         label: "(a) floor: one `psql` session for all tenants".into(),
@@ -768,13 +650,13 @@ async fn psql_per_tenant(fleet: &Fleet) -> Result<Row> {
     let commands: Vec<String> =
         fleet.schemas().iter().map(|schema| format!("SET search_path TO \"{schema}\";\n{V2_SQL}")).collect();
     fleet.settle().await?;
-    let before = Snapshot::take(&fleet.name).await?;
+    let before = Snapshot::of_database(&fleet.name).await?;
     let started = Instant::now();
     for command in &commands {
         psql(&database, &["-c", command]).await?;
     }
     let wall = started.elapsed();
-    let usage = Snapshot::take(&fleet.name).await?.since(&before, fleet.tenants);
+    let usage = Snapshot::of_database(&fleet.name).await?.since(&before, fleet.tenants);
     fleet.check_ddl(&database).await?;
     let row = Row {
         label: "(b) one `psql -c` process per tenant, sequential".into(),
@@ -836,11 +718,11 @@ impl Bench<'_> {
 
         // Plan over the migrated fleet: the same bulk history read as the fast path.
         self.fleet.settle().await?;
-        let before = Snapshot::take(&self.fleet.name).await?;
+        let before = Snapshot::of_database(&self.fleet.name).await?;
         let started = Instant::now();
         let plan = workflow::plan::build(self.wf, self.catalog, &self.ctx.config, &[]).await;
         let wall = started.elapsed();
-        let usage = Snapshot::take(&self.fleet.name).await?.since(&before, self.fleet.tenants);
+        let usage = Snapshot::of_database(&self.fleet.name).await?.since(&before, self.fleet.tenants);
         let mut planned = 0;
         for p in plan.waves.iter().flat_map(|w| &w.plans) {
             for s in &p.steps {
@@ -897,7 +779,7 @@ impl Bench<'_> {
 
         // The same through the CLI: process start, config, catalog, run, --wait.
         self.fleet.settle().await?;
-        let before = Snapshot::take(&self.fleet.name).await?;
+        let before = Snapshot::of_database(&self.fleet.name).await?;
         let started = Instant::now();
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
             .arg("--config")
@@ -907,7 +789,7 @@ impl Bench<'_> {
             .output()
             .await?;
         let wall = started.elapsed();
-        let usage = Snapshot::take(&self.fleet.name).await?.since(&before, self.fleet.tenants);
+        let usage = Snapshot::of_database(&self.fleet.name).await?.since(&before, self.fleet.tenants);
         if !out.status.success() {
             return Err(format!(
                 "`tenantry run {WORKFLOW} --wait` exited with {}: {}{}",
@@ -991,7 +873,7 @@ impl Bench<'_> {
 
     /// One run, started as `tenantry run` starts one, followed until terminal and checked.
     async fn run(&self, label: &str, nothing_pending: bool) -> Result<(RunDetail, BTreeMap<String, Checkpoint>)> {
-        let before = Snapshot::take(&self.fleet.name).await?;
+        let before = Snapshot::of_database(&self.fleet.name).await?;
         let started = Instant::now();
         let mut spec = launch::snapshot(self.wf, self.catalog, &self.ctx.config, &[]);
         let snapshot = started.elapsed();
@@ -1025,7 +907,7 @@ impl Bench<'_> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         let wall = started.elapsed();
-        let usage = Snapshot::take(&self.fleet.name).await?.since(&before, n);
+        let usage = Snapshot::of_database(&self.fleet.name).await?.since(&before, n);
         if record.state != RunState::Succeeded || record.succeeded != n as u64 {
             let checkpoints = store.checkpoints(&id).await.unwrap_or_default();
             let example = checkpoints.iter().find(|(_, c)| c.state != TenantState::Succeeded);
@@ -1076,7 +958,7 @@ impl Bench<'_> {
             skip - snapshot,
             start - skip
         );
-        eprintln!("{}", usage.describe(wall));
+        eprintln!("{}", usage.describe(wall, &COLUMNS));
         let detail = RunDetail {
             label: label.to_string(),
             snapshot,
@@ -1114,7 +996,7 @@ impl Bench<'_> {
         }
         self.fleet.settle().await?;
         let next = Arc::new(AtomicUsize::new(0));
-        let before = Snapshot::take(&self.fleet.name).await?;
+        let before = Snapshot::of_database(&self.fleet.name).await?;
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..self.args.concurrency {
@@ -1166,7 +1048,7 @@ impl Bench<'_> {
             done += t.await??;
         }
         let wall = started.elapsed();
-        let usage = Snapshot::take(&self.fleet.name).await?.since(&before, self.fleet.tenants);
+        let usage = Snapshot::of_database(&self.fleet.name).await?.since(&before, self.fleet.tenants);
         databases.close().await;
         if done != self.fleet.tenants {
             return Err(format!("step only: {done} steps for {} tenants", self.fleet.tenants).into());
@@ -1188,230 +1070,24 @@ impl Bench<'_> {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 // ---------------------------------------------------------------------------------------------
-// Where the time goes: CPU per process group, Redis commands, PostgreSQL transactions
-
-/// Counters at one moment.
-#[derive(Default)]
-struct Snapshot {
-    /// pid -> (group, CPU ticks).
-    cpu: BTreeMap<u32, (String, u64)>,
-    /// Busy ticks of the whole machine (from /proc/stat).
-    machine_busy: u64,
-    /// Redis command -> (calls, usec).
-    redis: BTreeMap<String, (u64, u64)>,
-}
-
-/// What happened between two snapshots.
-#[derive(Clone)]
-struct Usage {
-    tenants: usize,
-    /// Group -> CPU seconds.
-    cpu: BTreeMap<String, f64>,
-    machine_busy: f64,
-    /// (command, calls, usec), most called first.
-    redis: Vec<(String, u64, u64)>,
-}
+// Where the time goes: CPU per process group (support's snapshots), Redis commands
 
 /// Other processes using this much CPU during a row are named in the report.
 const NOISE_CPU_SECONDS: f64 = 0.2;
 
-/// The CPU groups of the bench itself (the rest is `other`).
-const TRACKED: [&str; 3] = ["tenantry", "postgres", "redis"];
+/// The CPU groups of a variant's own work: this process (the worker runtime, `psql` and the
+/// CLI as its children), PostgreSQL for the bench's databases, Redis; the rest is `other`.
+const COLUMNS: [&str; 3] = ["bench", "postgres", "redis"];
 
-/// Linux USER_HZ: /proc times are in 1/100 s on every mainstream architecture.
-const TICKS_PER_SEC: f64 = 100.0;
-
-impl Snapshot {
-    async fn take(bench: &str) -> Result<Snapshot> {
-        let mut s = Snapshot { cpu: process_cpu(bench), machine_busy: machine_busy(), ..Default::default() };
-        let mut redis = redis_connect().await?;
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await?;
-        for line in info.lines() {
-            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
-            let field = |key: &str| {
-                rest.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok()).unwrap_or(0)
-            };
-            s.redis.insert(name.to_string(), (field("calls"), field("usec")));
-        }
-        Ok(s)
-    }
-
-    fn since(&self, before: &Snapshot, tenants: usize) -> Usage {
-        let mut ticks: BTreeMap<&str, i64> = BTreeMap::new();
-        for (pid, (group, now)) in &self.cpu {
-            let earlier = before.cpu.get(pid).map_or(0, |(_, t)| *t);
-            *ticks.entry(group.as_str()).or_default() += now.saturating_sub(earlier) as i64;
-        }
-        // A process that ended in between shows up with its whole life in its parent's
-        // cutime/cstime (the postmaster's, for a backend): take off what it had used before.
-        for (pid, (group, earlier)) in &before.cpu {
-            if !self.cpu.contains_key(pid) {
-                *ticks.entry(group.as_str()).or_default() -= *earlier as i64;
-            }
-        }
-        let cpu: BTreeMap<String, f64> = ticks
-            .into_iter()
-            .filter(|(_, t)| *t > 0)
-            .map(|(group, t)| (group.to_string(), t as f64 / TICKS_PER_SEC))
-            .collect();
-        let mut redis: Vec<(String, u64, u64)> = self
-            .redis
-            .iter()
-            .map(|(name, (calls, usec))| {
-                let (c0, u0) = before.redis.get(name).copied().unwrap_or((0, 0));
-                (name.clone(), calls.saturating_sub(c0), usec.saturating_sub(u0))
-            })
-            .filter(|(_, calls, _)| *calls > 0)
-            .collect();
-        redis.sort_by_key(|(_, calls, _)| std::cmp::Reverse(*calls));
-        Usage {
-            tenants,
-            cpu,
-            machine_busy: self.machine_busy.saturating_sub(before.machine_busy) as f64 / TICKS_PER_SEC,
-            redis,
-        }
-    }
+/// `bench / PostgreSQL / Redis / other` CPU seconds, for a table cell.
+fn cells(u: &Usage) -> String {
+    format!("{:.2} / {:.2} / {:.2} / {:.2}", u.group("bench"), u.group("postgres"), u.group("redis"), other(u))
 }
 
-impl Usage {
-    fn group(&self, name: &str) -> f64 {
-        self.cpu.get(name).copied().unwrap_or(0.0)
-    }
-
-    /// `bench / PostgreSQL / Redis / other` CPU seconds, for a table cell.
-    fn cells(&self) -> String {
-        format!(
-            "{:.2} / {:.2} / {:.2} / {:.2}",
-            self.group("tenantry"),
-            self.group("postgres"),
-            self.group("redis"),
-            self.other()
-        )
-    }
-
-    /// Busy time of the machine not used by the bench, PostgreSQL (for the bench) or Redis.
-    fn other(&self) -> f64 {
-        (self.machine_busy - TRACKED.iter().map(|g| self.group(g)).sum::<f64>()).max(0.0)
-    }
-
-    /// The other processes that used at least `min` CPU seconds, busiest first.
-    fn others(&self, min: f64) -> Vec<(&str, f64)> {
-        let mut out: Vec<(&str, f64)> = self
-            .cpu
-            .iter()
-            .filter(|(g, s)| !TRACKED.contains(&g.as_str()) && **s >= min)
-            .map(|(g, s)| (g.as_str(), *s))
-            .collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1));
-        out
-    }
-
-    /// Redis script invocations (EVALSHA/EVAL): one round trip each.
-    fn scripts(&self) -> u64 {
-        self.redis.iter().filter(|(n, _, _)| n == "evalsha" || n == "eval").map(|(_, c, _)| c).sum()
-    }
-
-    fn describe(&self, wall: Duration) -> String {
-        let n = self.tenants.max(1) as f64;
-        let mut out = format!(
-            "  CPU seconds over {:.2?}: tenantry {:.2}, postgres {:.2}, redis {:.2}, other {:.2} (machine busy {:.2})\n",
-            wall,
-            self.group("tenantry"),
-            self.group("postgres"),
-            self.group("redis"),
-            self.other(),
-            self.machine_busy
-        );
-        let _ = writeln!(
-            out,
-            "  per tenant: {:.0} µs tenantry CPU, {:.0} µs postgres CPU, {:.0} µs redis CPU, {:.2} Redis scripts",
-            self.group("tenantry") * 1e6 / n,
-            self.group("postgres") * 1e6 / n,
-            self.group("redis") * 1e6 / n,
-            self.scripts() as f64 / n
-        );
-        let _ = write!(out, "  Redis commands (calls per tenant, µs per call):");
-        for (name, calls, usec) in self.redis.iter().take(14) {
-            let _ = write!(out, " {name} {:.2}/{:.1}", *calls as f64 / n, *usec as f64 / (*calls).max(1) as f64);
-        }
-        out
-    }
-}
-
-/// CPU ticks of every process, each with its reaped children, from /proc (empty elsewhere),
-/// grouped: this process (`tenantry`), the PostgreSQL server (`postgres`: postmaster,
-/// auxiliary processes and the backends of the bench's databases, `bench` in their title),
-/// Redis (`redis`), and everything else by command name (backends of other databases as
-/// `postgres (other databases)`).
-fn process_cpu(bench: &str) -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // "pid (comm) state ppid ... utime stime ...": comm may contain spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // After the comm: state is field 0, utime 11, stime 12, and cutime 13, cstime 14: the
-        // CPU of reaped children, so that short-lived `psql` processes (children of the bench)
-        // and the backends of their sessions (children of the postmaster) count too.
-        let cpu = ticks(11) + ticks(12) + ticks(13) + ticks(14);
-        let group = if pid == me {
-            "tenantry".to_string()
-        } else if comm.starts_with("redis-server") {
-            "redis".to_string()
-        } else if comm.starts_with("postgres") {
-            // A backend's title: "postgres: 15/main: USER DATABASE HOST(PORT) STATE".
-            let title = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let title = String::from_utf8_lossy(&title);
-            let backend = title.contains("127.0.0.1(") || title.contains("[local]") || title.contains("::1(");
-            if backend && !title.contains(bench) {
-                "postgres (other databases)".to_string()
-            } else {
-                "postgres".to_string()
-            }
-        } else {
-            // kworker/1:0H-kblockd -> kworker
-            comm.split('/').next().unwrap_or(comm).to_string()
-        };
-        out.insert(pid, (group, cpu));
-    }
-    out
-}
-
-/// Busy CPU ticks of the machine since boot (all CPUs; idle and iowait excluded).
-fn machine_busy() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return 0 };
-    let Some(line) = stat.lines().next() else { return 0 };
-    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    total.saturating_sub(idle)
-}
-
-/// Busy CPUs of the machine over `window` (0.1: a tenth of one CPU).
-async fn busy_cpus(window: Duration) -> f64 {
-    let before = machine_busy();
-    tokio::time::sleep(window).await;
-    busy_since(before) / window.as_secs_f64()
-}
-
-/// Busy CPU seconds of the machine since `before` (ticks from `machine_busy`).
-fn busy_since(before: u64) -> f64 {
-    machine_busy().saturating_sub(before) as f64 / TICKS_PER_SEC
+/// Busy time of the machine not used by the bench, PostgreSQL (for the bench) or Redis.
+fn other(u: &Usage) -> f64 {
+    u.other_processes(&COLUMNS) + u.unattributed()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1495,13 +1171,13 @@ async fn render(args: &Args, results: &Results) -> String {
             ms(r.wall),
             r.tenants as f64 / r.wall.as_secs_f64(),
             ratio,
-            r.usage.cells()
+            cells(&r.usage)
         );
     }
     let noisy: Vec<String> = rows
         .iter()
         .filter_map(|r| {
-            let others = r.usage.others(NOISE_CPU_SECONDS);
+            let others = r.usage.others(NOISE_CPU_SECONDS, &COLUMNS);
             (!others.is_empty()).then(|| {
                 let list: Vec<String> = others.iter().take(5).map(|(g, s)| format!("`{g}` {s:.2} s")).collect();
                 format!("{}: {}", r.label, list.join(", "))
@@ -1543,7 +1219,7 @@ async fn render(args: &Args, results: &Results) -> String {
                 ms(run.skip),
                 ms(run.start),
                 ms(run.wall),
-                u.group("tenantry") * 1e6 / n,
+                u.group("bench") * 1e6 / n,
                 u.group("postgres") * 1e6 / n,
                 u.group("redis") * 1e6 / n,
                 u.scripts() as f64 / n,
@@ -1601,94 +1277,4 @@ async fn render(args: &Args, results: &Results) -> String {
 /// The build profile of this bench (and of the `tenantry` binary cargo built with it).
 fn profile() -> &'static str {
     if cfg!(debug_assertions) { "debug" } else { "release" }
-}
-
-fn commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// CPUs, CPU model, memory, and the PostgreSQL and Redis versions and durability settings.
-async fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or("unknown".into(), |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0));
-    let pg = match pg_connect("postgres").await {
-        Ok(mut c) => {
-            let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql);
-            let version = q("SHOW server_version").fetch_one(&mut c).await.unwrap_or_default();
-            let fsync = q("SHOW fsync").fetch_one(&mut c).await.unwrap_or_default();
-            let sync = q("SHOW synchronous_commit").fetch_one(&mut c).await.unwrap_or_default();
-            let buffers = q("SHOW shared_buffers").fetch_one(&mut c).await.unwrap_or_default();
-            let ssl = q("SHOW ssl").fetch_one(&mut c).await.unwrap_or_default();
-            let sslmode = url::Url::parse(&pg_url())
-                .ok()
-                .and_then(|u| u.query_pairs().find(|(k, _)| k == "sslmode").map(|(_, v)| v.to_string()))
-                .unwrap_or_else(|| "prefer (default)".into());
-            format!(
-                "PostgreSQL {version} (fsync {fsync}, synchronous_commit {sync}, shared_buffers {buffers}, ssl {ssl}; \
-                 clients connect over TCP with sslmode {sslmode})"
-            )
-        }
-        Err(_) => "PostgreSQL ?".into(),
-    };
-    let redis = match redis_connect().await {
-        Ok(mut c) => {
-            let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await.unwrap_or_default();
-            let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string();
-            format!("Redis {version}")
-        }
-        Err(_) => "Redis ?".into(),
-    };
-    let psql = std::process::Command::new("psql")
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "psql ?".into());
-    format!("{cpus} CPUs ({model}), {memory} memory; {pg}, {redis} and {psql} on the same machine")
-}
-
-/// Replaces the section between the markers in docs/benchmarks.md (creating the file, or
-/// appending the section, when needed) and keeps the rest of the file.
-fn write_docs(section: &str) -> Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join("benchmarks.md");
-    let block = format!("{BEGIN_MARKER}\n{}\n{END_MARKER}", section.trim_end());
-    let intro = "## Migrations\n\n`cargo bench --bench migrate` (`benches/migrate.rs`; see its header for what is \
-                 measured and how; PostgreSQL and Redis from `deploy/local/services.sh`).";
-    let current = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
-    };
-    let text = match (current.find(BEGIN_MARKER), current.find(END_MARKER)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{block}{}", &current[..b], &current[e + END_MARKER.len()..])
-        }
-        (None, None) if current.is_empty() => format!(
-            "# Benchmarks\n\nProduced by scripts in the repository; do not edit the generated sections by hand \
-             (everything between a `begin` and an `end` marker is replaced on the next run).\n\n{intro}\n\n{block}\n"
-        ),
-        (None, None) => format!("{}\n\n{intro}\n\n{block}\n", current.trim_end()),
-        _ => {
-            return Err(
-                format!("{} has a broken {BEGIN_MARKER} … {END_MARKER} pair; fix it by hand", path.display()).into()
-            );
-        }
-    };
-    std::fs::create_dir_all(path.parent().expect("docs dir"))?;
-    std::fs::write(&path, text)?;
-    Ok(path)
 }

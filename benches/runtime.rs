@@ -37,7 +37,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,8 +55,12 @@ use tenantry::runtime::worker::Runtime;
 use tenantry::steps::{StepContext, execute};
 use tenantry::workflow::{self, CheckContext, Workflow};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Result<T, E = BoxError> = std::result::Result<T, E>;
+mod support;
+
+use support::{
+    IDLE_CPUS, Result, Rss, Snapshot, Usage, Workers, background, clear_redis, commit, database_url, exec, machine,
+    percentile, pg_connect, pg_url, publish, redis_url, settle,
+};
 
 const USAGE: &str = "usage: cargo bench --bench runtime -- [--tenants N] [--concurrency C] [--pool P] [--workers W] \
                      [--hosts H] [--hosts-concurrency C] [--timeout SECS] [--wait-idle SECS] [--no-docs]
@@ -73,8 +77,13 @@ const USAGE: &str = "usage: cargo bench --bench runtime -- [--tenants N] [--conc
   --no-docs         print the table only; leave docs/benchmarks.md alone";
 
 const WORKFLOW: &str = "bench";
-const BEGIN_MARKER: &str = "<!-- runtime:begin -->";
-const END_MARKER: &str = "<!-- runtime:end -->";
+/// Above the table when docs/benchmarks.md has no runtime section yet.
+const HEADING: &str = "## Runtime\n\n`deploy/local/bench.sh` (runs `cargo bench --bench runtime`, `benches/runtime.rs`: \
+                       arguments pass through; see its header for what is measured and how; PostgreSQL and Redis \
+                       from `deploy/local/services.sh`). The table is regenerated on every run; the notes below it \
+                       are written by hand.";
+/// The process groups the CPU table has a column for; the rest is "other processes".
+const COLUMNS: [&str; 4] = ["tenantry", "postgres", "redis", "bench"];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -151,29 +160,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTRY_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main(parse_args(), bench)
 }
 
 async fn bench(args: Args) -> Result<()> {
@@ -185,66 +172,7 @@ async fn bench(args: Args) -> Result<()> {
     let rows = measured?;
     cleaned?;
     let section = render(&args, &rows).await;
-    println!("{section}");
-    if args.docs {
-        let path = write_docs(&section)?;
-        eprintln!("bench: wrote {}", path.display());
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Services
-
-fn pg_url() -> String {
-    std::env::var("TENANTRY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("TENANTRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// The server URL with another database (query parameters such as `sslmode` are kept).
-fn database_url(database: &str) -> String {
-    let url = pg_url();
-    match url::Url::parse(&url) {
-        Ok(mut u) => {
-            u.set_path(&format!("/{database}"));
-            u.to_string()
-        }
-        Err(_) => {
-            let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-            format!("{base}/{database}")
-        }
-    }
-}
-
-async fn pg_connect(database: &str) -> Result<sqlx::PgConnection> {
-    let url = database_url(database);
-    sqlx::PgConnection::connect(&url).await.map_err(|e| {
-        format!(
-            "PostgreSQL is not reachable at {url} ({e}); start it with `source deploy/local/services.sh && ensure_postgres` \
-             or run the bench through deploy/local/bench.sh"
-        )
-        .into()
-    })
-}
-
-async fn redis_connect() -> Result<redis::aio::MultiplexedConnection> {
-    let url = redis_url();
-    let client = redis::Client::open(url.as_str())?;
-    client.get_multiplexed_async_connection().await.map_err(|e| {
-        format!(
-            "Redis is not reachable at {url} ({e}); start it with `source deploy/local/services.sh && ensure_redis` \
-             or run the bench through deploy/local/bench.sh"
-        )
-        .into()
-    })
-}
-
-async fn exec(conn: &mut sqlx::PgConnection, sql: String) -> Result<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
-    Ok(())
+    publish("runtime", HEADING, &section, args.docs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -426,27 +354,7 @@ schema = "tenant_{{tenant}}"
     async fn destroy(&self) -> Result<()> {
         let mut admin = pg_connect("postgres").await?;
         exec(&mut admin, format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)).await?;
-        let mut redis = redis_connect().await?;
-        let mut cursor: u64 = 0;
-        let mut deleted = 0usize;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.name))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut redis)
-                .await?;
-            if !keys.is_empty() {
-                deleted += keys.len();
-                let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let deleted = clear_redis(&self.name).await?;
         eprintln!("bench: dropped database {}, deleted {deleted} Redis keys of prefix {0}", self.name);
         Ok(())
     }
@@ -493,12 +401,12 @@ async fn measure(fleet: &Fleet, args: &Args) -> Result<Vec<Row>> {
     let starter = ctx.runtime().await.map_err(|f| f.to_string())?;
     let bench = Bench { fleet, args, tenants: fleet.tenants, ctx: &ctx, catalog: &catalog, wf: &wf, starter: &starter };
 
-    let mut workers = Workers::start(fleet, args.workers, &fleet.config_path()).await?;
+    let mut workers = Workers::start(fleet.dir.path(), args.workers, &fleet.config_path()).await?;
     let mut row = bench.run("tenantry run, fresh fleet (first run)").await?;
     row.rss = workers.rss();
     rows.push(row);
     workers.stop()?;
-    let mut workers = Workers::start(fleet, args.workers, &fleet.config_path()).await?;
+    let mut workers = Workers::start(fleet.dir.path(), args.workers, &fleet.config_path()).await?;
     let mut row = bench.run("tenantry run, workers just started").await?;
     row.rss = workers.rss();
     rows.push(row);
@@ -571,8 +479,8 @@ async fn many_hosts(
     let many_wf = workflow::find(&many.config.workflows_dir(), WORKFLOW).map_err(|d| d.to_string())?;
     let many_bench =
         Bench { fleet, args, tenants: args.hosts, ctx: &many, catalog: &many_catalog, wf: &many_wf, starter };
-    let mut workers = Workers::start(fleet, args.workers, &config).await?;
-    settle(args).await;
+    let mut workers = Workers::start(fleet.dir.path(), args.workers, &config).await?;
+    settle(args.wait_idle).await;
     let first: Arc<Vec<String>> = Arc::new(schemas[..args.hosts].to_vec());
     let mut rows = vec![connect_per_tenant_loop(fleet, &first, args.hosts_concurrency, via).await?];
     let mut row = many_bench
@@ -583,102 +491,6 @@ async fn many_hosts(
     rows.push(row);
     workers.stop()?;
     Ok(rows)
-}
-
-/// `tenantry worker` processes (the release binary built with the bench) on the fleet's
-/// config; killed when dropped, so a failing bench leaves none behind.
-struct Workers(Vec<std::process::Child>);
-
-impl Workers {
-    async fn start(fleet: &Fleet, n: usize, config: &Path) -> Result<Workers> {
-        let mut workers = Workers(Vec::with_capacity(n));
-        for _ in 0..n {
-            let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
-                .current_dir(fleet.dir.path())
-                .arg("--config")
-                .arg(config)
-                .arg("worker")
-                .env("TENANTRY_LOG", std::env::var("TENANTRY_LOG").unwrap_or_else(|_| "warn".into()))
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::inherit())
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_tenantry")))?;
-            workers.0.push(child);
-        }
-        // Connected and registered with apalis well before the first dispatch.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        for w in &mut workers.0 {
-            if let Some(status) = w.try_wait()? {
-                return Err(format!("a `tenantry worker` exited at start: {status}").into());
-            }
-        }
-        Ok(workers)
-    }
-
-    /// The largest peak and current resident memory of the workers.
-    fn rss(&self) -> Option<Rss> {
-        self.0.iter().filter_map(|w| Rss::of(w.id())).reduce(|a, b| Rss {
-            peak_mib: a.peak_mib.max(b.peak_mib),
-            now_mib: match (a.now_mib, b.now_mib) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            },
-        })
-    }
-
-    /// SIGTERM, then waits (bounded) for each worker to drain and exit 0.
-    fn stop(&mut self) -> Result<()> {
-        let mut failures = Vec::new();
-        for mut w in self.0.drain(..) {
-            let _ = std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let status = loop {
-                if let Some(status) = w.try_wait()? {
-                    break Some(status);
-                }
-                if Instant::now() > deadline {
-                    let _ = w.kill();
-                    let _ = w.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            match status {
-                Some(s) if s.success() => {}
-                Some(s) => failures.push(format!("worker {} exited with {s}", w.id())),
-                None => failures.push(format!("worker {} did not stop within 30 s of SIGTERM", w.id())),
-            }
-        }
-        if failures.is_empty() { Ok(()) } else { Err(failures.join("; ").into()) }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for w in &mut self.0 {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-    }
-}
-
-/// Resident memory of a process: its peak so far (VmHWM) and now (VmRSS), in MiB.
-#[derive(Clone, Copy)]
-struct Rss {
-    peak_mib: f64,
-    now_mib: Option<f64>,
-}
-
-impl Rss {
-    fn of(pid: u32) -> Option<Rss> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| -> Option<f64> {
-            let line = status.lines().find(|l| l.starts_with(name))?;
-            Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
-        };
-        Some(Rss { peak_mib: field("VmHWM:")?, now_mib: field("VmRSS:") })
-    }
 }
 
 /// `tenantry run bench --wait` as an operator runs it, with the peak memory of that CLI
@@ -848,7 +660,7 @@ impl Bench<'_> {
     /// One run through the runtime, started the way `tenantry run` starts one, followed
     /// until it ends (or the timeout), then checked.
     async fn run(&self, label: &str) -> Result<Row> {
-        settle(self.args).await;
+        settle(self.args.wait_idle).await;
         let before = Snapshot::take().await?;
         let started = Instant::now();
         let spec = launch::snapshot(self.wf, self.catalog, &self.ctx.config, &[]);
@@ -932,7 +744,7 @@ impl Bench<'_> {
             row.tasks_per_sec, wall
         );
         if let Some(u) = &row.usage {
-            eprintln!("{}", u.describe(wall));
+            eprintln!("{}", u.describe(wall, &COLUMNS));
         }
         Ok(row)
     }
@@ -1035,246 +847,6 @@ impl Bench<'_> {
         }
         Ok(started.elapsed())
     }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-// ---------------------------------------------------------------------------------------------
-// Where the time goes: CPU per process group, Redis commands
-
-/// Counters at one moment.
-#[derive(Default)]
-struct Snapshot {
-    /// pid -> (group, CPU ticks of the process and its reaped children).
-    cpu: BTreeMap<u32, (String, u64)>,
-    /// Busy ticks of the whole machine (from /proc/stat).
-    machine_busy: u64,
-    /// Redis command -> (calls, usec).
-    redis: BTreeMap<String, (u64, u64)>,
-}
-
-/// What happened between two snapshots, per tenant where that makes sense.
-struct Usage {
-    tenants: usize,
-    /// Group -> CPU seconds.
-    cpu: BTreeMap<String, f64>,
-    machine_busy: f64,
-    redis: Vec<(String, u64, u64)>,
-}
-
-/// Linux USER_HZ: /proc times are in 1/100 s on every mainstream architecture.
-const TICKS_PER_SEC: f64 = 100.0;
-
-impl Snapshot {
-    async fn take() -> Result<Snapshot> {
-        let mut s = Snapshot { cpu: process_cpu(), machine_busy: machine_busy(), ..Default::default() };
-        let mut redis = redis_connect().await?;
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await?;
-        for line in info.lines() {
-            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
-            let field = |key: &str| {
-                rest.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok()).unwrap_or(0)
-            };
-            s.redis.insert(name.to_string(), (field("calls"), field("usec")));
-        }
-        Ok(s)
-    }
-
-    fn since(&self, before: &Snapshot, tenants: usize) -> Usage {
-        let mut ticks: BTreeMap<&str, i64> = BTreeMap::new();
-        for (pid, (group, now)) in &self.cpu {
-            let earlier = before.cpu.get(pid).map_or(0, |(_, t)| *t);
-            *ticks.entry(group.as_str()).or_default() += now.saturating_sub(earlier) as i64;
-        }
-        // A process that ended in between shows up with its whole life in its parent's
-        // cutime/cstime (the postmaster's, for a backend): take off what it had used before.
-        for (pid, (group, earlier)) in &before.cpu {
-            if !self.cpu.contains_key(pid) {
-                *ticks.entry(group.as_str()).or_default() -= *earlier as i64;
-            }
-        }
-        let cpu: BTreeMap<String, f64> = ticks
-            .into_iter()
-            .filter(|(_, t)| *t > 0)
-            .map(|(group, t)| (group.to_string(), t as f64 / TICKS_PER_SEC))
-            .collect();
-        let mut redis: Vec<(String, u64, u64)> = self
-            .redis
-            .iter()
-            .map(|(name, (calls, usec))| {
-                let (c0, u0) = before.redis.get(name).copied().unwrap_or((0, 0));
-                (name.clone(), calls.saturating_sub(c0), usec.saturating_sub(u0))
-            })
-            .filter(|(_, calls, _)| *calls > 0)
-            .collect();
-        redis.sort_by_key(|(_, calls, _)| std::cmp::Reverse(*calls));
-        Usage {
-            tenants,
-            cpu,
-            machine_busy: self.machine_busy.saturating_sub(before.machine_busy) as f64 / TICKS_PER_SEC,
-            redis,
-        }
-    }
-}
-
-impl Usage {
-    fn group(&self, name: &str) -> f64 {
-        self.cpu.get(name).copied().unwrap_or(0.0)
-    }
-
-    /// CPU of processes other than the workers, PostgreSQL, Redis and the bench (e.g. a
-    /// compiler someone runs meanwhile).
-    fn other_processes(&self) -> f64 {
-        self.cpu.iter().filter(|(g, _)| !TRACKED.contains(&g.as_str()) && g.as_str() != "bench").map(|(_, s)| s).sum()
-    }
-
-    /// Busy CPU no process accounts for: the kernel's share of the loopback network and
-    /// disk I/O (interrupts, softirqs), and processes that started and ended unseen.
-    fn unattributed(&self) -> f64 {
-        (self.machine_busy - self.cpu.values().sum::<f64>()).max(0.0)
-    }
-
-    /// The processes outside the workers, PostgreSQL and Redis that used at least `min` CPU
-    /// seconds (by command name), busiest first.
-    fn others(&self, min: f64) -> Vec<(&str, f64)> {
-        let mut out: Vec<(&str, f64)> = self
-            .cpu
-            .iter()
-            .filter(|(g, s)| !TRACKED.contains(&g.as_str()) && **s >= min)
-            .map(|(g, s)| (g.as_str(), *s))
-            .collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1));
-        out
-    }
-
-    /// Redis script invocations (EVALSHA/EVAL): one round trip each.
-    fn scripts(&self) -> u64 {
-        self.redis.iter().filter(|(n, _, _)| n == "evalsha" || n == "eval").map(|(_, c, _)| c).sum()
-    }
-
-    fn describe(&self, wall: Duration) -> String {
-        let n = self.tenants as f64;
-        let mut out = format!(
-            "  CPU seconds over {:.2?}: workers {:.2}, postgres {:.2}, redis {:.2}, bench {:.2}, other processes {:.2}, \
-             unattributed {:.2} (machine busy {:.2})\n",
-            wall,
-            self.group("tenantry"),
-            self.group("postgres"),
-            self.group("redis"),
-            self.group("bench"),
-            self.other_processes(),
-            self.unattributed(),
-            self.machine_busy
-        );
-        for (name, secs) in self.others(0.2) {
-            if name != "bench" {
-                let _ = writeln!(out, "    other: {name} {secs:.2} s");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "  per tenant: {:.0} µs worker CPU, {:.0} µs postgres CPU, {:.0} µs redis CPU, {:.2} Redis script calls",
-            self.group("tenantry") * 1e6 / n,
-            self.group("postgres") * 1e6 / n,
-            self.group("redis") * 1e6 / n,
-            self.scripts() as f64 / n,
-        );
-        let _ = write!(out, "  Redis commands (calls per tenant, µs per call):");
-        for (name, calls, usec) in self.redis.iter().take(14) {
-            let _ = write!(out, " {name} {:.2}/{:.1}", *calls as f64 / n, *usec as f64 / (*calls).max(1) as f64);
-        }
-        out
-    }
-}
-
-/// Busy CPUs of the machine below which it counts as idle before a row.
-const IDLE_CPUS: f64 = 0.2;
-
-/// Before a row: the highest background load seen just before one (CPUs) and the time
-/// spent waiting for the machine to be idle.
-static BACKGROUND: std::sync::Mutex<(f64, Duration)> = std::sync::Mutex::new((0.0, Duration::ZERO));
-
-/// Waits (up to `--wait-idle`) until other processes keep less than [`IDLE_CPUS`] busy, and
-/// remembers how busy the machine was, for the table's text.
-async fn settle(args: &Args) {
-    let started = Instant::now();
-    let mut warned = false;
-    let busy = loop {
-        let before = machine_busy();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let busy = machine_busy().saturating_sub(before) as f64 / TICKS_PER_SEC / 2.0;
-        if busy < IDLE_CPUS || started.elapsed() >= args.wait_idle {
-            break busy;
-        }
-        if !warned {
-            eprintln!(
-                "bench: something else keeps {busy:.2} CPUs busy; waiting up to {:?} for the machine to be idle",
-                args.wait_idle
-            );
-            warned = true;
-        }
-    };
-    let mut background = BACKGROUND.lock().expect("background lock");
-    background.0 = background.0.max(busy);
-    background.1 += started.elapsed().saturating_sub(Duration::from_secs(2));
-}
-
-/// The groups of processes the table has a column for; the rest is "other".
-const TRACKED: [&str; 3] = ["tenantry", "postgres", "redis"];
-
-/// CPU ticks of every process with its reaped children, from /proc (empty elsewhere),
-/// grouped: the `tenantry` processes (workers, the CLI), PostgreSQL (postmaster, auxiliary
-/// processes and backends: a backend that ended is in the postmaster's cutime/cstime), Redis,
-/// this process (`bench`), and everything else by command name.
-fn process_cpu() -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // "pid (comm) state ppid ... utime stime ...": comm may contain spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // After the comm: state is field 0, utime 11, stime 12, and cutime 13, cstime 14: the
-        // CPU of reaped children, so that ended backends (children of the postmaster) count.
-        let cpu = ticks(11) + ticks(12) + ticks(13) + ticks(14);
-        let group = if pid == me {
-            "bench".to_string()
-        } else if comm == "tenantry" {
-            "tenantry".to_string()
-        } else if comm.starts_with("redis-server") {
-            "redis".to_string()
-        } else if comm.starts_with("postgres") {
-            "postgres".to_string()
-        } else {
-            // kworker/1:0H-kblockd -> kworker
-            comm.split('/').next().unwrap_or(comm).to_string()
-        };
-        out.insert(pid, (group, cpu));
-    }
-    out
-}
-
-/// Busy CPU ticks of the machine since boot, all CPUs: user, system, interrupts (the
-/// loopback network and disk I/O of the services show up there, not in any process).
-fn machine_busy() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return 0 };
-    let Some(line) = stat.lines().next() else { return 0 };
-    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal: busy is all but idle, iowait and steal.
-    let total: u64 = values.iter().take(7).sum();
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    total.saturating_sub(idle)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1394,17 +966,15 @@ async fn render(args: &Args, rows: &[Row]) -> String {
                 cell(u.group("postgres")),
                 cell(u.group("redis")),
                 cell(u.group("bench")),
-                cell(u.other_processes()),
+                cell(u.other_processes(&COLUMNS)),
                 cell(u.unattributed()),
                 u.scripts() as f64 / n,
             );
-            for (name, secs) in u.others(0.2) {
-                if name != "bench" {
-                    *others.entry(name).or_default() += secs;
-                }
+            for (name, secs) in u.others(0.2, &COLUMNS) {
+                *others.entry(name).or_default() += secs;
             }
         }
-        let (busy, waited) = *BACKGROUND.lock().expect("background lock");
+        let (busy, waited) = background();
         let others: Vec<String> = others.iter().map(|(name, secs)| format!("`{name}` {secs:.1} s")).collect();
         let _ = writeln!(
             out,
@@ -1450,83 +1020,4 @@ async fn render(args: &Args, rows: &[Row]) -> String {
         );
     }
     out
-}
-
-fn commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// CPUs, CPU model, memory, and the PostgreSQL and Redis versions and durability settings.
-async fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or("unknown".into(), |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0));
-    let pg = match pg_connect("postgres").await {
-        Ok(mut c) => {
-            let q = |sql: &'static str| sqlx::query_scalar::<_, String>(sql);
-            let version = q("SHOW server_version").fetch_one(&mut c).await.unwrap_or_default();
-            let fsync = q("SHOW fsync").fetch_one(&mut c).await.unwrap_or_default();
-            let sync = q("SHOW synchronous_commit").fetch_one(&mut c).await.unwrap_or_default();
-            let ssl = q("SHOW ssl").fetch_one(&mut c).await.unwrap_or_default();
-            let max = q("SHOW max_connections").fetch_one(&mut c).await.unwrap_or_default();
-            format!("PostgreSQL {version} (fsync {fsync}, synchronous_commit {sync}, ssl {ssl}, max_connections {max})")
-        }
-        Err(_) => "PostgreSQL ?".into(),
-    };
-    let redis = match redis_connect().await {
-        Ok(mut c) => {
-            let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await.unwrap_or_default();
-            let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string();
-            format!("Redis {version}")
-        }
-        Err(_) => "Redis ?".into(),
-    };
-    format!("{cpus} CPUs ({model}), {memory} memory; {pg} and {redis} on the same machine")
-}
-
-/// Replaces the section between the markers in docs/benchmarks.md (creating the file, or
-/// appending the section, when needed) and keeps the rest of the file.
-fn write_docs(section: &str) -> Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join("benchmarks.md");
-    let block = format!("{BEGIN_MARKER}\n{}\n{END_MARKER}", section.trim_end());
-    let current = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
-    };
-    let heading = "## Runtime\n\n`deploy/local/bench.sh` (runs `cargo bench --bench runtime`, `benches/runtime.rs`: \
-                   arguments pass through; see its header for what is measured and how; PostgreSQL and Redis \
-                   from `deploy/local/services.sh`). The table is regenerated on every run; the notes below it are \
-                   written by hand.";
-    let text = match (current.find(BEGIN_MARKER), current.find(END_MARKER)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{block}{}", &current[..b], &current[e + END_MARKER.len()..])
-        }
-        (None, None) if current.is_empty() => format!(
-            "# Benchmarks\n\nProduced by scripts in the repository; do not edit the generated sections by hand \
-             (everything between a `begin` and an `end` marker is replaced on the next run).\n\n{heading}\n\n{block}\n"
-        ),
-        (None, None) => format!("{}\n\n{heading}\n\n{block}\n", current.trim_end()),
-        _ => {
-            return Err(
-                format!("{} has a broken {BEGIN_MARKER} … {END_MARKER} pair; fix it by hand", path.display()).into()
-            );
-        }
-    };
-    std::fs::create_dir_all(path.parent().expect("docs dir"))?;
-    std::fs::write(&path, text)?;
-    Ok(path)
 }

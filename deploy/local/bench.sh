@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# Runs the runtime throughput benchmark (benches/runtime.rs) against the local services and
-# writes its results table into docs/benchmarks.md (between the runtime markers).
+# Runs a benchmark against the local services and writes its results table into
+# docs/benchmarks.md (between that bench's markers):
 #
-#   1. makes sure PostgreSQL, Redis and a PgBouncer for the many-hosts rows run (services.sh:
-#      starts or installs them when absent)
-#      and exports TENANTRY_TEST_PG_URL / TENANTRY_TEST_REDIS_URL, which the bench uses,
-#   2. runs `cargo bench --bench runtime` (release build; the first build of the dependency set
-#      takes a while) with every argument passed through to the bench.
+#   runtime (the default): benches/runtime.rs, the runtime's throughput over schema tenants;
+#   backup:                benches/backup.rs, backups to S3 and restore verification of
+#                          database tenants next to pg_dump / pg_restore, and a worker's peak
+#                          memory while backing up one large tenant.
 #
-# Usage: deploy/local/bench.sh [--tenants N] [--concurrency C] [--pool P] [--workers W]
+#   1. makes sure the services the bench needs run (services.sh: starts or installs them
+#      when absent): PostgreSQL and Redis, plus a PgBouncer for the runtime bench's
+#      many-hosts rows, or the S3 server (s3s-fs) for the backup bench; exports
+#      TENANTRY_TEST_PG_URL / TENANTRY_TEST_REDIS_URL / TENANTRY_TEST_S3_*, which the benches use,
+#   2. runs `cargo bench --bench NAME` (release build; the first build of the dependency set
+#      takes a while) with every other argument passed through to the bench.
+#
+# Usage: deploy/local/bench.sh [runtime] [--tenants N] [--concurrency C] [--pool P] [--workers W]
 #                              [--timeout SECS] [--no-docs]
+#        deploy/local/bench.sh backup [--tenants N] [--size MB] [--concurrency C] [--big MIB]
+#                              [--timeout SECS] [--wait-idle SECS] [--no-docs]
 #   e.g. deploy/local/bench.sh                   (5,000 tenants, the documented settings)
 #        deploy/local/bench.sh --tenants 500 --no-docs
+#        deploy/local/bench.sh backup            (50 tenants of 20 MB, 4 at once, a 1 GiB tenant)
+#        deploy/local/bench.sh backup --tenants 5 --size 2 --big 64 --no-docs
 #
-# The bench creates its own database and Redis key prefix and removes both when it ends. It
-# exits non-zero when a run does not succeed (every tenant, every receipt) within the timeout.
-# Run it on an otherwise idle machine: the table reports what else used the CPU meanwhile.
+# Each bench creates its own databases, Redis key prefix (and S3 prefix) and removes them when
+# it ends. It exits non-zero when a run or a check fails. Run it on an otherwise idle machine:
+# the table reports what else used the CPU meanwhile.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,12 +42,27 @@ for arg in "$@"; do
     esac
 done
 
+bench=runtime
+case ${1:-} in
+    runtime | backup)
+        bench=$1
+        shift
+        ;;
+esac
+
 ensure_postgres
 ensure_redis
+case $bench in
+    runtime)
+        # The many-hosts rows are measured directly and through a PgBouncer (see the bench's header).
+        ensure_pgbouncer
+        export TENANTRY_BENCH_PGBOUNCER_PORT=$TENANTRY_PGBOUNCER_PORT
+        ;;
+    backup)
+        ensure_s3
+        ;;
+esac
 export_test_env
-# The many-hosts rows are measured directly and through a PgBouncer (see the bench's header).
-ensure_pgbouncer
-export TENANTRY_BENCH_PGBOUNCER_PORT=$TENANTRY_PGBOUNCER_PORT
 
 cd "$root"
-exec cargo bench --bench runtime -- "$@"
+exec cargo bench --bench "$bench" -- "$@"
