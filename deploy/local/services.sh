@@ -13,6 +13,7 @@
 #   ensure_s3         s3s-fs 0.14.1 on a free port, bucket `tenantry`
 #   ensure_moto       moto_server (RDS API) on a free port
 #   ensure_all        all of the above
+#   sweep_s3_test_leftovers  deletes test prefixes older than an hour from the local S3 bucket
 #   export_test_env   exports TENANTRY_TEST_* (call after the ensure_* functions)
 #
 # Each function reuses a service that already runs, else starts it, else installs it (apt-get,
@@ -687,6 +688,18 @@ ensure_pgbouncer() {
 }
 
 # ---------------------------------------------------------------------------------------------
+
+# The objects tests left in the local S3 store: each test writes under a prefix of its own
+# (`{name}_{pid}_{n}/`), and one that fails before its cleanup leaves them. s3s-fs walks
+# its directory to list, so leftovers slow every later listing. Prefixes older than an hour
+# are deleted (a test still running is younger); the demo's prefix is kept.
+sweep_s3_test_leftovers() {
+    local bucket="$TENANTRY_STATE_DIR/s3/data/$TENANTRY_S3_BUCKET" n
+    [[ -d $bucket ]] || return 0
+    n=$(find "$bucket" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended \
+        -regex '.*/t[a-z_]*_[0-9]+_[0-9]+' -mmin +60 -print -exec rm -rf {} + | wc -l)
+    ((n == 0)) || _svc_log "s3s-fs: removed $n test prefixes older than an hour from bucket $TENANTRY_S3_BUCKET"
+}
 
 ensure_all() {
     ensure_postgres && ensure_mariadb && ensure_redis && ensure_redis_cluster && ensure_s3 && ensure_moto

@@ -27,6 +27,7 @@ ensure_redis
 ensure_redis_cluster
 ensure_s3
 ensure_moto
+sweep_s3_test_leftovers
 export_test_env
 print_test_env | sed 's/^export /  /' >&2
 
