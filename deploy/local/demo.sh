@@ -198,9 +198,10 @@ if ((built)); then
         failures+=("tenantry run health")
     fi
 
-    header "tenantry run nightly --wait: health, backup, prune_backups and verify_restore (a 10 % sample)"
-    note "every tenant's database or schema is dumped with pg_dump into s3s-fs (bucket $TENANTRY_S3_BUCKET, prefix demo/),"
-    note "with a manifest of its row counts; a rotating tenth is restored into a scratch database and checked"
+    header "tenantry run nightly --wait: health, backup, prune_backups, verify_restore (a 10 % sample), vacuum, analyze_indexes"
+    note "every tenant's database or schema is dumped with pg_dump into s3s-fs (bucket $TENANTRY_S3_BUCKET, prefix demo/), a row"
+    note "tenant's rows as a psql script, each with a manifest of its row counts; a rotating tenth is restored into a scratch"
+    note "database and checked; then tables past their dead-tuple thresholds are vacuumed and the indexes reported"
     printf '    $ tenantry --config %s run nightly --wait\n\n' "${config#"$root"/}" >&2
     rc=0
     nightly=$("$bin" --config "$config" run nightly --wait </dev/null) || rc=$?
