@@ -512,85 +512,85 @@ fn manifest_rows(manifest: &serde_json::Value, table: &str) -> i64 {
 
 /// `addresses` has no tenant column: its rows belong to tenants only through the customers
 /// that reference them. Another tenant's address is another tenant's row.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_table_that_tenant_rows_reference_holds_no_rows_of_another_tenant_in_the_backup() {
-    let fleet = Fleet::with_schema(
-        "CREATE TABLE tenants (id text PRIMARY KEY);
-         CREATE TABLE addresses (id serial PRIMARY KEY, street text NOT NULL);
-         CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL REFERENCES tenants,
-                                 name text, address int REFERENCES addresses);",
-    )
-    .await;
-    let _worker = WorkerProcess::spawn(fleet.path());
+/// A fleet on `schema` (applied by a `rollout` run), with each tenant's rows inserted by
+/// the statements `rows(tenant)` returns, and the status of a `nightly` backup run after
+/// that; the worker runs until it is dropped.
+async fn backed_up(schema: &str, rows: impl Fn(&str) -> String) -> (Fleet, WorkerProcess, serde_json::Value) {
+    let fleet = Fleet::with_schema(schema).await;
+    let worker = WorkerProcess::spawn(fleet.path());
     let (_, s) = fleet.run_and_wait("rollout");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
     let mut conn = connect_db(&fleet.database()).await;
     for t in &fleet.tenants {
-        exec(
-            &mut conn,
-            &format!(
-                "INSERT INTO tenants VALUES ('{t}');
-                 WITH a AS (INSERT INTO addresses (street) VALUES ('home of {t}') RETURNING id)
-                 INSERT INTO customers (tenant_id, name, address) SELECT '{t}', 'someone', id FROM a;"
-            ),
-        )
-        .await;
+        exec(&mut conn, &rows(t)).await;
     }
     let (_, s) = fleet.run_and_wait("nightly");
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let t = &fleet.tenants[0];
-    let (manifest, dump) = fetched(&fleet, t).await;
-    let target = format!("{}_restored", fleet.name);
-    psql_restore(&dump, &target).await;
-    let streets = scalar(&target, "SELECT string_agg(street, ',' ORDER BY street) FROM addresses").await;
-    let result = std::panic::AssertUnwindSafe(async {
-        assert_eq!(streets, format!("home of {t}"), "another tenant's addresses are in {t}'s backup: {manifest:#}");
-        assert_eq!(manifest_rows(&manifest, "addresses"), 1, "{manifest:#}");
-    });
-    let outcome = futures::FutureExt::catch_unwind(result).await;
-    fleet.drop(&[target]).await;
+    (fleet, worker, s)
+}
+
+/// Runs `checks`, then drops the fleet and the databases `extra` whatever they found, then
+/// fails as they did.
+async fn checked(fleet: Fleet, extra: &[String], checks: impl std::future::Future<Output = ()>) {
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(checks)).await;
+    fleet.drop(extra).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_that_tenant_rows_reference_holds_no_rows_of_another_tenant_in_the_backup() {
+    let (fleet, _worker, s) = backed_up(
+        "CREATE TABLE tenants (id text PRIMARY KEY);
+         CREATE TABLE addresses (id serial PRIMARY KEY, street text NOT NULL);
+         CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL REFERENCES tenants,
+                                 name text, address int REFERENCES addresses);",
+        |t| {
+            format!(
+                "INSERT INTO tenants VALUES ('{t}');
+                 WITH a AS (INSERT INTO addresses (street) VALUES ('home of {t}') RETURNING id)
+                 INSERT INTO customers (tenant_id, name, address) SELECT '{t}', 'someone', id FROM a;"
+            )
+        },
+    )
+    .await;
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let t = fleet.tenants[0].clone();
+    let (manifest, dump) = fetched(&fleet, &t).await;
+    let target = format!("{}_restored", fleet.name);
+    let restored = target.clone();
+    checked(fleet, &[target], async move {
+        psql_restore(&dump, &restored).await;
+        let streets = scalar(&restored, "SELECT string_agg(street, ',' ORDER BY street) FROM addresses").await;
+        assert_eq!(streets, format!("home of {t}"), "another tenant's addresses are in {t}'s backup: {manifest:#}");
+        assert_eq!(manifest_rows(&manifest, "addresses"), 1, "{manifest:#}");
+    })
+    .await;
 }
 
 /// A schema whose columns use an extension's type (`citext`, installed by a migration)
 /// restores with plain psql into an empty database.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_schema_using_an_extensions_type_restores_with_plain_psql_into_an_empty_database() {
-    let fleet = Fleet::with_schema(
+    let (fleet, _worker, s) = backed_up(
         "CREATE EXTENSION IF NOT EXISTS citext;
          CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL, email citext NOT NULL);",
+        |t| format!("INSERT INTO customers (tenant_id, email) VALUES ('{t}', 'Someone@{t}.example')"),
     )
     .await;
-    let _worker = WorkerProcess::spawn(fleet.path());
-    let (_, s) = fleet.run_and_wait("rollout");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let mut conn = connect_db(&fleet.database()).await;
-    for t in &fleet.tenants {
-        exec(&mut conn, &format!("INSERT INTO customers (tenant_id, email) VALUES ('{t}', 'Someone@{t}.example')"))
-            .await;
-    }
-    let (_, s) = fleet.run_and_wait("nightly");
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let t = &fleet.tenants[1];
-    let (_, dump) = fetched(&fleet, t).await;
+    let t = fleet.tenants[1].clone();
+    let (_, dump) = fetched(&fleet, &t).await;
+    let (_, verified) = fleet.run_and_wait("verify");
     let target = format!("{}_restored", fleet.name);
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
-        psql_restore(&dump, &target).await;
-        assert_eq!(
-            scalar(&target, &format!("SELECT count(*)::text FROM customers WHERE email = 'SOMEONE@{t}.EXAMPLE'")).await,
-            "1"
-        );
-    }))
+    let restored = target.clone();
+    checked(fleet, &[target], async move {
+        psql_restore(&dump, &restored).await;
+        let sql = format!("SELECT count(*)::text FROM customers WHERE email = 'SOMEONE@{t}.EXAMPLE'");
+        assert_eq!(scalar(&restored, &sql).await, "1");
+        assert_eq!(verified["run"]["state"], "succeeded", "{verified:#}");
+    })
     .await;
-    let (_, s) = fleet.run_and_wait("verify");
-    let verified = s["run"]["state"].clone();
-    fleet.drop(&[target]).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-    assert_eq!(verified, "succeeded", "{s:#}");
 }
 
 /// A table truncated (or rewritten by `ALTER TABLE`) by someone else while the backup runs:
@@ -642,95 +642,60 @@ async fn a_table_truncated_while_the_backup_runs_keeps_its_rows_in_the_backup() 
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
     let (manifest, dump) = fetched(&fleet, &t).await;
     let target = format!("{}_restored", fleet.name);
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+    let restored = target.clone();
+    checked(fleet, &[target], async move {
         assert_eq!(manifest_rows(&manifest, "orders"), orders, "the backup lost the truncated table's rows");
-        psql_restore(&dump, &target).await;
-        assert_eq!(scalar(&target, "SELECT count(*)::text FROM orders").await, orders.to_string());
-    }))
+        psql_restore(&dump, &restored).await;
+        assert_eq!(scalar(&restored, "SELECT count(*)::text FROM orders").await, orders.to_string());
+    })
     .await;
-    fleet.drop(&[target]).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// Table, column and sequence names with quotes, backslashes and newlines are quoted in the
 /// script; the rows of the tenant come back and nothing else runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn names_with_quotes_and_newlines_are_quoted_in_the_script() {
-    let fleet = Fleet::with_schema(
+    let (fleet, _worker, s) = backed_up(
         "CREATE TABLE \"we\"\"ird\n\\. name;\" (\"i\"\"d\n\\.\" serial PRIMARY KEY, tenant_id text NOT NULL,
                                              \"v'al\\\" text);",
+        |t| format!("INSERT INTO \"we\"\"ird\n\\. name;\" (tenant_id, \"v'al\\\") VALUES ('{t}', E'a\\n\\\\.\\nb')"),
     )
     .await;
-    let _worker = WorkerProcess::spawn(fleet.path());
-    let (_, s) = fleet.run_and_wait("rollout");
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let mut conn = connect_db(&fleet.database()).await;
-    for t in &fleet.tenants {
-        exec(
-            &mut conn,
-            &format!("INSERT INTO \"we\"\"ird\n\\. name;\" (tenant_id, \"v'al\\\") VALUES ('{t}', E'a\\n\\\\.\\nb')"),
-        )
-        .await;
-    }
-    let (_, s) = fleet.run_and_wait("nightly");
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let t = &fleet.tenants[2];
-    let (_, dump) = fetched(&fleet, t).await;
+    let t = fleet.tenants[2].clone();
+    let (_, dump) = fetched(&fleet, &t).await;
     let target = format!("{}_restored", fleet.name);
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
-        psql_restore(&dump, &target).await;
-        assert_eq!(
-            scalar(&target, "SELECT string_agg(tenant_id || ':' || \"v'al\\\", ',') FROM \"we\"\"ird\n\\. name;\"")
-                .await,
-            format!("{t}:a\n\\.\nb")
-        );
-    }))
+    let restored = target.clone();
+    checked(fleet, &[target], async move {
+        psql_restore(&dump, &restored).await;
+        let sql = "SELECT string_agg(tenant_id || ':' || \"v'al\\\", ',') FROM \"we\"\"ird\n\\. name;\"";
+        assert_eq!(scalar(&restored, sql).await, format!("{t}:a\n\\.\nb"));
+    })
     .await;
-    fleet.drop(&[target]).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
-/// A tenant table's foreign key to reference data in another schema of the same database.
+/// A tenant table's foreign key to reference data in another schema of the same database:
+/// the script could not restore it into an empty database, so the backup is refused before
+/// anything is stored, naming the key.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_foreign_key_to_another_schema_is_refused_or_its_script_restores_with_plain_psql() {
-    let fleet = Fleet::with_schema(
+async fn a_foreign_key_to_another_schema_is_refused_naming_the_key_and_nothing_is_stored() {
+    let (fleet, _worker, s) = backed_up(
         "CREATE SCHEMA IF NOT EXISTS shared;
          CREATE TABLE shared.regions (code text PRIMARY KEY);
          INSERT INTO shared.regions VALUES ('eu'), ('us');
          CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL, region text REFERENCES shared.regions);",
+        |t| format!("INSERT INTO customers (tenant_id, region) VALUES ('{t}', 'eu')"),
     )
     .await;
-    let _worker = WorkerProcess::spawn(fleet.path());
-    let (_, s) = fleet.run_and_wait("rollout");
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let mut conn = connect_db(&fleet.database()).await;
-    for t in &fleet.tenants {
-        exec(&mut conn, &format!("INSERT INTO customers (tenant_id, region) VALUES ('{t}', 'eu')")).await;
-    }
-    let (_, s) = fleet.run_and_wait("nightly");
-    let backed_up = s["run"]["state"].clone();
-    let t = &fleet.tenants[0];
-    let target = format!("{}_restored", fleet.name);
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
-        // Either the backup refuses the schema, saying why, or its script restores.
-        if backed_up == "failed" {
-            let text = s.to_string();
-            assert!(text.contains("foreign keys into other schemas would not restore"), "{s:#}");
-            assert!(text.contains("customers (customers_region_fkey) references shared.regions"), "{s:#}");
-            return;
-        }
-        let (_, dump) = fetched(&fleet, t).await;
-        psql_restore(&dump, &target).await;
-    }))
+    let keys = s3_keys(&s3().await, &format!("{}/shop/", fleet.name)).await;
+    checked(fleet, &[], async move {
+        assert_eq!(s["run"]["state"], "failed", "{s:#}");
+        let text = s.to_string();
+        assert!(text.contains("foreign keys into other schemas would not restore"), "{s:#}");
+        assert!(text.contains("customers (customers_region_fkey) references shared.regions"), "{s:#}");
+        assert!(keys.iter().all(|k| !k.ends_with("/manifest.json")), "a backup was stored: {keys:#?}");
+    })
     .await;
-    fleet.drop(&[target]).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// `comments` has no tenant column and two foreign keys to tenant tables: one nullable
@@ -738,47 +703,35 @@ async fn a_foreign_key_to_another_schema_is_refused_or_its_script_restores_with_
 /// through its customer; those on no order must be in the backup too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_with_two_foreign_keys_to_tenant_tables_keeps_the_rows_linked_through_either() {
-    let fleet = Fleet::with_schema(
+    let (fleet, _worker, s) = backed_up(
         "CREATE TABLE customers (id serial PRIMARY KEY, tenant_id text NOT NULL);
          CREATE TABLE orders (id serial PRIMARY KEY, tenant_id text NOT NULL, customer int NOT NULL REFERENCES customers);
          CREATE TABLE comments (id serial PRIMARY KEY, body text,
              order_id int CONSTRAINT a_order REFERENCES orders,
              customer_id int NOT NULL CONSTRAINT b_customer REFERENCES customers);",
-    )
-    .await;
-    let _worker = WorkerProcess::spawn(fleet.path());
-    let (_, s) = fleet.run_and_wait("rollout");
-    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let mut conn = connect_db(&fleet.database()).await;
-    for t in &fleet.tenants {
-        exec(
-            &mut conn,
-            &format!(
+        |t| {
+            format!(
                 "WITH c AS (INSERT INTO customers (tenant_id) VALUES ('{t}') RETURNING id),
                       o AS (INSERT INTO orders (tenant_id, customer) SELECT '{t}', id FROM c RETURNING id, customer)
                  INSERT INTO comments (body, order_id, customer_id)
                      SELECT 'on an order', o.id, o.customer FROM o
                      UNION ALL SELECT 'on the customer', NULL, c.id FROM c;"
-            ),
-        )
-        .await;
-    }
-    let (_, s) = fleet.run_and_wait("nightly");
+            )
+        },
+    )
+    .await;
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
-    let t = &fleet.tenants[1];
-    let (manifest, dump) = fetched(&fleet, t).await;
+    let t = fleet.tenants[1].clone();
+    let (manifest, dump) = fetched(&fleet, &t).await;
     let target = format!("{}_restored", fleet.name);
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
-        psql_restore(&dump, &target).await;
+    let restored = target.clone();
+    checked(fleet, &[target], async move {
+        psql_restore(&dump, &restored).await;
         assert_eq!(
-            scalar(&target, "SELECT string_agg(body, ',' ORDER BY body) FROM comments").await,
+            scalar(&restored, "SELECT string_agg(body, ',' ORDER BY body) FROM comments").await,
             "on an order,on the customer",
             "{manifest:#}"
         );
-    }))
+    })
     .await;
-    fleet.drop(&[target]).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
