@@ -80,6 +80,22 @@ async fn unused_duplicate_redundant_invalid_and_bloated_indexes_are_found_and_th
         }
     }
 
+    // Counted across the fleet, per service, in `status` (text and --json).
+    let fleet_wide = s["index_findings"].as_array().unwrap();
+    for service in ["core", "clinic"] {
+        let unused = fleet_wide
+            .iter()
+            .find(|f| f["service"] == service && f["kind"] == "unused" && f["index"] == "visits_patient_idx")
+            .unwrap_or_else(|| panic!("{service}: {fleet_wide:#?}"));
+        assert_eq!((unused["tenants"].as_u64(), unused["of"].as_u64()), (Some(2), Some(2)), "{unused}");
+    }
+    let text = support::tenantry(fleet.path(), &["status", s["run"]["id"].as_str().unwrap()], &[]);
+    assert!(
+        text.stdout().contains("unused    visits_patient_idx on visits: in 2 of 2 tenants of clinic"),
+        "{}",
+        text.all()
+    );
+
     // With reindex_invalid, after the duplicate codes are gone, the invalid index is rebuilt.
     for t in TENANTS {
         let mut core = connect_db(&fleet.core(t)).await;

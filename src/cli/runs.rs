@@ -195,6 +195,9 @@ struct Status {
     /// The run's report, for a workflow that writes one (`report = "drill"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     report: Option<ReportStatus>,
+    /// `analyze_indexes` findings counted across the run's tenants.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    index_findings: Vec<crate::steps::analyze_indexes::FleetFinding>,
 }
 
 #[derive(Serialize)]
@@ -265,7 +268,19 @@ async fn load_status(runtime: &Runtime, id: &str) -> Result<Status, Failure> {
         Some(kind) => Some(report_status(runtime, &run, kind).await),
         None => None,
     };
-    Ok(Status { run, waves, tenants, events, report })
+    // Units are keyed `{step label}/{service}`.
+    let labels: Vec<String> = spec
+        .steps
+        .iter()
+        .filter(|st| st.kind == crate::steps::StepKind::AnalyzeIndexes)
+        .map(|st| format!("{}/", st.label()))
+        .collect();
+    let index_findings = crate::steps::analyze_indexes::aggregate(tenants.values().flat_map(|cp| {
+        cp.outputs.iter().filter_map(|(unit, output)| {
+            labels.iter().find_map(|l| unit.strip_prefix(l.as_str())).map(|service| (service, output))
+        })
+    }));
+    Ok(Status { run, waves, tenants, events, report, index_findings })
 }
 
 /// Where the run's report stands, with the report once it is written.
@@ -342,7 +357,22 @@ fn print_status(s: &Status) {
     if let Some(report) = &s.report {
         print_report(report, r.state.is_terminal());
     }
+    if !s.index_findings.is_empty() {
+        println!("\nindex findings across the fleet (analyze_indexes):");
+        for f in s.index_findings.iter().take(INDEX_LINES) {
+            println!(
+                "  {:9} {} on {}: in {} of {} tenants of {}",
+                f.kind, f.index, f.table, f.tenants, f.of, f.service
+            );
+        }
+        if s.index_findings.len() > INDEX_LINES {
+            println!("  ... {} more (use --json)", s.index_findings.len() - INDEX_LINES);
+        }
+    }
 }
+
+/// Fleet-wide index findings printed by `status`; `--json` has them all.
+const INDEX_LINES: usize = 30;
 
 /// Targets of a drill report printed by `status`; the rest are in the stored report.
 const REPORT_LINES: usize = 100;

@@ -303,6 +303,57 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
     }))
 }
 
+/// One finding counted across the fleet: how many of the service's tenants that ran the
+/// step have it ("`visits_patient_idx` unused in 183 of 200 tenants of clinic").
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FleetFinding {
+    pub service: String,
+    pub kind: String,
+    pub table: String,
+    pub index: String,
+    pub tenants: usize,
+    pub of: usize,
+}
+
+/// Counts the findings of `outputs` (each an `analyze_indexes` output of one tenant, with
+/// its service) by service, kind, table and index; the most widespread first. Indexes are
+/// named without their schema: schema tenants have the same index in every schema.
+pub fn aggregate<'a>(outputs: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>) -> Vec<FleetFinding> {
+    let mut ran: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<(&str, &str, &str, &str), usize> = BTreeMap::new();
+    for (service, output) in outputs {
+        let Some(found) = output["findings"].as_array() else { continue };
+        *ran.entry(service).or_default() += 1;
+        let mut seen = std::collections::BTreeSet::new();
+        for f in found {
+            let key = (
+                service,
+                f["kind"].as_str().unwrap_or_default(),
+                f["table"].as_str().unwrap_or_default(),
+                f["index"].as_str().unwrap_or_default(),
+            );
+            if seen.insert(key) {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let mut out: Vec<FleetFinding> = counts
+        .into_iter()
+        .map(|((service, kind, table, index), tenants)| FleetFinding {
+            service: service.to_string(),
+            kind: kind.to_string(),
+            table: table.to_string(),
+            index: index.to_string(),
+            tenants,
+            of: ran.get(service).copied().unwrap_or_default(),
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.tenants.cmp(&a.tenants).then_with(|| (&a.service, &a.kind, &a.index).cmp(&(&b.service, &b.kind, &b.index)))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +411,29 @@ mod tests {
         );
         assert_eq!(found[0].detail, "same definition as t_pkey");
         assert!(found[4].detail.starts_with("about 97% bloat"), "{}", found[4].detail);
+    }
+
+    #[test]
+    fn findings_are_counted_across_the_fleet_per_service() {
+        let output = |indexes: &[(&str, &str)]| {
+            serde_json::json!({ "findings": indexes.iter().map(|(k, i)| serde_json::json!({
+                "kind": k, "schema": "s", "table": "visits", "index": i, "bytes": 1, "detail": ""
+            })).collect::<Vec<_>>() })
+        };
+        let a = output(&[("unused", "visits_patient_idx"), ("duplicate", "visits_dup")]);
+        let b = output(&[("unused", "visits_patient_idx")]);
+        let c = output(&[]);
+        let failed = serde_json::json!({ "error": "no findings: the step failed" });
+        let fleet = aggregate([("clinic", &a), ("clinic", &b), ("clinic", &c), ("core", &b), ("clinic", &failed)]);
+        let lines: Vec<String> =
+            fleet.iter().map(|f| format!("{} {} {} {}/{}", f.service, f.kind, f.index, f.tenants, f.of)).collect();
+        assert_eq!(
+            lines,
+            [
+                "clinic unused visits_patient_idx 2/3",
+                "clinic duplicate visits_dup 1/3",
+                "core unused visits_patient_idx 1/1"
+            ]
+        );
     }
 }
