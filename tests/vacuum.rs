@@ -93,6 +93,21 @@ async fn dead_tuples_are_vacuumed_and_a_locked_table_is_skipped_after_the_lock_t
             assert!(output["xid_age"].as_i64().unwrap() > 0, "{output:#}");
         }
     }
+    // `tenantry report` adds it up across the fleet, for people and for machines.
+    let run = s["run"]["id"].as_str().unwrap();
+    let md = support::tenantry(fleet.path(), &["report", run], &[]);
+    assert_eq!(md.code(), 0, "{}", md.all());
+    assert!(md.stdout().contains("## Step vacuum (vacuum)"), "{}", md.stdout());
+    assert!(
+        md.stdout().contains("4 unit(s): tables_failed 0, tables_not_started 0, tables_skipped 2, tables_vacuumed 6"),
+        "{}",
+        md.stdout()
+    );
+    let json = support::tenantry(fleet.path(), &["report", run, "--json"], &[]);
+    let report: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    assert_eq!(report["outcomes"]["succeeded"], 2, "{report:#}");
+    assert_eq!(report["steps"][0]["totals"]["tables_vacuumed"], 6, "{report:#}");
+
     // The locks are the holders' own: nothing of the step's is left on those tables.
     exec(&mut holder_core, "ROLLBACK").await;
     exec(&mut holder_clinic, "ROLLBACK").await;

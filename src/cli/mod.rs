@@ -7,6 +7,7 @@ mod backups;
 mod context;
 mod drift;
 mod plan;
+mod report;
 mod restore;
 mod runs;
 mod serve;
@@ -124,6 +125,9 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// A run's outcome as Markdown (`--json`: the same data): tenants per state, the ones
+    /// that failed and why, and what each step found across the fleet.
+    Report { run: String },
     /// Let a run waiting in awaiting_approval go on.
     Approve { run: String },
     /// Stop dispatching tenants of a run (in-flight tenants finish).
@@ -196,6 +200,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Runs { limit } => runs::list(&ctx, *limit, cli.json).await,
         Command::Status { run, watch } => runs::status(&ctx, run, *watch, cli.json).await,
+        Command::Report { run } => report::run(&ctx, run, cli.json).await,
         Command::Approve { run } => runs::control(&ctx, run, "approve", cli.json).await,
         Command::Pause { run } => runs::control(&ctx, run, "pause", cli.json).await,
         Command::Resume { run } => runs::control(&ctx, run, "resume", cli.json).await,
