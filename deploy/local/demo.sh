@@ -206,8 +206,10 @@ if ((built)); then
     rc=0
     nightly=$("$bin" --config "$config" run nightly --wait </dev/null) || rc=$?
     if [[ -n $nightly ]]; then
-        # Tenants that failed (with the step and the reason) are listed by status.
+        # Tenants that failed (with the step and the reason) are listed by status; the
+        # report adds up what each step did across the fleet (the index findings among it).
         run_tenantry "status-nightly" 40 status "$nightly"
+        run_tenantry "report-nightly" 60 report "$nightly"
     fi
     if ((rc == 3 || rc == 2)) || [[ -z $nightly ]]; then
         note "!! tenantry run nightly failed with exit status $rc"
