@@ -20,7 +20,7 @@ use super::define::{Findings, PlanEnv, Step};
 use super::{StepContext, StepError};
 use crate::catalog::{Isolation, Placement};
 use crate::engine::postgres::quote_ident;
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::ObjectStore;
 use crate::workflow::plan::StepAction;
 
 pub struct Backup;
@@ -140,10 +140,6 @@ fn run_stamp(run: &str) -> String {
     }
 }
 
-pub(super) fn store_error(e: StorageError) -> StepError {
-    if e.transient { StepError::transient(e.to_string()) } else { StepError::permanent(e.to_string()) }
-}
-
 async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Value, StepError> {
     let store = ctx.objects.ok_or_else(|| StepError::permanent("backup needs [storage] in the config"))?;
     let p = ctx.placement;
@@ -161,7 +157,7 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     // went away before the abort reached it): only this tenant's attempts write here, and
     // only the lease's owner aborts them.
     ctx.fence.check().await?;
-    store.abort_stale_uploads(&format!("{folder}/"), std::time::Duration::ZERO).await.map_err(store_error)?;
+    store.abort_stale_uploads(&format!("{folder}/"), std::time::Duration::ZERO).await.map_err(StepError::from)?;
 
     let started_at = ctx.clock.now();
     let started = Instant::now();
@@ -207,7 +203,7 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
     // a second manifest, so a stale owner that passed the fence just before losing its
     // lease cannot replace the new owner's).
     let committed = match ctx.fence.check().await {
-        Ok(()) => store.put_new(&manifest_key, bytes).await.map_err(store_error),
+        Ok(()) => store.put_new(&manifest_key, bytes).await.map_err(StepError::from),
         Err(e) => Err(e),
     };
     match committed {
@@ -238,7 +234,7 @@ async fn run(ctx: &StepContext<'_>, options: &Options) -> Result<serde_json::Val
 }
 
 async fn read_manifest(store: &ObjectStore, key: &str) -> Result<Option<Manifest>, StepError> {
-    match store.get_bytes(key).await.map_err(store_error)? {
+    match store.get_bytes(key).await.map_err(StepError::from)? {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -357,7 +353,7 @@ async fn dump(
         // allowed, not more. The upload saw an error, not an end: nothing was stored.
         return Err(StepError { retry: super::Retry::TransientOnce, message: failure, cause: None });
     }
-    let stored = uploaded.map_err(store_error)?;
+    let stored = uploaded.map_err(StepError::from)?;
     // The dump is complete: a failing COMMIT of the read-only snapshot changes nothing.
     let _ = sqlx::raw_sql("COMMIT").execute(&mut **session).await;
     let dump = DumpInfo {

@@ -432,7 +432,7 @@ pub async fn dump(
         // The export failed: the upload saw no end (see `Sealed`), nothing was stored.
         (Err(Failure::Step(e)), _) => return Err(e),
         // The store failed, and the export's writes with it.
-        (_, Err(e)) => return Err(super::backup::store_error(e)),
+        (_, Err(e)) => return Err(StepError::from(e)),
         (Err(Failure::Write(e)), Ok(_)) => {
             return Err(StepError::transient(format!("writing the backup: {e}")));
         }

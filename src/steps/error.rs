@@ -82,7 +82,22 @@ pub struct StepError {
     pub cause: Option<Cause>,
 }
 
+/// An object store's error keeps its kind: a network error, a 5xx or throttling may pass
+/// (transient); a refused key or missing bucket will not (permanent).
+impl From<crate::storage::StorageError> for StepError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        let message = e.to_string();
+        if e.transient { Self::transient(message) } else { Self::permanent(message) }
+    }
+}
+
 impl StepError {
+    /// The same error, its message prefixed with `context` (the tenant, the step, what it did).
+    pub fn within(mut self, context: impl std::fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
     pub fn transient(message: impl Into<String>) -> Self {
         Self { retry: Retry::Transient, message: message.into(), cause: None }
     }

@@ -152,7 +152,7 @@ async fn backup_freshness(ctx: &StepContext<'_>, report: &mut serde_json::Value)
         ctx.objects.ok_or_else(|| StepError::permanent("health with backups = true needs [storage] in the config"))?;
     let folders = crate::storage::backups::tenant_backups(store, &ctx.placement.service, ctx.tenant)
         .await
-        .map_err(super::backup::store_error)?;
+        .map_err(StepError::from)?;
     let complete = folders.iter().filter(|f| f.complete);
     report["latest_backup"] = serde_json::json!(complete.clone().map(|f| f.taken_at).max());
     report["last_verified"] = serde_json::json!(complete.filter_map(|f| f.last_verified()).max());

@@ -249,8 +249,7 @@ fn report(plan: &PrunePlan, policy: &Policy, zone: Tz, dry_run: bool, swept: Opt
 }
 
 fn store_error(tenant: &str, what: &str, e: StorageError) -> StepError {
-    let message = format!("tenant {tenant:?}: {what}: {e}");
-    if e.transient { StepError::transient(message) } else { StepError::permanent(message) }
+    StepError::from(e).within(format_args!("tenant {tenant:?}: {what}"))
 }
 
 /// Decides what to keep and what to delete of one tenant's backup `folders` (a listing

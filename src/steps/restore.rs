@@ -28,8 +28,8 @@ use super::backup::{DumpInfo, Manifest, TableRows};
 use crate::catalog::HostSpec;
 use crate::engine::postgres::{quote_ident, quote_literal};
 use crate::engine::tools::{keep_tail, libpq_command, tail};
+use crate::storage::ObjectStore;
 use crate::storage::backups::{BackupFolder, Check};
-use crate::storage::{ObjectStore, StorageError};
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1).
 pub const MAX_NAME: usize = 63;
@@ -284,10 +284,6 @@ impl Streamed {
     }
 }
 
-fn store_error(e: StorageError) -> StepError {
-    if e.transient { StepError::transient(e.to_string()) } else { StepError::permanent(e.to_string()) }
-}
-
 /// Reads the object `key` once, hashing it and writing it to the tool `start` starts
 /// (only once the object is found). `None` when there is no such object.
 pub async fn stream(
@@ -295,7 +291,7 @@ pub async fn stream(
     key: &str,
     start: impl FnOnce() -> Result<Restorer, String>,
 ) -> Result<Option<Streamed>, StepError> {
-    let Some(mut reader) = store.get(key).await.map_err(store_error)? else { return Ok(None) };
+    let Some(mut reader) = store.get(key).await.map_err(StepError::from)? else { return Ok(None) };
     let Restorer { mut stdin, done } = start().map_err(StepError::permanent)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;

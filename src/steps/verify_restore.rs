@@ -270,8 +270,7 @@ impl std::fmt::Display for Who<'_> {
 }
 
 fn store_error(who: &Who<'_>, e: StorageError) -> StepError {
-    let message = format!("{who}: {e}");
-    if e.transient { StepError::transient(message) } else { StepError::permanent(message) }
+    StepError::from(e).within(who)
 }
 
 fn sql_error(who: &Who<'_>, what: &str) -> impl Fn(sqlx::Error) -> StepError + use<> {
