@@ -70,6 +70,7 @@ fn spec(workflow: &str, waves: Vec<Wave>, hosts: &[(&str, &str)], limits: &[(&st
                     placements: Default::default(),
                     units: vec![Unit { step: 0, service: "app".to_string(), skip: None }],
                     group: host.to_string(),
+                    labels: Default::default(),
                 };
                 (id.to_string(), snapshot)
             })
@@ -79,6 +80,7 @@ fn spec(workflow: &str, waves: Vec<Wave>, hosts: &[(&str, &str)], limits: &[(&st
         receipt_run: None,
         timezone: None,
         report: None,
+        throttle: None,
     }
 }
 

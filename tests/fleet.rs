@@ -257,15 +257,16 @@ async fn plan_reports_a_missing_tenant_database_without_hiding_the_others() {
     fleet.drop().await;
 }
 
-/// `plan` does not call a step that cannot run "run": a kind this version does not run
-/// yet is shown blocked, with the reason, next to the steps that do run.
+/// `plan` does not call a step that cannot run "run": a step whose tenants lack what it
+/// needs (an RDS snapshot of a placement without an RDS instance) is shown blocked, with the
+/// reason, next to the steps that do run.
 #[tokio::test(flavor = "multi_thread")]
-async fn plan_shows_steps_that_cannot_run_yet_as_blocked() {
+async fn plan_shows_steps_that_cannot_run_as_blocked() {
     let fleet = Fleet::create(2, "").await;
     write(
         fleet.path(),
         "workflows/maintain.toml",
-        "[[steps]]\nkind = \"health\"\n\n[[steps]]\nkind = \"purge\"\ntable = \"events\"\ncolumn = \"at\"\nolder_than = \"90d\"\n",
+        "[[steps]]\nkind = \"health\"\n\n[[steps]]\nkind = \"rds_snapshot\"\n",
     );
     let run = tenantry(fleet.path(), &["plan", "maintain", "--json"], &[]);
     assert_eq!(run.code(), 0, "{}", run.all());
@@ -281,14 +282,14 @@ async fn plan_shows_steps_that_cannot_run_yet_as_blocked() {
     for s in &steps {
         match s["kind"].as_str().unwrap() {
             "health" => assert_eq!(s["action"], "run", "{s}"),
-            "purge" => {
+            "rds_snapshot" => {
                 assert_eq!(s["action"], "blocked", "{s}");
-                assert!(s["reason"].as_str().unwrap().contains("does not run yet"), "{s}");
+                assert!(s["reason"].as_str().unwrap().contains("no RDS instance"), "{s}");
             }
             other => panic!("unexpected step {other}: {s}"),
         }
     }
     let text = tenantry(fleet.path(), &["plan", "maintain"], &[]);
-    assert!(text.stdout().contains("BLOCKED: purge does not run yet"), "{}", text.all());
+    assert!(text.stdout().contains("no RDS instance"), "{}", text.all());
     fleet.drop().await;
 }

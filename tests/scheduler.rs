@@ -385,6 +385,7 @@ fn empty_run(workflow: &str) -> tenantry::runtime::model::RunSpec {
         receipt_run: None,
         timezone: None,
         report: None,
+        throttle: None,
     }
 }
 

@@ -198,7 +198,7 @@ if ((built)); then
         failures+=("tenantry run health")
     fi
 
-    header "tenantry run nightly --wait: health, backup, prune_backups, verify_restore (a 10 % sample), vacuum, analyze_indexes"
+    header "tenantry run nightly --wait: health, backup, prune_backups, verify_restore (a 10 % sample), vacuum, analyze_indexes, purge"
     note "every tenant's database or schema is dumped with pg_dump into s3s-fs (bucket $TENANTRY_S3_BUCKET, prefix demo/), a row"
     note "tenant's rows as a psql script, each with a manifest of its row counts; a rotating tenth is restored into a scratch"
     note "database and checked; then tables past their dead-tuple thresholds are vacuumed and the indexes reported"

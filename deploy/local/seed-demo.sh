@@ -10,6 +10,9 @@
 # `tenantry_migrations` history table (state 'applied', run_id 'demo-seed'), then data spread
 # over the past ~18 months. Random data is seeded (setseed), so every run produces the same rows
 # (timestamps are relative to the day of the run).
+# The first five core tenants also get a duplicate index and dead tuples (payments, with
+# autovacuum off) for the nightly vacuum and index analysis to find; audit logs reach back
+# past every tenant's retention_days label, for the nightly purge.
 #
 # Usage: seed-demo.sh [--if-missing | --drop]
 #   (default)      drop every database named tenantry_demo_* and rebuild the fleet
@@ -291,6 +294,16 @@ FROM (SELECT (SELECT min(id) FROM policies) + floor(random() * 500)::bigint AS p
 JOIN policies p ON p.id = r.pid;
 COMMIT;
 SQL
+        # Work for the nightly maintenance in the first five tenants: a hand-made copy of
+        # payments_paid_at_idx (analyze_indexes reports the duplicate), and half of payments
+        # deleted with autovacuum off there, so the dead tuples wait for tenantry's vacuum.
+        if ((i <= 5)); then
+            cat <<SQL
+CREATE INDEX payments_paid_at_copy ON payments (paid_at);
+ALTER TABLE payments SET (autovacuum_enabled = false);
+DELETE FROM payments WHERE id % 2 = 0;
+SQL
+        fi
     done
 } >"$work/core.sql"
 

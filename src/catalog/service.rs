@@ -89,6 +89,11 @@ pub struct HostSpec {
     /// option overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch_host: Option<String>,
+    /// A query returning this server's replication lag in seconds (one number), for hosts
+    /// whose replicas `pg_stat_replication` does not show: a heartbeat table, a managed
+    /// service's function. Read by workflows' `[throttle] replica_lag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_query: Option<String>,
 }
 
 /// `[services.NAME]`: a logical database that tenants have.

@@ -345,6 +345,9 @@ fn print_status(s: &Status) {
         println!("\n{:24} {:10} {:>4} {:>7}  DETAIL", "TENANT", "STATE", "STEP", "ATTEMPT");
         for (t, c) in notable.iter().take(200) {
             let detail = match c.state {
+                TenantState::Running if c.throttled.is_some() => {
+                    format!("throttled: {}", c.throttled.as_deref().unwrap_or_default())
+                }
                 TenantState::Running | TenantState::Queued => c.worker.clone().unwrap_or_default(),
                 _ => c.last_error.clone().unwrap_or_default(),
             };

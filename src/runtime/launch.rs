@@ -14,6 +14,7 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
     let spec = &workflow.spec;
     let tenants = target::select(&spec.target, catalog, only);
     let services = target::target_services(&spec.target, catalog);
+    let read: BTreeSet<String> = spec.steps.iter().flat_map(|s| s.kind.def().labels(s)).collect();
     let mut snapshots = BTreeMap::new();
     for tenant in &tenants {
         let mut units = Vec::new();
@@ -31,7 +32,9 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
         }
         let hosts: BTreeSet<&str> = placements.values().map(|p| p.host.as_str()).collect();
         let group = hosts.into_iter().collect::<Vec<_>>().join("+");
-        snapshots.insert(tenant.id.to_string(), TenantSnapshot { wave: 0, placements, units, group });
+        let labels =
+            tenant.labels.iter().filter(|(k, _)| read.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        snapshots.insert(tenant.id.to_string(), TenantSnapshot { wave: 0, placements, units, group, labels });
     }
     let included: Vec<&crate::catalog::Tenant> =
         tenants.iter().copied().filter(|t| snapshots.contains_key(t.id.as_str())).collect();
@@ -71,6 +74,7 @@ pub fn snapshot(workflow: &Workflow, catalog: &Catalog, config: &LoadedConfig, o
         receipt_run: None,
         timezone: spec.timezone.clone(),
         report: spec.report,
+        throttle: spec.throttle.clone(),
     }
 }
 

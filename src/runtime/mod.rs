@@ -15,6 +15,7 @@ pub mod model;
 pub mod queue;
 pub mod report;
 pub mod retry;
+pub mod run_report;
 pub mod scheduler;
 pub mod store;
 pub mod worker;

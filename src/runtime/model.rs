@@ -184,6 +184,9 @@ pub struct TenantSnapshot {
     pub units: Vec<Unit>,
     /// The hosts the tenant's units touch, sorted, joined by '+': its concurrency group.
     pub group: String,
+    /// The catalog labels the run's steps read (a purge's `retention_label`), only those.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Everything a worker needs to run a tenant of this run, fixed when the run is created so
@@ -221,6 +224,9 @@ pub struct RunSpec {
     /// the active set until a worker has written it (see `Runtime::conclude`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::workflow::ReportKind>,
+    /// The workflow's `[throttle]`: the load limits over which a host's tenants wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<crate::engine::load::ThrottleSpec>,
 }
 
 impl RunSpec {
@@ -286,6 +292,12 @@ pub struct Checkpoint {
     /// How often a worker died (lost its lease) while running this tenant.
     #[serde(default)]
     pub lost: u32,
+    /// Why the tenant waits now for its host's load (`[throttle]`), as `status` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<String>,
+    /// How long the tenant has waited for its hosts' load, in all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub throttled_ms: u64,
     /// Per unit (`step/service`), what the step reported. Stored as JSON text inside the
     /// checkpoint so the Lua scripts pass it through untouched (cjson would turn an empty
     /// array into an empty object).
@@ -336,6 +348,8 @@ impl Checkpoint {
             finished_ms: None,
             last_error: None,
             lost: 0,
+            throttled: None,
+            throttled_ms: 0,
             outputs: BTreeMap::new(),
         }
     }
@@ -388,6 +402,10 @@ pub struct RunRecord {
     pub report: Option<String>,
     /// Why that report could not be written (the run gave up on it).
     pub report_error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -239,10 +239,10 @@ impl Runtime {
             let record = self.store.record(&spec.id).await?;
             let checkpoints = self.store.checkpoints(&spec.id).await?;
             match self.write_report(spec, &record, &checkpoints).await {
-                Ok(Some(written)) => info!(run = %spec.id, key = written, "drill report written"),
+                Ok(Some(written)) => info!(run = %spec.id, key = written, "run report written"),
                 Ok(None) => return Ok(()),
                 Err(message) => {
-                    warn!(run = %spec.id, error = %message, "the run's drill report cannot be written");
+                    warn!(run = %spec.id, error = %message, "the run's report cannot be written");
                     self.store.note_report_error(&spec.id, &message).await?;
                 }
             }
@@ -250,7 +250,7 @@ impl Runtime {
         self.store.retire(&spec.id).await
     }
 
-    /// Writes the run's drill report: `Ok(Some(key))` when it is stored, `Ok(None)` when the
+    /// Writes the run's report (its workflow's `report` kind): `Ok(Some(key))` when it is stored, `Ok(None)` when the
     /// store failed in a way that may pass (the run stays for the next pass), `Err` when
     /// trying again cannot help.
     async fn write_report(
@@ -260,14 +260,22 @@ impl Runtime {
         checkpoints: &std::collections::BTreeMap<String, super::model::Checkpoint>,
     ) -> Result<Option<String>, String> {
         let Some(store) = self.objects.as_deref() else {
-            return Err("the worker's config has no [storage] to write the drill report to".to_string());
+            return Err("the worker's config has no [storage] to write the run's report to".to_string());
         };
-        let verdicts = super::report::failed_verdicts(store, spec, checkpoints).await;
-        let report = super::report::build(spec, record, checkpoints, &verdicts);
-        match super::report::store(store, &report).await {
-            Ok(_) => Ok(Some(super::report::keys(&spec.workflow, &spec.id).0)),
+        let stored = match spec.report {
+            Some(crate::workflow::ReportKind::Run) => {
+                super::run_report::store(store, &super::run_report::build(spec, record, checkpoints)).await
+            }
+            _ => {
+                let verdicts = super::report::failed_verdicts(store, spec, checkpoints).await;
+                let report = super::report::build(spec, record, checkpoints, &verdicts);
+                super::report::store(store, &report).await.map(|_| super::report::keys(&spec.workflow, &spec.id).0)
+            }
+        };
+        match stored {
+            Ok(key) => Ok(Some(key)),
             Err(e) if e.transient => {
-                warn!(run = %spec.id, error = %e, "writing the drill report failed; the next maintenance pass tries again");
+                warn!(run = %spec.id, error = %e, "writing the run's report failed; the next maintenance pass tries again");
                 Ok(None)
             }
             Err(e) => Err(e.to_string()),
@@ -623,6 +631,7 @@ impl Runtime {
         }
         let mut unit = checkpoint.unit;
         let mut attempt = checkpoint.attempt;
+        let mut throttled_ms = checkpoint.throttled_ms;
         while unit < snapshot.units.len() {
             let u = &snapshot.units[unit];
             let step = &spec.steps[u.step];
@@ -631,6 +640,12 @@ impl Runtime {
                 let error = format!("step {label}: no placement for service {}", u.service);
                 return Ok(Ending::Finish(TenantState::Failed, Some(error), serde_json::json!({})));
             };
+            if let Some(throttle) = &spec.throttle {
+                match self.hold_for_load(throttle, task, holder, &placement.host, throttled_ms, lost).await? {
+                    Some(total) => throttled_ms = total,
+                    None => return Ok(Ending::Lost),
+                }
+            }
             attempt += 1;
             let stop = lost.child_token();
             let migrations = if matches!(step.kind, crate::steps::StepKind::Migrate | crate::steps::StepKind::Provision)
@@ -651,6 +666,7 @@ impl Runtime {
                 run: &spec.id,
                 root_run: spec.receipt_run.as_deref(),
                 tenant: &task.tenant,
+                labels: &snapshot.labels,
                 unit: &label,
                 step,
                 placement,
@@ -658,6 +674,7 @@ impl Runtime {
                 base_dir: &self.base_dir,
                 cancel: &stop,
                 fence,
+                throttle: spec.throttle.as_ref(),
                 objects: self.objects.as_deref(),
                 backup_limits: &self.backup_limits,
                 rds: Some(self.rds.as_ref()),
@@ -728,6 +745,44 @@ impl Runtime {
             }
         }
         Ok(Ending::Finish(TenantState::Succeeded, None, serde_json::json!({})))
+    }
+
+    /// Waits while `host` is over one of the workflow's load limits, showing why in the
+    /// tenant's checkpoint (`status`: "throttled: …") until it is not. Holding the lease
+    /// (and the host's slot) meanwhile is the point: the host's tenants wait, while other
+    /// hosts' tenants go on. Returns the tenant's throttled time in all, or None when the
+    /// lease was lost.
+    async fn hold_for_load(
+        &self,
+        throttle: &crate::engine::load::ThrottleSpec,
+        task: &TenantTask,
+        holder: &str,
+        host: &str,
+        throttled_ms: u64,
+        lost: &CancellationToken,
+    ) -> Result<Option<u64>, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut shown: Option<String> = None;
+        let mut held = false;
+        loop {
+            let verdict = crate::engine::load::verdict(throttle, &self.databases, host).await;
+            held |= verdict.is_some();
+            if verdict != shown {
+                let total = throttled_ms + started.elapsed().as_millis() as u64;
+                let patch = serde_json::json!({ "throttled": verdict, "throttled_ms": total });
+                if self.progress_retrying(task, holder, &patch).await?.is_none() {
+                    return Ok(None);
+                }
+                shown = verdict.clone();
+            }
+            let Some(why) = verdict else { break };
+            debug!(why, "throttled");
+            tokio::select! {
+                () = tokio::time::sleep(throttle.check_every()) => {}
+                () = lost.cancelled() => return Ok(None),
+            }
+        }
+        Ok(Some(throttled_ms + if held { started.elapsed().as_millis() as u64 } else { 0 }))
     }
 
     /// Records progress, retrying while Redis is unreachable (up to the lease: after that

@@ -65,7 +65,7 @@ impl Step for AnalyzeIndexes {
     }
 
     fn check(o: &Options, out: &mut Findings) {
-        super::planned::check_ratio("min_bloat_ratio", o.min_bloat_ratio, out);
+        super::checks::check_ratio("min_bloat_ratio", o.min_bloat_ratio, out);
         super::seed::check_lock_timeout(o.lock_timeout, out);
     }
 

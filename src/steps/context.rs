@@ -17,6 +17,9 @@ pub struct StepContext<'a> {
     /// [`StepContext::receipt_run`]).
     pub root_run: Option<&'a str>,
     pub tenant: &'a str,
+    /// The tenant's catalog labels that the run's steps read (see
+    /// [`super::define::Step::labels`]), as snapshotted when the run was created.
+    pub labels: &'a std::collections::BTreeMap<String, String>,
     /// `step/service`, unique within a tenant's run: the receipt key.
     pub unit: &'a str,
     pub step: &'a StepSpec,
@@ -36,6 +39,9 @@ pub struct StepContext<'a> {
     /// The lease: check it right before an effect that no receipt covers (see
     /// [`crate::runtime::fence`] for the rule).
     pub fence: &'a Fence,
+    /// The workflow's `[throttle]`: a long step waits between its units of work while its
+    /// host is over a limit ([`crate::engine::load::hold`]).
+    pub throttle: Option<&'a crate::engine::load::ThrottleSpec>,
     /// The object store of `[storage]`, when the config has one (backups).
     pub objects: Option<&'a crate::storage::ObjectStore>,
     /// `[backups]`: how old a tenant's newest backup and verification may be.

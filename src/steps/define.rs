@@ -70,6 +70,13 @@ pub trait Step: Send + Sync + 'static {
         std::future::ready(vec![StepAction::Run; targets.len()])
     }
 
+    /// The catalog labels the step reads per tenant (a purge's `retention_label`): a run
+    /// snapshots their values with the tenant, and the step finds them in
+    /// [`StepContext::labels`]. The default: none.
+    fn labels(_options: &Self::Options) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether `plan` chooses which targets run (a sample): a run then asks the plan when it
     /// is created and records the targets it answers [`StepAction::Skip`] for as skipped,
     /// with the plan's reason, so that what `plan` shows and what a run does cannot
@@ -111,6 +118,8 @@ pub trait Kind: Sync {
     ) -> BoxFuture<'a, Vec<StepAction>>;
     /// Whether a run asks this step's plan which targets to skip (see [`Step::selects`]).
     fn selects(&self, step: &StepSpec) -> bool;
+    /// The tenant labels a run snapshots for this step (see [`Step::labels`]).
+    fn labels(&self, step: &StepSpec) -> Vec<String>;
     fn run<'a>(&'a self, ctx: &'a StepContext<'a>) -> BoxFuture<'a, Result<serde_json::Value, StepError>>;
 }
 
@@ -179,6 +188,10 @@ impl<S: Step> Kind for Registered<S> {
 
     fn selects(&self, step: &StepSpec) -> bool {
         parse::<S::Options>(&step.options).is_ok_and(|options| S::selects(&options))
+    }
+
+    fn labels(&self, step: &StepSpec) -> Vec<String> {
+        parse::<S::Options>(&step.options).map(|options| S::labels(&options)).unwrap_or_default()
     }
 
     fn run<'a>(&'a self, ctx: &'a StepContext<'a>) -> BoxFuture<'a, Result<serde_json::Value, StepError>> {

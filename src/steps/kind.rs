@@ -67,8 +67,8 @@ impl StepKind {
     /// above and its line here.
     pub fn def(self) -> &'static dyn Kind {
         use super::{
-            analyze_indexes, backup, drift, health, migrate, planned, provision, prune_backups, rds_snapshot, seed,
-            sql, vacuum, verify_restore, verify_snapshot,
+            analyze_indexes, backup, drift, health, migrate, provision, prune_backups, purge, rds_snapshot, seed, sql,
+            vacuum, verify_restore, verify_snapshot,
         };
         match self {
             Self::Migrate => registered::<migrate::Migrate>(),
@@ -81,7 +81,7 @@ impl StepKind {
             Self::VerifySnapshot => registered::<verify_snapshot::VerifySnapshot>(),
             Self::Vacuum => registered::<vacuum::Vacuum>(),
             Self::AnalyzeIndexes => registered::<analyze_indexes::AnalyzeIndexes>(),
-            Self::Purge => registered::<planned::Purge>(),
+            Self::Purge => registered::<purge::Purge>(),
             Self::Health => registered::<health::Health>(),
             Self::Sql => registered::<sql::Sql>(),
             Self::Drift => registered::<drift::Drift>(),

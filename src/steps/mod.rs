@@ -3,6 +3,7 @@
 pub mod analyze_indexes;
 pub mod backup;
 pub mod backup_rows;
+mod checks;
 mod context;
 pub mod define;
 pub mod drift;
@@ -10,9 +11,9 @@ mod error;
 pub mod health;
 mod kind;
 pub mod migrate;
-pub mod planned;
 pub mod provision;
 pub mod prune_backups;
+pub mod purge;
 pub mod rds_snapshot;
 pub mod receipt;
 pub mod restore;

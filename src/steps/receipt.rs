@@ -19,7 +19,8 @@ fn known() -> &'static Mutex<HashSet<String>> {
     KNOWN.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-/// Creates the `tenantry` schema and its receipts table when missing, outside the step's
+/// Creates the `tenantry` schema, its receipts table and the purge cursors (see
+/// [`super::purge`]) when missing, outside the step's
 /// transaction. Concurrent creators (every worker's first tenants of a database arrive
 /// together) are serialised by a transaction-scoped advisory lock: `IF NOT EXISTS` alone
 /// still lets two of them collide in the catalog.
@@ -32,7 +33,11 @@ pub async fn ensure_table(conn: &mut PgConnection, host: &str, database: &str) -
         "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('tenantry:receipts', 0)); \
          CREATE SCHEMA IF NOT EXISTS tenantry; \
          CREATE TABLE IF NOT EXISTS tenantry.receipts (run_id text NOT NULL, tenant text NOT NULL, step text NOT NULL, \
-         completed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, tenant, step)); COMMIT",
+         completed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, tenant, step)); \
+         CREATE TABLE IF NOT EXISTS tenantry.purge_cursors (run_id text NOT NULL, tenant text NOT NULL, step text NOT NULL, \
+         cutoff timestamptz NOT NULL, position timestamptz, block int8, deleted int8 NOT NULL DEFAULT 0, \
+         batches int4 NOT NULL DEFAULT 0, finished bool NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (run_id, tenant, step)); COMMIT",
     )
     .execute(&mut *conn)
     .await;

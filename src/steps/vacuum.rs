@@ -91,7 +91,7 @@ impl Step for Vacuum {
     }
 
     fn check(o: &Options, out: &mut Findings) {
-        super::planned::check_ratio("min_dead_ratio", o.min_dead_ratio, out);
+        super::checks::check_ratio("min_dead_ratio", o.min_dead_ratio, out);
         super::seed::check_lock_timeout(o.lock_timeout, out);
         if let (Some(w), Some(c)) = (o.xid_warning, o.xid_critical)
             && w > c

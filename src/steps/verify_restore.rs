@@ -41,8 +41,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use super::backup::{Manifest, count_rows, schema_version};
+use super::checks::{check_sample, check_smoke_queries};
 use super::define::{Findings, PlanEnv, Step};
-use super::planned::{check_sample, check_smoke_queries};
 use super::restore::{
     DumpFormat, Target, choose_backup, compare_tables, compare_version, outcome, restorer, staged_name, staged_prefix,
     stream,

@@ -101,6 +101,9 @@ pub fn check(spec: &WorkflowSpec, name: &str, source: &SourceFile, ctx: &CheckCo
     if spec.timeout.0.is_zero() {
         err(path!["timeout"], "timeout must be longer than zero".to_string());
     }
+    for (key, message) in spec.throttle.as_ref().map(|t| t.check()).unwrap_or_default() {
+        err(path!["throttle", key.as_str()], format!("throttle.{key}: {message}"));
+    }
 
     check_steps(spec, source, ctx, &mut err);
     out

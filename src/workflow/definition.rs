@@ -40,9 +40,14 @@ pub struct WorkflowSpec {
     pub timeout: HumanDuration,
     #[serde(default)]
     pub steps: Vec<StepSpec>,
+    /// Load limits per host: over one, a host's tenants wait before they start (and a
+    /// purge between its batches) while other hosts go on. None: no throttling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<crate::engine::load::ThrottleSpec>,
     /// What a run of the workflow leaves in the object store when it ends: `"drill"`, a
     /// disaster-recovery drill report of its `verify_restore` steps (RTO and RPO per
-    /// tenant, the fleet's worst and median, the failures). None: no report.
+    /// tenant, the fleet's worst and median, the failures); `"run"`, the run's report (what
+    /// `tenantry report RUN` prints). None: no report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportKind>,
 }
@@ -53,12 +58,16 @@ pub struct WorkflowSpec {
 pub enum ReportKind {
     /// The verify_restore steps' outcomes, with RTO and RPO: `crate::runtime::report`.
     Drill,
+    /// What `tenantry report RUN` prints: outcomes, failures, what each step did across
+    /// the fleet (`crate::runtime::run_report`).
+    Run,
 }
 
 impl ReportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Drill => "drill",
+            Self::Run => "run",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! A small fleet for the maintenance steps' tests: `core` (a database per tenant) and `clinic` (a schema per tenant in one database) on the test server, filled by the test, with one workflow file.
+//! A small fleet for the maintenance steps' tests: `core` (a database per tenant) and `clinic` (a schema per tenant in one database) on the test server, and optionally `ledger` (rows of every tenant in shared tables), filled by the test, with one workflow file.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,6 +9,7 @@ pub struct TwoServices {
     pub name: String,
     pub tenants: Vec<String>,
     dir: tempfile::TempDir,
+    ledger: bool,
 }
 
 impl TwoServices {
@@ -64,9 +65,42 @@ schema = "tenant_{{tenant}}"
             config.push_str(&format!("\n[[catalog.tenants]]\nid = \"{t}\"\nservices = [\"core\", \"clinic\"]\n"));
         }
         std::fs::write(dir.path().join("tenantry.toml"), config).unwrap();
-        let fleet = Self { name, tenants: tenants.iter().map(|t| t.to_string()).collect(), dir };
+        let fleet = Self { name, tenants: tenants.iter().map(|t| t.to_string()).collect(), dir, ledger: false };
         fleet.workflow(workflow.0, workflow.1);
         fleet
+    }
+
+    /// Adds `ledger`, a `row` isolation service (tenant column `tenant_id`) in a database of
+    /// its own, created here and filled by the SQL `fill`, used by every tenant.
+    pub async fn add_ledger(&mut self, fill: &str) {
+        let mut admin = pg_admin().await;
+        exec(&mut admin, &format!("CREATE DATABASE {}", self.ledger())).await;
+        exec(&mut connect_db(&self.ledger()).await, fill).await;
+        let service = format!(
+            "\n[services.ledger]\nengine = \"postgres\"\nisolation = \"row\"\nhost = \"main\"\ndatabase = \"{}\"\ntenant_column = \"tenant_id\"\n",
+            self.ledger()
+        );
+        self.edit_config(|config| {
+            // Services go before the catalog's tenants (which end the file).
+            let at = config.find("\n[[catalog.tenants]]").unwrap_or(config.len());
+            let mut config =
+                config.replace("services = [\"core\", \"clinic\"]", "services = [\"core\", \"clinic\", \"ledger\"]");
+            config.insert_str(at, &service);
+            config
+        });
+        self.ledger = true;
+    }
+
+    /// `ledger`'s shared database.
+    pub fn ledger(&self) -> String {
+        format!("{}_ledger", self.name)
+    }
+
+    /// Rewrites `tenantry.toml` with `f`.
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let path = self.path().join("tenantry.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, f(config)).unwrap();
     }
 
     pub fn path(&self) -> &Path {
@@ -99,6 +133,9 @@ schema = "tenant_{{tenant}}"
         clear_redis(&self.name).await;
         let mut admin = pg_admin().await;
         let mut dbs = vec![self.clinic()];
+        if self.ledger {
+            dbs.push(self.ledger());
+        }
         dbs.extend(self.tenants.iter().map(|t| self.core(t)));
         for db in dbs {
             exec(&mut admin, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
