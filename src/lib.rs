@@ -4,8 +4,10 @@
 //! (workflow files, schedules, waves), [`migrations`] (migration directories), [`steps`]
 //! (one module per step kind), [`engine`] (what differs between database engines), [`rds`]
 //! (managed instances through the RDS API),
-//! [`config`] (the layered configuration) and [`cli`] (the command line).
+//! [`config`] (the layered configuration), [`cli`] (the command line) and [`api`] (the HTTP
+//! API of `tenantry serve`).
 
+pub mod api;
 pub mod aws;
 pub mod catalog;
 pub mod cli;

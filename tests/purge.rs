@@ -120,6 +120,17 @@ async fn a_table_without_the_column_or_its_index_or_with_children_is_refused_and
                 "CREATE TABLE {schema}.notes (id int PRIMARY KEY, written text);
                  CREATE TABLE {schema}.logs (id int PRIMARY KEY, at timestamptz NOT NULL);
                  INSERT INTO {schema}.logs SELECT g, now() - interval '200 days' FROM generate_series(1, 1000) g;
+                 INSERT INTO {schema}.logs SELECT g, now() - interval '2 days' FROM generate_series(1001, 1100) g;
+                 CREATE TABLE {schema}.days (id int PRIMARY KEY, day date NOT NULL);
+                 CREATE INDEX ON {schema}.days (day);
+                 INSERT INTO {schema}.days SELECT g, current_date - g FROM generate_series(0, 9) g;
+                 CREATE TABLE {schema}.parent_log (id int, at timestamptz NOT NULL);
+                 CREATE INDEX ON {schema}.parent_log (at);
+                 CREATE TABLE {schema}.child_log () INHERITS ({schema}.parent_log);
+                 CREATE TABLE {schema}.ledger (id int, at timestamptz NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+                 CREATE TABLE {schema}.ledger_old PARTITION OF {schema}.ledger FOR VALUES FROM ('2000-01-01') TO ('2100-01-01');
+                 CREATE INDEX ON {schema}.ledger_old (at);
+                 CREATE TABLE {schema}.ledger_refs (id int PRIMARY KEY, lid int, lat timestamptz, FOREIGN KEY (lid, lat) REFERENCES {schema}.ledger);
                  CREATE TABLE {schema}.invoices (id int PRIMARY KEY, at timestamptz NOT NULL);
                  CREATE INDEX ON {schema}.invoices (at);
                  CREATE TABLE {schema}.lines (id int PRIMARY KEY, invoice int REFERENCES {schema}.invoices ON DELETE CASCADE);
@@ -131,8 +142,10 @@ async fn a_table_without_the_column_or_its_index_or_with_children_is_refused_and
     })
     .await;
     let step = |table: &str, column: &str, extra: &str| {
+        let retention = if extra.contains("older_than") { "" } else { "older_than = \"90d\"\n" };
+        let pause = if extra.contains("pause") { "" } else { "pause = \"0s\"\n" };
         format!(
-            "[[steps]]\nkind = \"purge\"\nservices = [\"core\"]\ntable = \"{table}\"\ncolumn = \"{column}\"\nolder_than = \"90d\"\npause = \"0s\"\n{extra}"
+            "[[steps]]\nkind = \"purge\"\nservices = [\"core\"]\ntable = \"{table}\"\ncolumn = \"{column}\"\n{retention}{pause}{extra}"
         )
     };
     let clock = tenantry::runtime::clock::SystemClock;
@@ -143,6 +156,11 @@ async fn a_table_without_the_column_or_its_index_or_with_children_is_refused_and
         ("logs", "at", "", "has no index on (at): create one, or set allow_scan = true"),
         ("invoices", "at", "", "referenced by public.lines (lines_invoice_fkey, ON DELETE CASCADE)"),
         ("missing", "at", "", "no such table"),
+        ("parent_log", "at", "", "has inheritance children"),
+        ("ledger", "at", "", "is partitioned"),
+        // A partition of a referenced table: the parent's foreign keys reach its rows.
+        ("ledger_old", "at", "", "referenced by public.ledger_refs (ledger_refs_lid_lat_fkey, ON DELETE NO ACTION)"),
+        ("events", "at", "older_than = \"6h\"\n", "outside the accepted 1day"),
     ] {
         fleet.workflow("refused", &step(table, column, extra));
         let e = execute_step(fleet.path(), "refused", "acme", &clock).await.unwrap_err();
@@ -151,7 +169,7 @@ async fn a_table_without_the_column_or_its_index_or_with_children_is_refused_and
         assert!(message.contains("tenant acme, service core"), "{message}");
         assert_eq!(e.retry, tenantry::steps::Retry::Permanent, "{message}");
     }
-    assert_eq!(count(&db, "SELECT count(*) FROM logs").await, 1000);
+    assert_eq!(count(&db, "SELECT count(*) FROM logs").await, 1100);
     assert_eq!(count(&db, "SELECT count(*) FROM invoices").await, 10);
     assert_eq!(count(&db, "SELECT count(*) FROM lines").await, 10);
 
@@ -167,13 +185,32 @@ async fn a_table_without_the_column_or_its_index_or_with_children_is_refused_and
     assert_eq!(out["deleted"], 10, "{out:#}");
     assert_eq!(count(&db, "SELECT count(*) FROM lines").await, 0);
 
-    // allow_scan: the unindexed table is walked by blocks, every old row goes.
+    // allow_scan: the unindexed table is walked by blocks; every old row goes, the 100
+    // newer ones stay.
     fleet.workflow("scan", &step("logs", "at", "allow_scan = true\nbatch_size = 100\n"));
     let out = execute_step(fleet.path(), "scan", "acme", &clock).await.unwrap();
     assert_eq!(out["deleted"], 1000, "{out:#}");
     assert!(out["mode"].as_str().unwrap().starts_with("scan"), "{out:#}");
     assert!(out["batches"].as_i64().unwrap() > 1, "{out:#}");
-    assert_eq!(count(&db, "SELECT count(*) FROM logs").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM logs").await, 100);
+    assert_eq!(count(&db, "SELECT count(*) FROM logs WHERE at < now() - interval '90 days'").await, 0);
+
+    // A date column: the rows dated on the cutoff's own day stay (older_than 3 days: the
+    // days 0..=3 ago stay, 4..=9 ago go).
+    fleet.workflow("days", &step("days", "day", "older_than = \"3d\"\nmin_retention = \"1h\"\n"));
+    let out = execute_step(fleet.path(), "days", "acme", &clock).await.unwrap();
+    assert_eq!(out["deleted"], 6, "{out:#}");
+    assert_eq!(count(&db, "SELECT min(current_date - day)::int8 FROM days").await, 0);
+    assert_eq!(count(&db, "SELECT max(current_date - day)::int8 FROM days").await, 3);
+
+    // A time budget stops the purge between batches; the output says it is not complete.
+    fleet.workflow("budget", &step("events", "at", "batch_size = 10\npause = \"100ms\"\ntime_budget = \"250ms\"\n"));
+    let out = execute_step(fleet.path(), "budget", "acme", &clock).await.unwrap();
+    assert_eq!(out["complete"], false, "{out:#}");
+    let deleted = out["deleted"].as_i64().unwrap();
+    assert!(deleted > 0 && deleted < 300, "{out:#}");
+    assert!(out["stopped"].as_str().unwrap().contains("time budget"), "{out:#}");
+    assert_eq!(count(&db, "SELECT count(*) FROM events WHERE body = 'old'").await, 300 - deleted);
     fleet.drop().await;
 }
 

@@ -151,7 +151,9 @@ async fn a_long_transaction_on_the_server_holds_its_tenants_until_it_ends() {
     )
     .await;
     let mut holder = connect_db(&format!("{}_signal", fleet.name)).await;
-    exec(&mut holder, "BEGIN; SELECT txid_current()").await;
+    // Open, but without a transaction id: an xid held for seconds would keep other tests'
+    // dead tuples from their vacuums.
+    exec(&mut holder, "BEGIN; SELECT 1").await;
     std::thread::sleep(Duration::from_millis(1500));
     let _worker = WorkerProcess::spawn(fleet.dir.path());
     let out = tenantry(fleet.dir.path(), &["run", "maintain"], &[]);
@@ -162,6 +164,12 @@ async fn a_long_transaction_on_the_server_holds_its_tenants_until_it_ends() {
     });
     let why = BUSY.iter().chain(&CALM).find_map(|t| held["tenants"][t]["throttled"].as_str()).unwrap();
     assert!(why.contains("a transaction open for") && why.ends_with("> 1 s"), "{why}");
+    // The transaction was open before the run started: no tenant has run while it lasts.
+    std::thread::sleep(Duration::from_secs(1));
+    let still = status(fleet.dir.path(), &run);
+    for t in BUSY.iter().chain(&CALM) {
+        assert_ne!(state(&still, t), "succeeded", "{t} ran during the long transaction: {still:#}");
+    }
     exec(&mut holder, "COMMIT").await;
     let done = fleet.wait_until(&run, "the run ends", |s| s["run"]["state"] != "running");
     assert_eq!(done["run"]["state"], "succeeded", "{done:#}");

@@ -43,6 +43,17 @@ async fn dead_tuples(database: &str, schema: &str, table: &str) -> i64 {
         .unwrap()
 }
 
+/// How often the table was vacuumed (by hand, not autovacuum: it is off).
+async fn vacuums(database: &str, schema: &str, table: &str) -> i64 {
+    let mut conn = connect_db(database).await;
+    sqlx::query_scalar("SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2")
+        .bind(schema)
+        .bind(table)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 fn names(list: &serde_json::Value) -> Vec<String> {
     list.as_array().unwrap().iter().map(|e| e["table"].as_str().unwrap().to_string()).collect()
 }
@@ -78,17 +89,18 @@ async fn dead_tuples_are_vacuumed_and_a_locked_table_is_skipped_after_the_lock_t
                 let reason = output["skipped"][0]["reason"].as_str().unwrap();
                 assert!(reason.contains("locked by another session") && reason.contains("300ms"), "{reason}");
                 assert!(dead_tuples(&database, &schema, "locked").await >= 2000, "the locked table was vacuumed");
+                assert_eq!(vacuums(&database, &schema, "locked").await, 0, "the locked table was vacuumed");
             } else {
                 assert_eq!(vacuumed, [format!("{schema}.bloated"), format!("{schema}.locked")], "{output:#}");
                 assert!(skipped.is_empty(), "{output:#}");
             }
             assert_eq!(output["vacuumed"][0]["action"], "vacuum_analyze", "{output:#}");
             assert!(output["vacuumed"][0]["reasons"][0].as_str().unwrap().contains("2000 dead tuples"), "{output:#}");
-            assert_eq!(
-                dead_tuples(&database, &schema, "bloated").await,
-                0,
-                "{t} {service}: bloated still has dead tuples"
-            );
+            // That the vacuum ran, from the server's statistics. Not that it removed every
+            // dead tuple: any transaction on the server holding an old transaction id (other
+            // tests run alongside) can keep them, through the snapshot of a concurrent
+            // ANALYZE in this database.
+            assert_eq!(vacuums(&database, &schema, "bloated").await, 1, "{t} {service}: bloated was not vacuumed");
             assert_eq!(output["xid_status"], "ok", "{output:#}");
             assert!(output["xid_age"].as_i64().unwrap() > 0, "{output:#}");
         }

@@ -16,6 +16,8 @@ pub enum Failure {
     Failed(String),
     /// A required service (Redis, a database, the object store) is unreachable: exit 3.
     Unreachable(String),
+    /// What the command names does not exist (a run, a workflow): exit 1.
+    NotFound(String),
     /// Silent exit 1: the command already printed what went wrong.
     Reported,
 }
@@ -24,7 +26,7 @@ impl Failure {
     pub fn code(&self) -> u8 {
         match self {
             Self::Unreachable(_) => 3,
-            Self::Invalid(_) | Self::Failed(_) | Self::Reported => 1,
+            Self::Invalid(_) | Self::Failed(_) | Self::NotFound(_) | Self::Reported => 1,
         }
     }
 
@@ -37,7 +39,7 @@ impl Failure {
                 }
             }
             Self::Failed(message) => eprintln!("error: {message}"),
-            Self::Unreachable(message) => eprintln!("error: {message}"),
+            Self::Unreachable(message) | Self::NotFound(message) => eprintln!("error: {message}"),
             Self::Reported => {}
         }
     }
@@ -47,7 +49,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Invalid(d) => write!(f, "{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
-            Self::Failed(m) | Self::Unreachable(m) => f.write_str(m),
+            Self::Failed(m) | Self::Unreachable(m) | Self::NotFound(m) => f.write_str(m),
             Self::Reported => f.write_str("failed"),
         }
     }

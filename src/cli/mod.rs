@@ -9,7 +9,7 @@ mod drift;
 mod plan;
 mod report;
 mod restore;
-mod runs;
+pub(crate) mod runs;
 mod serve;
 mod tenants;
 mod validate;

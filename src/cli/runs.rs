@@ -20,12 +20,38 @@ pub async fn run(
     wait: bool,
     json: bool,
 ) -> Result<(), Failure> {
+    let runtime = ctx.runtime().await?;
+    let started = start(ctx, &runtime, name, only, changed_by).await?;
+    if !json {
+        for note in &started.notes {
+            eprintln!("{note}");
+        }
+    }
+    report_started(&runtime, &started.id, json).await?;
+    if wait { follow(&runtime, &started.id, json).await } else { Ok(()) }
+}
+
+/// A run just started, and what the operator should know about its tenants.
+pub struct Started {
+    pub id: String,
+    pub notes: Vec<String>,
+}
+
+/// Starts a run of workflow `name` (over `only`, or the tenants `changed_by` run changed),
+/// as `tenantry run` and the API's enqueue do.
+pub async fn start(
+    ctx: &Context,
+    runtime: &Runtime,
+    name: &str,
+    only: &[String],
+    changed_by: Option<&str>,
+) -> Result<Started, Failure> {
     let (catalog, wf) = ctx.checked_workflow(name, only).await?;
     let loaded = &ctx.config;
-    let runtime = ctx.runtime().await?;
+    let mut notes = Vec::new();
     let mut only = only.to_vec();
     if let Some(previous) = changed_by {
-        let changed = changed_tenants(&runtime, previous).await?;
+        let changed = changed_tenants(runtime, previous).await?;
         if changed.is_empty() {
             return Err(Failure::Failed(format!("run {previous} changed no tenant's migrations: nothing to undo")));
         }
@@ -33,15 +59,15 @@ pub async fn run(
     }
     let mut spec = launch::snapshot(&wf, &catalog, loaded, &only);
     let up_to_date = launch::skip_up_to_date(&mut spec, &catalog, loaded).await;
-    if up_to_date > 0 && !json {
-        eprintln!("{up_to_date} tenant(s) have nothing pending: recorded as done without dispatching them");
+    if up_to_date > 0 {
+        notes.push(format!("{up_to_date} tenant(s) have nothing pending: recorded as done without dispatching them"));
     }
     let outside = launch::apply_selections(&mut spec, &catalog, loaded).await;
-    if outside > 0 && !json {
-        eprintln!(
+    if outside > 0 {
+        notes.push(format!(
             "{outside} step target(s) are outside their step's sample in this run: recorded as skipped (see `tenantry plan {}`)",
             wf.name
-        );
+        ));
     }
     if spec.tenants.is_empty() {
         return Err(Failure::Failed(format!(
@@ -50,8 +76,7 @@ pub async fn run(
         )));
     }
     let id = runtime.start(spec, &Trigger::Operator).await.map_err(store_failure)?;
-    report_started(&runtime, &id, json).await?;
-    if wait { follow(&runtime, &id, json).await } else { Ok(()) }
+    Ok(Started { id, notes })
 }
 
 /// Tenants for which a `migrate` step of `run` applied or reverted something.
@@ -186,9 +211,10 @@ pub async fn list(ctx: &Context, limit: usize, json: bool) -> Result<(), Failure
     Ok(())
 }
 
+/// What `status --json` prints and the API's run detail returns.
 #[derive(Serialize)]
-struct Status {
-    run: RunRecord,
+pub struct Status {
+    pub run: RunRecord,
     waves: Vec<WaveStatus>,
     tenants: BTreeMap<String, Checkpoint>,
     events: Vec<serde_json::Value>,
@@ -246,7 +272,7 @@ pub async fn status(ctx: &Context, id: &str, watch: bool, json: bool) -> Result<
     }
 }
 
-async fn load_status(runtime: &Runtime, id: &str) -> Result<Status, Failure> {
+pub async fn load_status(runtime: &Runtime, id: &str) -> Result<Status, Failure> {
     let run = runtime.store.record(id).await.map_err(store_failure)?;
     let spec = runtime.store.spec(id).await.map_err(store_failure)?;
     let tenants = runtime.store.checkpoints(id).await.map_err(store_failure)?;
@@ -428,22 +454,35 @@ fn print_report(status: &ReportStatus, ended: bool) {
 /// `approve`, `pause`, `resume`, `cancel`.
 pub async fn control(ctx: &Context, id: &str, action: &'static str, json: bool) -> Result<(), Failure> {
     let runtime = ctx.runtime().await?;
+    let record = apply(&runtime, id, action).await?;
+    if json {
+        println!("{}", serde_json::to_string(&record).expect("serialises"));
+    } else {
+        println!("run {id}: {}", record.state);
+    }
+    Ok(())
+}
+
+/// Applies `approve`, `pause`, `resume` or `cancel` to run `id`; its record afterwards.
+pub async fn apply(runtime: &Runtime, id: &str, action: &str) -> Result<RunRecord, Failure> {
     let record = runtime.store.record(id).await.map_err(store_failure)?;
-    let (from, to, fields): (&[RunState], RunState, Vec<(String, String)>) = match action {
+    let (action, from, to, fields): (&'static str, &[RunState], RunState, Vec<(String, String)>) = match action {
         // The approval is for the wave the run waits at; advance checks this marker.
         "approve" => (
+            "approve",
             &[RunState::AwaitingApproval],
             RunState::Running,
             vec![(format!("approved:{}", record.wave), "1".to_string())],
         ),
-        "pause" => (&[RunState::Running, RunState::AwaitingApproval], RunState::Paused, vec![]),
-        "resume" => (&[RunState::Paused], RunState::Running, vec![]),
+        "pause" => ("pause", &[RunState::Running, RunState::AwaitingApproval], RunState::Paused, vec![]),
+        "resume" => ("resume", &[RunState::Paused], RunState::Running, vec![]),
         "cancel" => (
+            "cancel",
             &[RunState::Queued, RunState::Running, RunState::AwaitingApproval, RunState::Paused],
             RunState::Cancelled,
             vec![("reason".to_string(), "cancelled by an operator".to_string())],
         ),
-        _ => unreachable!("control actions are fixed by the CLI"),
+        other => return Err(Failure::Failed(format!("no action {other:?} on runs"))),
     };
     if to == RunState::Cancelled {
         runtime.store.cancel(id, "cancelled by an operator").await.map_err(store_failure)?;
@@ -454,18 +493,19 @@ pub async fn control(ctx: &Context, id: &str, action: &'static str, json: bool) 
         let spec = runtime.store.spec(id).await.map_err(store_failure)?;
         runtime.advance(&spec).await.map_err(store_failure)?;
     }
-    let record = runtime.store.record(id).await.map_err(store_failure)?;
-    if json {
-        println!("{}", serde_json::to_string(&record).expect("serialises"));
-    } else {
-        println!("run {id}: {}", record.state);
-    }
-    Ok(())
+    runtime.store.record(id).await.map_err(store_failure)
 }
 
 /// `tenantry retry RUN`: a new run of only the tenants that failed, linked to the old one.
 pub async fn retry(ctx: &Context, id: &str, wait: bool, json: bool) -> Result<(), Failure> {
     let runtime = ctx.runtime().await?;
+    let new_id = start_retry(&runtime, id).await?;
+    report_started(&runtime, &new_id, json).await?;
+    if wait { follow(&runtime, &new_id, json).await } else { Ok(()) }
+}
+
+/// Starts a retry of run `id`'s failed tenants; the new run's id.
+pub async fn start_retry(runtime: &Runtime, id: &str) -> Result<String, Failure> {
     let record = runtime.store.record(id).await.map_err(store_failure)?;
     if !record.state.is_terminal() {
         return Err(Failure::Failed(format!(
@@ -488,15 +528,14 @@ pub async fn retry(ctx: &Context, id: &str, wait: bool, json: bool) -> Result<()
     }
     let parent: RunSpec = runtime.store.spec(id).await.map_err(store_failure)?;
     let spec = launch::retry_snapshot(&parent, &failed);
-    let new_id = runtime.start(spec, &Trigger::Retry { parent: id.to_string() }).await.map_err(store_failure)?;
-    report_started(&runtime, &new_id, json).await?;
-    if wait { follow(&runtime, &new_id, json).await } else { Ok(()) }
+    runtime.start(spec, &Trigger::Retry { parent: id.to_string() }).await.map_err(store_failure)
 }
 
-pub(super) fn store_failure(e: crate::runtime::store::StoreError) -> Failure {
+pub(crate) fn store_failure(e: crate::runtime::store::StoreError) -> Failure {
     use crate::runtime::store::StoreError;
     match e {
         StoreError::Unreachable { .. } | StoreError::Redis(_) => Failure::Unreachable(e.to_string()),
+        StoreError::NoSuchRun(_) => Failure::NotFound(e.to_string()),
         other => Failure::Failed(other.to_string()),
     }
 }

@@ -1,4 +1,4 @@
-//! `tenantry worker` and `tenantry serve`: long-running processes that drain on SIGTERM.
+//! `tenantry worker` and `tenantry serve` (scheduler, worker and, with `[api]`, the HTTP API): long-running processes that drain on SIGTERM.
 
 use std::sync::Arc;
 
@@ -63,6 +63,24 @@ pub async fn serve(ctx: Context) -> Result<(), Failure> {
         clock: Arc::new(crate::runtime::clock::SystemClock),
     };
     let shutdown = CancellationToken::new();
+    // The API's listener is bound before anything starts, so a taken address fails at once.
+    let api = match &ctx.config.config.api {
+        Some(api) => {
+            let state = Arc::new(crate::api::ApiState::new(ctx.clone(), runtime.clone(), api)?);
+            let listener = tokio::net::TcpListener::bind(&api.address)
+                .await
+                .map_err(|e| Failure::Failed(format!("api.address {}: cannot listen: {e}", api.address)))?;
+            let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| api.address.clone());
+            eprintln!("api listening on http://{address}");
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::api::serve(listener, state, shutdown).await {
+                    tracing::error!(error = %e, "the HTTP API stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     on_signal(shutdown.clone());
     let scheduled = workflows.iter().filter(|w| w.schedule.is_some()).count();
     eprintln!(
@@ -74,6 +92,9 @@ pub async fn serve(ctx: Context) -> Result<(), Failure> {
     let result = Arc::clone(&runtime).run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = scheduler.await;
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     runtime.databases.close().await;
     result.map_err(|e| Failure::Unreachable(e.to_string()))
 }

@@ -31,6 +31,29 @@ pub fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
             );
         }
     }
+    if let Some(api) = &c.api {
+        if api.address.parse::<std::net::SocketAddr>().is_err() {
+            err(
+                path!["api", "address"],
+                format!("api.address must be host:port, like 127.0.0.1:8080, not {:?}", api.address),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in api.tokens.iter().enumerate() {
+            if !names.insert(t.name.as_str()) {
+                err(path!["api", "tokens", i, "name"], format!("api.tokens: the name {:?} is used twice", t.name));
+            }
+            if t.env.is_some() == t.file.is_some() {
+                err(
+                    path!["api", "tokens", i],
+                    format!(
+                        "api.tokens {:?}: give the token's `env` (a variable name) or its `file`, one of them",
+                        t.name
+                    ),
+                );
+            }
+        }
+    }
     if c.limits.per_host == 0 {
         err(path!["limits", "per_host"], "limits.per_host must be at least 1".into());
     }

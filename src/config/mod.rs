@@ -43,6 +43,9 @@ pub struct Config {
     pub rds: Option<RdsConfig>,
     #[serde(default)]
     pub backups: BackupsConfig,
+    /// The HTTP API of `tenantry serve`; without the section, `serve` serves none.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
     #[serde(default)]
     pub hosts: BTreeMap<String, HostSpec>,
     #[serde(default)]
@@ -232,6 +235,47 @@ pub struct RdsConfig {
     pub access_key_id: Option<String>,
     #[serde(default)]
     pub secret_access_key: Option<Secret>,
+}
+
+/// `[api]`: where `tenantry serve` answers HTTP, and who may ask.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `host:port` to listen on (default `127.0.0.1:8080`).
+    #[serde(default = "default_api_address")]
+    pub address: String,
+    /// Bearer tokens. Each token's value comes from an environment variable or a file,
+    /// never from this file, and is never printed.
+    #[serde(default)]
+    pub tokens: Vec<ApiToken>,
+}
+
+fn default_api_address() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+/// `[[api.tokens]]`: one bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it, for the operator's records (not a secret).
+    pub name: String,
+    pub role: ApiRole,
+    /// The environment variable holding the token.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Or the file holding it (trailing whitespace ignored).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// What a token may do: `read` (every GET), or `operator` (also enqueue, approve, pause,
+/// resume, cancel, retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiRole {
+    Read,
+    Operator,
 }
 
 /// `[backups]`: how fresh every tenant's backups and restore verifications must be

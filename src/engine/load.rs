@@ -4,8 +4,14 @@
 //! its tenants ask. Replica lag is the replay lag of the host's replicas as the primary sees
 //! them (`pg_stat_replication`), or the host's own `lag_query` when it sets one (a
 //! heartbeat table, a managed service's function) — one number of seconds. Transactions
-//! and connections of tenantry's own sessions (`application_name` `tenantry…`, which its
-//! dumps and restores also carry) are not counted: a long backup must not hold the fleet.
+//! of tenantry's own sessions (`application_name` `tenantry…`, which its dumps and
+//! restores also carry) are not counted: a long backup must not hold the fleet; its
+//! connections are (they use the server's capacity like any other).
+//!
+//! A host whose signals cannot be read (unreachable, a role that cannot see other
+//! sessions without `pg_monitor`, a failing `lag_query`) holds its tenants too, as "load
+//! unknown", rather than letting them run blind; `max_wait` bounds every hold. Hosts of
+//! engines other than PostgreSQL have no signals here and are not held.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -20,6 +26,10 @@ use crate::units::HumanDuration;
 pub const SIGNALS_TTL: Duration = Duration::from_secs(2);
 /// How often a held tenant looks again, unless the workflow says `check_every`.
 pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How long a tenant may be held, unless the workflow says `max_wait`.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(3600);
+/// How long one reading of a host's signals may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A workflow's `[throttle]`: the limits over which a host's tenants wait. Each is off
 /// unless set.
@@ -41,6 +51,9 @@ pub struct ThrottleSpec {
     /// How often a held tenant checks again (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_every: Option<HumanDuration>,
+    /// How long one tenant may be held before it fails with the reason (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<HumanDuration>,
 }
 
 /// One reading of a host.
@@ -60,6 +73,10 @@ impl ThrottleSpec {
         self.check_every.map_or(DEFAULT_CHECK_EVERY, |d| d.0)
     }
 
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait.map_or(DEFAULT_MAX_WAIT, |d| d.0)
+    }
+
     /// Problems of the values, as (key, message), for `validate`.
     pub fn check(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -70,6 +87,9 @@ impl ThrottleSpec {
         }
         if self.check_every.is_some_and(|d| d.0.is_zero()) {
             out.push(("check_every".into(), "check_every must be longer than zero".into()));
+        }
+        if self.max_wait.is_some_and(|d| d.0.is_zero()) {
+            out.push(("max_wait".into(), "max_wait must be longer than zero".into()));
         }
         out
     }
@@ -110,13 +130,25 @@ impl ThrottleSpec {
 static SIGNALS: LazyLock<SharedReads<Signals>> = LazyLock::new(|| SharedReads::new(SIGNALS_TTL));
 
 /// The host's signals, read at most once per [`SIGNALS_TTL`] on this worker.
-pub async fn signals(databases: &Databases, host: &str) -> Result<std::sync::Arc<Signals>, String> {
+pub async fn signals(databases: &Databases, host: &str) -> Result<Option<std::sync::Arc<Signals>>, String> {
     let spec = databases.host(host)?;
+    if spec.engine != crate::catalog::Engine::Postgres {
+        return Ok(None);
+    }
     let lag_query = spec.lag_query.clone();
     let pool = databases.postgres(host, &databases.admin_database(host)?)?;
-    SIGNALS
-        .get(host, || async move {
+    let read = SIGNALS.get(host, || async move {
+        tokio::time::timeout(READ_TIMEOUT, async move {
             let mut conn = pool.acquire().await.map_err(|e| format!("connecting to read its load: {e}"))?;
+            let sees_all: bool = sqlx::query_scalar(
+                "SELECT rolsuper OR pg_has_role(current_user, 'pg_monitor', 'MEMBER') FROM pg_roles WHERE rolname = current_user",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| format!("reading its load: {e}"))?;
+            if !sees_all {
+                return Err("its role cannot see other sessions' transactions or replication: grant it pg_monitor".to_string());
+            }
             let mut s: Signals = sqlx::query_as(
                 "SELECT (SELECT extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replication) AS replica_lag, \
                         (SELECT extract(epoch FROM now() - min(xact_start))::float8 FROM pg_stat_activity \
@@ -139,35 +171,42 @@ pub async fn signals(databases: &Databases, host: &str) -> Result<std::sync::Arc
             Ok(s)
         })
         .await
-        .map_err(|e: String| format!("host {host}: {e}"))
+        .unwrap_or_else(|_| Err(format!("reading its load took longer than {READ_TIMEOUT:?}")))
+    });
+    read.await.map(Some).map_err(|e: String| format!("host {host}: {e}"))
 }
 
 /// The verdict of `spec` on `host` now; a host whose signals cannot be read holds its
 /// tenants too (it is the host that is in trouble), with the reason.
 pub async fn verdict(spec: &ThrottleSpec, databases: &Databases, host: &str) -> Option<String> {
     match signals(databases, host).await {
-        Ok(s) => spec.verdict(&s).map(|why| format!("host {host}: {why}")),
+        Ok(Some(s)) => spec.verdict(&s).map(|why| format!("host {host}: {why}")),
+        Ok(None) => None,
         Err(e) => Some(format!("load unknown: {e}")),
     }
 }
 
 /// Waits while `host` is over one of `spec`'s limits (a step between its units of work),
-/// until `cancel` fires. Returns how long it waited.
+/// until `cancel` fires. Returns how long it waited, and the reason when it gave up after
+/// `max_wait` with the host still over a limit (the step stops there).
 pub async fn hold(
     spec: &ThrottleSpec,
     databases: &Databases,
     host: &str,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Duration {
+) -> (Duration, Option<String>) {
     let started = std::time::Instant::now();
     while let Some(why) = verdict(spec, databases, host).await {
+        if started.elapsed() >= spec.max_wait() {
+            return (started.elapsed(), Some(why));
+        }
         tracing::debug!(why, "throttled between units of work");
         tokio::select! {
             () = tokio::time::sleep(spec.check_every()) => {}
             () = cancel.cancelled() => break,
         }
     }
-    started.elapsed()
+    (started.elapsed(), None)
 }
 
 #[cfg(test)]
@@ -182,6 +221,7 @@ mod tests {
             wraparound_vacuums: Some(2),
             connections: Some(0.8),
             check_every: None,
+            max_wait: None,
         };
         let calm = Signals { max_connections: 100, connections: 10, ..Signals::default() };
         assert_eq!(spec.verdict(&calm), None);

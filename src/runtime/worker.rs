@@ -58,6 +58,17 @@ struct Leases {
     abandoned: Vec<(String, String, String)>,
 }
 
+/// How a tenant's wait for its host's load ended (see `Runtime::hold_for_load`).
+enum Held {
+    /// Go on; the tenant's throttled time in all.
+    Go(u64),
+    Lost,
+    Paused,
+    Cancelled,
+    /// Held past `max_wait`: why.
+    TooLong(String),
+}
+
 /// How a tenant's turn on this worker ended.
 enum Ending {
     /// Record this outcome (and checkpoint patch).
@@ -642,8 +653,17 @@ impl Runtime {
             };
             if let Some(throttle) = &spec.throttle {
                 match self.hold_for_load(throttle, task, holder, &placement.host, throttled_ms, lost).await? {
-                    Some(total) => throttled_ms = total,
-                    None => return Ok(Ending::Lost),
+                    Held::Go(total) => throttled_ms = total,
+                    Held::Lost => return Ok(Ending::Lost),
+                    Held::Paused => return Ok(Ending::Paused),
+                    Held::Cancelled => {
+                        return Ok(Ending::Finish(TenantState::Cancelled, None, serde_json::json!({})));
+                    }
+                    Held::TooLong(error) => {
+                        let error = format!("step {label}: {error}");
+                        let patch = serde_json::json!({ "throttled": null });
+                        return Ok(Ending::Finish(TenantState::Failed, Some(error), patch));
+                    }
                 }
             }
             attempt += 1;
@@ -748,10 +768,11 @@ impl Runtime {
     }
 
     /// Waits while `host` is over one of the workflow's load limits, showing why in the
-    /// tenant's checkpoint (`status`: "throttled: …") until it is not. Holding the lease
-    /// (and the host's slot) meanwhile is the point: the host's tenants wait, while other
-    /// hosts' tenants go on. Returns the tenant's throttled time in all, or None when the
-    /// lease was lost.
+    /// tenant's checkpoint (`status`: "throttled: …") until it is not. The tenant keeps its
+    /// lease and its place in the host's and the run's limits meanwhile: no more of the
+    /// host's tenants start, while other hosts' tenants go on (as long as the run's
+    /// concurrency leaves them room: see README, `[throttle]`). The run being paused or
+    /// cancelled meanwhile ends the wait; so does `max_wait`, failing the tenant.
     async fn hold_for_load(
         &self,
         throttle: &crate::engine::load::ThrottleSpec,
@@ -760,29 +781,41 @@ impl Runtime {
         host: &str,
         throttled_ms: u64,
         lost: &CancellationToken,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Held, StoreError> {
         let started = tokio::time::Instant::now();
         let mut shown: Option<String> = None;
         let mut held = false;
         loop {
-            let verdict = crate::engine::load::verdict(throttle, &self.databases, host).await;
+            let verdict = tokio::select! {
+                v = crate::engine::load::verdict(throttle, &self.databases, host) => v,
+                () = lost.cancelled() => return Ok(Held::Lost),
+            };
             held |= verdict.is_some();
             if verdict != shown {
                 let total = throttled_ms + started.elapsed().as_millis() as u64;
                 let patch = serde_json::json!({ "throttled": verdict, "throttled_ms": total });
-                if self.progress_retrying(task, holder, &patch).await?.is_none() {
-                    return Ok(None);
+                match self.progress_retrying(task, holder, &patch).await? {
+                    None => return Ok(Held::Lost),
+                    Some(RunState::Cancelled) => return Ok(Held::Cancelled),
+                    Some(RunState::Paused) => return Ok(Held::Paused),
+                    Some(_) => {}
                 }
                 shown = verdict.clone();
             }
             let Some(why) = verdict else { break };
+            if started.elapsed() >= throttle.max_wait() {
+                return Ok(Held::TooLong(format!(
+                    "held {} by its host's load (throttle.max_wait): {why}",
+                    humantime::format_duration(throttle.max_wait())
+                )));
+            }
             debug!(why, "throttled");
             tokio::select! {
                 () = tokio::time::sleep(throttle.check_every()) => {}
-                () = lost.cancelled() => return Ok(None),
+                () = lost.cancelled() => return Ok(Held::Lost),
             }
         }
-        Ok(Some(throttled_ms + if held { started.elapsed().as_millis() as u64 } else { 0 }))
+        Ok(Held::Go(throttled_ms + if held { started.elapsed().as_millis() as u64 } else { 0 }))
     }
 
     /// Records progress, retrying while Redis is unreachable (up to the lease: after that

@@ -42,8 +42,17 @@ const DEFAULT_PAUSE: Duration = Duration::from_millis(100);
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times one batch may wait out `lock_timeout` before the step gives up (transient).
 const LOCK_RETRIES: u32 = 5;
-/// Cursor rows of finished purges are kept this long (what `report` and a retry read).
+/// Cursor rows of finished purges are kept this long (what a retry reads); unfinished ones
+/// (a run paused for weeks) three times as long.
 const CURSOR_RETENTION_DAYS: i32 = 30;
+/// The shortest retention a purge accepts unless the step sets `min_retention`: a label
+/// written as "6m" (six minutes, not months) must not empty a tenant's table.
+const DEFAULT_MIN_RETENTION: Duration = Duration::from_secs(86_400);
+/// The longest: anything beyond is a typo, not a retention.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 366 * 86_400);
+/// An open batch transaction whose worker vanished (its machine died) ends after this,
+/// releasing the cursor row's lock for the next attempt.
+const IDLE_IN_BATCH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +80,8 @@ pub struct Options {
     pub referenced_by: Vec<String>,
     /// How long a batch waits for locks before it is tried again (default 2s).
     pub lock_timeout: Option<HumanDuration>,
+    /// The shortest retention accepted, from a label or `older_than` (default 1d).
+    pub min_retention: Option<HumanDuration>,
 }
 
 impl Step for Purge {
@@ -121,31 +132,46 @@ impl Step for Purge {
     }
 }
 
-/// The tenant's retention and where it comes from.
+/// The tenant's retention and where it comes from. Refused: a retention under
+/// `min_retention` (default one day) or over a century.
 pub fn retention(
     o: &Options,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<(Duration, String), String> {
-    if let Some(label) = &o.retention_label
+    let (retention, from) = if let Some(label) = &o.retention_label
         && let Some(value) = labels.get(label)
     {
         let value = value.trim();
         let parsed = match value.parse::<u64>() {
-            Ok(days) => Ok(Duration::from_secs(days * 86_400)),
+            Ok(days) => days.checked_mul(86_400).map(Duration::from_secs).ok_or_else(|| "too long".to_string()),
             Err(_) => HumanDuration::parse(value).map(|d| d.0),
         };
-        return match parsed {
-            Ok(d) if !d.is_zero() => Ok((d, format!("label {label} = {value:?}"))),
-            _ => Err(format!(
-                "label {label} = {value:?} is not a retention (days, like \"30\", or a duration, like \"12h\")"
-            )),
-        };
+        match parsed {
+            Ok(d) => (d, format!("label {label} = {value:?}")),
+            Err(_) => {
+                return Err(format!(
+                    "label {label} = {value:?} is not a retention (days, like \"30\", or a duration, like \"36h\")"
+                ));
+            }
+        }
+    } else {
+        match (o.older_than, &o.retention_label) {
+            (Some(d), _) => (d.0, "older_than".to_string()),
+            (None, Some(label)) => {
+                return Err(format!("the tenant has no label {label} and the step has no older_than"));
+            }
+            (None, None) => return Err("the step has neither older_than nor retention_label".to_string()),
+        }
+    };
+    let min = o.min_retention.map_or(DEFAULT_MIN_RETENTION, |d| d.0);
+    if retention < min || retention > MAX_RETENTION {
+        return Err(format!(
+            "{from} gives a retention of {}, outside the accepted {} to 100 years (a step's min_retention lowers the floor)",
+            humantime::format_duration(retention),
+            humantime::format_duration(min)
+        ));
     }
-    match (o.older_than, &o.retention_label) {
-        (Some(d), _) => Ok((d.0, "older_than".to_string())),
-        (None, Some(label)) => Err(format!("the tenant has no label {label} and the step has no older_than")),
-        (None, None) => Err("the step has neither older_than nor retention_label".to_string()),
-    }
+    Ok((retention, from))
 }
 
 /// What the catalog says about the table.
@@ -153,6 +179,7 @@ pub fn retention(
 struct TableFacts {
     oid: i64,
     kind: String,
+    has_children: bool,
     column_type: Option<String>,
     tenant_type: Option<String>,
     index: Option<String>,
@@ -174,6 +201,9 @@ struct Cursor {
     position: Option<DateTime<Utc>>,
     block: Option<i64>,
     deleted: i64,
+    /// Rows a batch found older than the cutoff but did not delete (updated meanwhile,
+    /// kept by a trigger): left for the next run.
+    not_deleted: i64,
     batches: i32,
     finished: bool,
 }
@@ -188,6 +218,9 @@ struct Report {
     /// `index NAME` or `scan`.
     mode: String,
     deleted: i64,
+    /// Rows found older than the cutoff but not deleted (updated meanwhile, kept by a
+    /// trigger): the next run takes them.
+    not_deleted: i64,
     batches: i32,
     /// Batches of earlier attempts this one resumed after (0: it started the purge).
     resumed_after: i32,
@@ -234,6 +267,9 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
     if facts.kind == "p" {
         return refuse("is partitioned: drop its old partitions instead, or purge each partition".into());
     }
+    if facts.has_children {
+        return refuse("has inheritance children: purge each child table".into());
+    }
     match facts.column_type.as_deref() {
         None => return refuse(format!("has no column {column}")),
         Some("timestamp with time zone" | "timestamp without time zone" | "date") => {}
@@ -251,7 +287,9 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
                 CASE k.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' \
                      WHEN 'r' THEN 'RESTRICT' ELSE 'NO ACTION' END AS on_delete \
          FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE k.contype = 'f' AND k.confrelid = $1::int8::oid AND k.conparentid = 0 ORDER BY 2, 1",
+         WHERE k.contype = 'f' AND k.conparentid = 0 \
+           AND (k.confrelid = $1::int8::oid OR k.confrelid IN (SELECT relid FROM pg_partition_ancestors($1::int8::oid))) \
+         ORDER BY 2, 1",
     )
     .bind(facts.oid)
     .fetch_all(&mut *session)
@@ -271,10 +309,16 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
     let batch_size = o.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1);
     let walk = match (&facts.index, o.allow_scan.unwrap_or(false)) {
         (Some(index), _) => Walk::Index(index.clone()),
+        (None, true) if tenant_column.is_some() => {
+            return refuse(format!(
+                "has no index on ({}, {column}); allow_scan does not apply to row isolation (every tenant would read the whole shared table)",
+                tenant_column.unwrap_or_default()
+            ));
+        }
         (None, true) => Walk::Blocks(((batch_size as f64 / facts.rows_per_block.max(1.0)).ceil() as i64).max(1)),
         (None, false) => {
             let wanted = match tenant_column {
-                Some(tc) => format!("({column}) or ({tc}, {column})"),
+                Some(tc) => format!("({tc}, {column})"),
                 None => format!("({column})"),
             };
             return refuse(format!(
@@ -288,15 +332,18 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
         _ => String::new(),
     };
     let col = quote_ident(column);
+    // A date column is compared with the cutoff's date: a row dated on the cutoff's own
+    // day is not older than the cutoff.
+    let cutoff_param = if facts.column_type.as_deref() == Some("date") { "$1::date" } else { "$1" };
     let mode = match &walk {
         Walk::Index(name) => format!("index {name}"),
         Walk::Blocks(n) => format!("scan ({n} blocks per batch)"),
     };
 
     if o.dry_run.unwrap_or(false) {
-        let cutoff = ctx.clock.now() - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+        let cutoff = cutoff_of(ctx.clock.now(), retention).map_err(|e| StepError::permanent(format!("{who}: {e}")))?;
         let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM {target} WHERE {col} < $1{tenant_filter}"
+            "SELECT count(*) FROM {target} WHERE {col} < {cutoff_param}{tenant_filter}"
         )))
         .bind(cutoff)
         .bind(None::<DateTime<Utc>>)
@@ -322,18 +369,25 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
     let step = ctx.unit;
     let run_id = ctx.receipt_run();
     let now = ctx.clock.now();
-    let cutoff = now - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
-    let mut cursor: Cursor = sqlx::query_as(
-        "WITH made AS (INSERT INTO tenantry.purge_cursors (run_id, tenant, step, cutoff) VALUES ($1, $2, $3, $4) \
-                       ON CONFLICT DO NOTHING RETURNING cutoff, position, block, deleted, batches, finished) \
-         SELECT * FROM made UNION ALL \
-         SELECT cutoff, position, block, deleted, batches, finished FROM tenantry.purge_cursors \
-         WHERE run_id = $1 AND tenant = $2 AND step = $3",
+    let cutoff = cutoff_of(now, retention).map_err(|e| StepError::permanent(format!("{who}: {e}")))?;
+    // Two statements, so the read sees a row another attempt inserted meanwhile.
+    sqlx::query(
+        "INSERT INTO tenantry.purge_cursors (run_id, tenant, step, cutoff) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
     .bind(run_id)
     .bind(ctx.tenant)
     .bind(step)
     .bind(cutoff)
+    .execute(&mut *session)
+    .await
+    .map_err(|e| StepError::from_sqlx("making the purge cursor", &e))?;
+    let mut cursor: Cursor = sqlx::query_as(
+        "SELECT cutoff, position, block, deleted, not_deleted, batches, finished FROM tenantry.purge_cursors \
+         WHERE run_id = $1 AND tenant = $2 AND step = $3",
+    )
+    .bind(run_id)
+    .bind(ctx.tenant)
+    .bind(step)
     .fetch_one(&mut *session)
     .await
     .map_err(|e| StepError::from_sqlx("reading the purge cursor", &e))?;
@@ -345,6 +399,7 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
         retention_from,
         mode,
         deleted: cursor.deleted,
+        not_deleted: cursor.not_deleted,
         batches: cursor.batches,
         resumed_after: cursor.batches,
         max_batch_ms: 0,
@@ -354,14 +409,14 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
     };
     let batch_sql = match &walk {
         Walk::Index(_) => format!(
-            "WITH doomed AS (SELECT ctid, {col} AS at FROM {target} WHERE {col} < $1 AND {col} >= coalesce($2, '-infinity'::timestamptz){tenant_filter} ORDER BY {col} LIMIT $4), \
-                  gone AS (DELETE FROM {target} WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed)) AND {col} < $1{tenant_filter} RETURNING 1) \
+            "WITH doomed AS (SELECT ctid, {col} AS at FROM {target} WHERE {col} < {cutoff_param} AND {col} >= coalesce($2, '-infinity'::timestamptz){tenant_filter} ORDER BY {col} LIMIT $4), \
+                  gone AS (DELETE FROM {target} WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed)) AND {col} < {cutoff_param}{tenant_filter} RETURNING 1) \
              SELECT (SELECT count(*) FROM doomed) AS seen, (SELECT count(*) FROM gone) AS deleted, \
                     (SELECT max(at)::timestamptz FROM doomed) AS position, NULL::int8 AS block, false AS last"
         ),
         Walk::Blocks(_) => format!(
             "WITH gone AS (DELETE FROM {target} WHERE ctid >= format('(%s,0)', $5::int8)::tid \
-                              AND ctid < format('(%s,0)', $5::int8 + $4)::tid AND {col} < $1{tenant_filter} RETURNING 1) \
+                              AND ctid < format('(%s,0)', $5::int8 + $4)::tid AND {col} < {cutoff_param}{tenant_filter} RETURNING 1) \
              SELECT 0::int8 AS seen, (SELECT count(*) FROM gone) AS deleted, NULL::timestamptz AS position, \
                     $5::int8 + $4 AS block, \
                     $5::int8 + $4 >= pg_relation_size($6::int8::oid) / current_setting('block_size')::int8 AS last"
@@ -386,8 +441,15 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
             return Err(StepError::transient(format!("{who}: stopped after batch {}", cursor.batches)));
         }
         if let Some(throttle) = ctx.throttle {
-            report.throttled_ms +=
-                crate::engine::load::hold(throttle, ctx.databases, &p.host, ctx.cancel).await.as_millis() as u64;
+            let (waited, gave_up) = crate::engine::load::hold(throttle, ctx.databases, &p.host, ctx.cancel).await;
+            report.throttled_ms += waited.as_millis() as u64;
+            if let Some(why) = gave_up {
+                report.stopped = Some(format!(
+                    "held for max_wait ({}) by the host's load ({why}); the next run goes on from here",
+                    humantime::format_duration(throttle.max_wait())
+                ));
+                break;
+            }
             if ctx.cancel.is_cancelled() {
                 continue;
             }
@@ -425,15 +487,26 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
         }
     }
     report.deleted = cursor.deleted;
+    report.not_deleted = cursor.not_deleted;
     report.batches = cursor.batches;
     report.complete = cursor.finished;
     // Old cursors of this database go with the purge that finds them.
-    let _ = sqlx::query("DELETE FROM tenantry.purge_cursors WHERE updated_at < now() - make_interval(days => $1)")
-        .bind(CURSOR_RETENTION_DAYS)
+    let _ = sqlx::query(
+        "DELETE FROM tenantry.purge_cursors WHERE updated_at < now() - make_interval(days => $1 * CASE WHEN finished THEN 1 ELSE 3 END)",
+    )
+    .bind(CURSOR_RETENTION_DAYS)
         .execute(&mut *session)
         .await;
     session.release().await;
     serde_json::to_value(report).map_err(|e| StepError::permanent(e.to_string()))
+}
+
+/// `now` − `retention`, or why it cannot be.
+fn cutoff_of(now: DateTime<Utc>, retention: Duration) -> Result<DateTime<Utc>, String> {
+    chrono::TimeDelta::from_std(retention)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| format!("a retention of {} reaches before the calendar", humantime::format_duration(retention)))
 }
 
 enum BatchError {
@@ -468,10 +541,14 @@ async fn batch(
         _ => BatchError::Step(StepError::from_sqlx("deleting a batch", &e)),
     };
     let mut tx = receipt::begin(conn, &ctx.placement.schema, ctx.run, ctx.tenant).await.map_err(BatchError::Step)?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = {}", lock_timeout.as_millis())))
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = {}",
+        lock_timeout.as_millis(),
+        IDLE_IN_BATCH.as_millis()
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(failed)?;
     let batches: i32 = sqlx::query_scalar(
         "SELECT batches FROM tenantry.purge_cursors WHERE run_id = $1 AND tenant = $2 AND step = $3 FOR UPDATE",
     )
@@ -494,17 +571,27 @@ async fn batch(
         .fetch_one(&mut *tx)
         .await
         .map_err(failed)?;
+    if b.block.is_none() && b.deleted == 0 && b.seen == limit && b.position == cursor.position {
+        // The same rows again: every one refused (a trigger, row-level security) or moved
+        // by concurrent updates. Going on would loop; the transaction is rolled back.
+        return Err(BatchError::Step(StepError::transient(format!(
+            "batch {} found {limit} rows older than the cutoff at {} and could delete none of them (a BEFORE DELETE trigger, row-level security, or rows updated meanwhile)",
+            cursor.batches + 1,
+            b.position.map(|p| p.to_rfc3339()).unwrap_or_default()
+        ))));
+    }
     let finished = if b.block.is_some() { b.last } else { b.seen < limit };
     let next = Cursor {
         cutoff: cursor.cutoff,
         position: b.position.or(cursor.position),
         block: b.block,
         deleted: cursor.deleted + b.deleted,
+        not_deleted: cursor.not_deleted + (b.seen - b.deleted).max(0),
         batches: cursor.batches + 1,
         finished,
     };
     sqlx::query(
-        "UPDATE tenantry.purge_cursors SET position = $4, block = $5, deleted = $6, batches = $7, finished = $8, \
+        "UPDATE tenantry.purge_cursors SET position = $4, block = $5, deleted = $6, batches = $7, finished = $8, not_deleted = $9, \
                 updated_at = now() WHERE run_id = $1 AND tenant = $2 AND step = $3",
     )
     .bind(ctx.receipt_run())
@@ -515,6 +602,7 @@ async fn batch(
     .bind(next.deleted)
     .bind(next.batches)
     .bind(next.finished)
+    .bind(next.not_deleted)
     .execute(&mut *tx)
     .await
     .map_err(failed)?;
@@ -539,8 +627,19 @@ mod tests {
         assert_eq!(retention(&o, &none).unwrap(), (Duration::from_secs(90 * 86_400), "older_than".into()));
         let days = BTreeMap::from([("retention_days".to_string(), "30".to_string())]);
         assert_eq!(retention(&o, &days).unwrap().0, Duration::from_secs(30 * 86_400));
-        let hours = BTreeMap::from([("retention_days".to_string(), "12h".to_string())]);
-        assert_eq!(retention(&o, &hours).unwrap().0, Duration::from_secs(12 * 3600));
+        let hours = BTreeMap::from([("retention_days".to_string(), "36h".to_string())]);
+        assert_eq!(retention(&o, &hours).unwrap().0, Duration::from_secs(36 * 3600));
+        // "6m" is six minutes: under a day, refused rather than emptying the table.
+        let minutes = BTreeMap::from([("retention_days".to_string(), "6m".to_string())]);
+        assert!(retention(&o, &minutes).unwrap_err().contains("outside the accepted 1day"));
+        let huge = BTreeMap::from([("retention_days".to_string(), "213503982334602".to_string())]);
+        assert!(retention(&o, &huge).is_err(), "an overflowing day count is refused");
+        let hourly = Options {
+            older_than: Some(HumanDuration(Duration::from_secs(7200))),
+            min_retention: Some(HumanDuration(Duration::from_secs(3600))),
+            ..Options::default()
+        };
+        assert!(retention(&hourly, &none).is_ok(), "min_retention lowers the floor");
         let bad = BTreeMap::from([("retention_days".to_string(), "forever".to_string())]);
         assert!(retention(&o, &bad).unwrap_err().contains("\"forever\" is not a retention"));
         let zero = BTreeMap::from([("retention_days".to_string(), "0".to_string())]);

@@ -1,16 +1,20 @@
 -- The table a purge deletes from ($1 schema, $2 table), with the type of its timestamp
--- column ($3) and of the tenant column ($4, row isolation), a valid, non-partial index
--- whose first column is the timestamp column (or whose first two are the tenant column
--- and the timestamp column), and its rows per block (for block-range batches).
+-- column ($3) and of the tenant column ($4, row isolation), a valid, non-partial b-tree
+-- index whose first column is the timestamp column (for row isolation: whose first two are
+-- the tenant column and the timestamp column), whether it has inheritance children, and
+-- its rows per block (for block-range batches).
 SELECT c.oid::int8 AS oid,
        c.relkind::text AS kind,
-       format_type(ts.atttypid, ts.atttypmod) AS column_type,
+       c.relhassubclass AS has_children,
+       format_type(ts.atttypid, NULL) AS column_type,
        format_type(tc.atttypid, tc.atttypmod) AS tenant_type,
        (SELECT format('%I', ic.relname)
-        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
         WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL AND ts.attnum IS NOT NULL
-          AND (i.indkey[0] = ts.attnum OR (tc.attnum IS NOT NULL AND i.indkey[0] = tc.attnum AND i.indkey[1] = ts.attnum))
-        ORDER BY i.indkey[0] = tc.attnum DESC NULLS LAST, ic.relname
+          AND am.amname = 'btree'
+          AND CASE WHEN tc.attnum IS NULL THEN i.indkey[0] = ts.attnum
+                   ELSE i.indkey[0] = tc.attnum AND i.indkey[1] = ts.attnum END
+        ORDER BY ic.relname
         LIMIT 1) AS index,
        CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END::float8 AS rows_per_block
 FROM pg_class c

@@ -35,7 +35,7 @@ pub async fn ensure_table(conn: &mut PgConnection, host: &str, database: &str) -
          CREATE TABLE IF NOT EXISTS tenantry.receipts (run_id text NOT NULL, tenant text NOT NULL, step text NOT NULL, \
          completed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, tenant, step)); \
          CREATE TABLE IF NOT EXISTS tenantry.purge_cursors (run_id text NOT NULL, tenant text NOT NULL, step text NOT NULL, \
-         cutoff timestamptz NOT NULL, position timestamptz, block int8, deleted int8 NOT NULL DEFAULT 0, \
+         cutoff timestamptz NOT NULL, position timestamptz, block int8, deleted int8 NOT NULL DEFAULT 0, not_deleted int8 NOT NULL DEFAULT 0, \
          batches int4 NOT NULL DEFAULT 0, finished bool NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(), \
          PRIMARY KEY (run_id, tenant, step)); COMMIT",
     )
