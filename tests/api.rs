@@ -15,6 +15,17 @@ const READER: &str = "read-token-0123456789abcdef-secret";
 /// any password works; it must never be shown).
 const DB_PASSWORD: &str = "db-pass-0123456789-secret";
 
+/// A raw request; the status and the whole response.
+async fn http_raw(port: u16, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to the API");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    (text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), text)
+}
+
 /// One HTTP/1.1 exchange (the tests' own minimal client): status and body.
 async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,12 +152,22 @@ async fn every_documented_route_answers_with_tokens_checked_and_a_run_goes_throu
         bodies.push(body);
     }
 
+    // HEAD is a read; the scheme is case-insensitive.
+    assert_eq!(http(port, "HEAD", "/api/v1/runs", Some(READER), None).await.0, 200);
+    let (status, _) = http_raw(
+        port,
+        &format!("GET /api/v1/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: bearer {READER}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+
     // Enqueue, watch it finish, read it back.
     let (status, body) = http(port, "POST", "/api/v1/runs", Some(OPERATOR), Some(r#"{"workflow": "check"}"#)).await;
     assert_eq!(status, 201, "{body}");
     let id = json(&body)["id"].as_str().unwrap().to_string();
     let detail = wait_run(port, &id, |d| d["run"]["state"] == "succeeded").await;
     assert_eq!(detail["tenants"].as_object().unwrap().len(), 2, "{detail:#}");
+    assert_eq!(detail["run"]["trigger"], "api", "{detail:#}");
     assert!(detail["tenants"]["acme"]["outputs"]["health/core"].is_object(), "{detail:#}");
     bodies.push(detail.to_string());
     for (path, check) in [
@@ -177,12 +198,11 @@ async fn every_documented_route_answers_with_tokens_checked_and_a_run_goes_throu
         ("POST", format!("/api/v1/runs/{id}/retry"), "", 409),
         ("POST", format!("/api/v1/runs/{id}/frobnicate"), "", 404),
         ("GET", "/api/v1/nothing".to_string(), "", 404),
+        ("GET", "/nothing/at/all".to_string(), "", 404),
     ] {
         let (status, answer) = http(port, method, &path, Some(OPERATOR), Some(body)).await;
         assert_eq!(status, expected, "{method} {path} {body}: {answer}");
-        if !answer.is_empty() {
-            assert!(json(&answer)["error"].is_string(), "{answer}");
-        }
+        assert!(json(&answer)["error"].is_string(), "{method} {path}: {answer}");
         bodies.push(answer);
     }
 

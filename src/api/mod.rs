@@ -61,6 +61,9 @@ impl ApiState {
     pub fn new(ctx: Arc<Context>, runtime: Arc<Runtime>, api: &ApiConfig) -> Result<Self, Failure> {
         let mut tokens = Vec::new();
         for t in &api.tokens {
+            if tokens.iter().any(|k: &Token| k.name == t.name) {
+                return Err(Failure::Failed(format!("api token {:?} is configured twice", t.name)));
+            }
             let value = match (&t.env, &t.file) {
                 (Some(var), _) => std::env::var(var).map_err(|_| {
                     Failure::Failed(format!("api token {:?}: the environment variable {var} is not set", t.name))
@@ -75,14 +78,21 @@ impl ApiState {
                     return Err(Failure::Failed(format!("api token {:?} has neither env nor file", t.name)));
                 }
             };
-            let value = value.trim_end();
+            let value = value.trim();
             if value.len() < 16 {
                 return Err(Failure::Failed(format!(
                     "api token {:?} is shorter than 16 characters: use a long random value (e.g. `openssl rand -hex 32`)",
                     t.name
                 )));
             }
-            tokens.push(Token { name: t.name.clone(), role: t.role, digest: Sha256::digest(value.as_bytes()).into() });
+            let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+            if let Some(same) = tokens.iter().find(|k| k.digest == digest) {
+                return Err(Failure::Failed(format!(
+                    "api tokens {:?} and {:?} have the same value: give each holder its own",
+                    same.name, t.name
+                )));
+            }
+            tokens.push(Token { name: t.name.clone(), role: t.role, digest });
         }
         Ok(Self { ctx, runtime, tokens })
     }
@@ -112,7 +122,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/tenants", get(tenants))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).merge(api).with_state(state)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route (see docs/openapi.json)") })
+        .with_state(state)
 }
 
 /// Serves `router(state)` on `listener` until `shutdown`.
@@ -129,18 +144,25 @@ async fn authenticate(State(state): State<Arc<ApiState>>, request: Request, next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some((name, role)) = presented.and_then(|p| state.role_of(p)) else {
+        tracing::info!(method = %request.method(), path = request.uri().path(), "api request without a known token refused");
         let mut response =
             error(StatusCode::UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer …)");
         response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return response;
     };
-    if request.method() != Method::GET && role != ApiRole::Operator {
+    let reads = request.method() == Method::GET || request.method() == Method::HEAD;
+    if !reads && role != ApiRole::Operator {
         return error(StatusCode::FORBIDDEN, &format!("token {name:?} is read-only; this needs an operator token"));
     }
-    tracing::debug!(token = name, method = %request.method(), path = request.uri().path(), "api request");
+    if reads {
+        tracing::debug!(token = name, method = %request.method(), path = request.uri().path(), "api request");
+    } else {
+        tracing::info!(token = name, method = %request.method(), path = request.uri().path(), "api write");
+    }
     next.run(request).await
 }
 
@@ -163,7 +185,8 @@ impl IntoResponse for ApiError {
             Failure::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Failure::NotFound(_) => StatusCode::NOT_FOUND,
             Failure::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Failure::Failed(_) | Failure::Reported => StatusCode::CONFLICT,
+            Failure::Failed(_) => StatusCode::CONFLICT,
+            Failure::Reported => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = crate::secret::redact_url_str(&self.0.to_string());
         error(status, &message)
@@ -233,11 +256,13 @@ async fn enqueue(
         let message = format!("the body must be JSON like {{\"workflow\": \"nightly\"}}: {}", r.body_text());
         Failure::Invalid(vec![crate::diagnostic::Diagnostic::new(std::path::Path::new("request body"), message)])
     })?;
-    let file = state.ctx.config.workflows_dir().join(format!("{}.toml", e.workflow));
-    if e.workflow.is_empty() || e.workflow.contains(['/', '\\', '.']) || !file.is_file() {
+    let (found, _) = crate::workflow::read_all(&state.ctx.config.workflows_dir());
+    if !found.iter().any(|w| w.name == e.workflow) {
         return Err(Failure::NotFound(format!("no workflow named {:?} (see GET /api/v1/workflows)", e.workflow)).into());
     }
-    let started = runs::start(&state.ctx, &state.runtime, &e.workflow, &e.tenants, e.changed_by.as_deref()).await?;
+    let trigger = crate::runtime::model::Trigger::Api;
+    let started =
+        runs::start(&state.ctx, &state.runtime, &e.workflow, &e.tenants, e.changed_by.as_deref(), &trigger).await?;
     Ok((StatusCode::CREATED, Json(Started { id: started.id, notes: started.notes })).into_response())
 }
 

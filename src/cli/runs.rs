@@ -21,7 +21,7 @@ pub async fn run(
     json: bool,
 ) -> Result<(), Failure> {
     let runtime = ctx.runtime().await?;
-    let started = start(ctx, &runtime, name, only, changed_by).await?;
+    let started = start(ctx, &runtime, name, only, changed_by, &Trigger::Operator).await?;
     if !json {
         for note in &started.notes {
             eprintln!("{note}");
@@ -45,6 +45,7 @@ pub async fn start(
     name: &str,
     only: &[String],
     changed_by: Option<&str>,
+    trigger: &Trigger,
 ) -> Result<Started, Failure> {
     let (catalog, wf) = ctx.checked_workflow(name, only).await?;
     let loaded = &ctx.config;
@@ -75,7 +76,7 @@ pub async fn start(
             wf.name, wf.name
         )));
     }
-    let id = runtime.start(spec, &Trigger::Operator).await.map_err(store_failure)?;
+    let id = runtime.start(spec, trigger).await.map_err(store_failure)?;
     Ok(Started { id, notes })
 }
 
@@ -365,13 +366,16 @@ fn print_status(s: &Status) {
         let counts: Vec<String> = w.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!("{marker} wave {} {}: {} tenant(s): {}", w.index + 1, w.name, w.tenants, counts.join(", "));
     }
-    let notable: Vec<(&String, &Checkpoint)> =
-        s.tenants.iter().filter(|(_, c)| !matches!(c.state, TenantState::Succeeded | TenantState::Pending)).collect();
+    let notable: Vec<(&String, &Checkpoint)> = s
+        .tenants
+        .iter()
+        .filter(|(_, c)| !matches!(c.state, TenantState::Succeeded | TenantState::Pending) || c.throttled.is_some())
+        .collect();
     if !notable.is_empty() {
         println!("\n{:24} {:10} {:>4} {:>7}  DETAIL", "TENANT", "STATE", "STEP", "ATTEMPT");
         for (t, c) in notable.iter().take(200) {
             let detail = match c.state {
-                TenantState::Running if c.throttled.is_some() => {
+                TenantState::Running | TenantState::Pending if c.throttled.is_some() => {
                     format!("throttled: {}", c.throttled.as_deref().unwrap_or_default())
                 }
                 TenantState::Running | TenantState::Queued => c.worker.clone().unwrap_or_default(),

@@ -92,8 +92,12 @@ pub async fn serve(ctx: Context) -> Result<(), Failure> {
     let result = Arc::clone(&runtime).run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = scheduler.await;
-    if let Some(api) = api {
-        let _ = api.await;
+    if let Some(mut api) = api {
+        // Open connections get a moment to finish; a client that holds one open does not
+        // hold the shutdown.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut api).await.is_err() {
+            api.abort();
+        }
     }
     runtime.databases.close().await;
     result.map_err(|e| Failure::Unreachable(e.to_string()))

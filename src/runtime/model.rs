@@ -295,9 +295,13 @@ pub struct Checkpoint {
     /// Why the tenant waits now for its host's load (`[throttle]`), as `status` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttled: Option<String>,
-    /// How long the tenant has waited for its hosts' load, in all.
+    /// How long the tenant has waited for its hosts' load, in all (the wait going on now
+    /// not included until it ends).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub throttled_ms: u64,
+    /// Since when it waits now (set when it was first given back for its host's load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_since_ms: Option<i64>,
     /// Per unit (`step/service`), what the step reported. Stored as JSON text inside the
     /// checkpoint so the Lua scripts pass it through untouched (cjson would turn an empty
     /// array into an empty object).
@@ -350,6 +354,7 @@ impl Checkpoint {
             lost: 0,
             throttled: None,
             throttled_ms: 0,
+            throttled_since_ms: None,
             outputs: BTreeMap::new(),
         }
     }

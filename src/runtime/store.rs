@@ -121,6 +121,7 @@ struct Scripts {
     sweep: redis::Script,
     transition: redis::Script,
     release: redis::Script,
+    defer: redis::Script,
     cancel: redis::Script,
     tick_claim: redis::Script,
     tick_done: redis::Script,
@@ -150,6 +151,7 @@ impl Scripts {
             sweep: redis::Script::new(include_str!("lua/sweep.lua")),
             transition: redis::Script::new(include_str!("lua/transition.lua")),
             release: redis::Script::new(include_str!("lua/release.lua")),
+            defer: redis::Script::new(include_str!("lua/defer.lua")),
             cancel: redis::Script::new(include_str!("lua/cancel.lua")),
             tick_claim: redis::Script::new(include_str!("lua/tick_claim.lua")),
             tick_done: redis::Script::new(include_str!("lua/tick_done.lua")),
@@ -608,6 +610,45 @@ impl RunStore {
             .arg(now_ms())
             .arg(&snapshot.group)
             .arg(patch.to_string())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(out.first().map(String::as_str) == Some("ok"))
+    }
+
+    /// Gives a claimed tenant back because `host` is over a load limit: back to pending
+    /// with `reason`, its slots freed, and the host marked throttled in the run for `hold`
+    /// (see `lua/defer.lua`). False when the lease is no longer this holder's.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn defer(
+        &self,
+        run: &str,
+        tenant: &str,
+        snapshot: &super::model::TenantSnapshot,
+        holder: &str,
+        host: &str,
+        hold: Duration,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let now = now_ms();
+        let out: Vec<String> = self
+            .scripts
+            .defer
+            .key(k.run(run))
+            .key(k.run_tenants(run))
+            .key(k.lease(run, tenant))
+            .key(k.run_inflight(run))
+            .key(k.run_hosts(run))
+            .key(k.run_pending(run, snapshot.wave))
+            .key(k.run_ready(run, snapshot.wave))
+            .arg(tenant)
+            .arg(holder)
+            .arg(&snapshot.group)
+            .arg(host)
+            .arg(now + hold.as_millis() as i64)
+            .arg(reason)
+            .arg(now)
             .invoke_async(&mut conn)
             .await?;
         Ok(out.first().map(String::as_str) == Some("ok"))

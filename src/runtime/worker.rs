@@ -58,15 +58,22 @@ struct Leases {
     abandoned: Vec<(String, String, String)>,
 }
 
-/// How a tenant's wait for its host's load ended (see `Runtime::hold_for_load`).
-enum Held {
-    /// Go on; the tenant's throttled time in all.
-    Go(u64),
+/// What a check of the host's load before a unit decided (see `Runtime::check_load`).
+enum Load {
+    Go,
+    /// Given back to pending until the host is under its limits.
+    Deferred,
     Lost,
     Paused,
     Cancelled,
-    /// Held past `max_wait`: why.
+    /// Waited past `max_wait`: why.
     TooLong(String),
+}
+
+/// A tenant's waits for its host's load: since when it waits now, and the total before.
+struct Waited {
+    since: Option<i64>,
+    total: u64,
 }
 
 /// How a tenant's turn on this worker ended.
@@ -77,6 +84,8 @@ enum Ending {
     Lost,
     /// The run was paused between two units: give the tenant back to wait for `resume`.
     Paused,
+    /// Given back to pending for its host's load (the store did it): dispatch others.
+    Deferred,
 }
 
 /// Stops the lease heartbeat however the handler ends (finished, fenced, or dropped).
@@ -569,6 +578,11 @@ impl Runtime {
                 return Ok(None);
             }
             Ok(Ending::Lost) => Ok(None),
+            Ok(Ending::Deferred) => {
+                // Its slots are free: other hosts' tenants take them now.
+                drop(_heartbeat);
+                return self.advance_taking_one(&spec).await;
+            }
             Err(e) => Err(e),
         };
         match finished {
@@ -642,7 +656,7 @@ impl Runtime {
         }
         let mut unit = checkpoint.unit;
         let mut attempt = checkpoint.attempt;
-        let mut throttled_ms = checkpoint.throttled_ms;
+        let mut waited = Waited { since: checkpoint.throttled_since_ms, total: checkpoint.throttled_ms };
         while unit < snapshot.units.len() {
             let u = &snapshot.units[unit];
             let step = &spec.steps[u.step];
@@ -652,16 +666,17 @@ impl Runtime {
                 return Ok(Ending::Finish(TenantState::Failed, Some(error), serde_json::json!({})));
             };
             if let Some(throttle) = &spec.throttle {
-                match self.hold_for_load(throttle, task, holder, &placement.host, throttled_ms, lost).await? {
-                    Held::Go(total) => throttled_ms = total,
-                    Held::Lost => return Ok(Ending::Lost),
-                    Held::Paused => return Ok(Ending::Paused),
-                    Held::Cancelled => {
+                match self.check_load(throttle, spec, task, holder, &placement.host, &mut waited, lost).await? {
+                    Load::Go => {}
+                    Load::Deferred => return Ok(Ending::Deferred),
+                    Load::Lost => return Ok(Ending::Lost),
+                    Load::Paused => return Ok(Ending::Paused),
+                    Load::Cancelled => {
                         return Ok(Ending::Finish(TenantState::Cancelled, None, serde_json::json!({})));
                     }
-                    Held::TooLong(error) => {
+                    Load::TooLong(error) => {
                         let error = format!("step {label}: {error}");
-                        let patch = serde_json::json!({ "throttled": null });
+                        let patch = serde_json::json!({ "throttled": null, "throttled_since_ms": null });
                         return Ok(Ending::Finish(TenantState::Failed, Some(error), patch));
                     }
                 }
@@ -767,55 +782,63 @@ impl Runtime {
         Ok(Ending::Finish(TenantState::Succeeded, None, serde_json::json!({})))
     }
 
-    /// Waits while `host` is over one of the workflow's load limits, showing why in the
-    /// tenant's checkpoint (`status`: "throttled: …") until it is not. The tenant keeps its
-    /// lease and its place in the host's and the run's limits meanwhile: no more of the
-    /// host's tenants start, while other hosts' tenants go on (as long as the run's
-    /// concurrency leaves them room: see README, `[throttle]`). The run being paused or
-    /// cancelled meanwhile ends the wait; so does `max_wait`, failing the tenant.
-    async fn hold_for_load(
+    /// Checks `host`'s load against the workflow's `[throttle]` before a unit. Over a limit,
+    /// the tenant is given back (see `RunStore::defer`): it waits in its wave's pending list
+    /// with the reason (`status`: "throttled: …"), its run and host slots go to other
+    /// hosts' tenants, and no more of the host's tenants start until `check_every` has
+    /// passed; a tenant that has waited `max_wait` fails with the reason instead. Under the
+    /// limits, a wait that just ended is added to the tenant's `throttled_ms`.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_load(
         &self,
         throttle: &crate::engine::load::ThrottleSpec,
+        spec: &RunSpec,
         task: &TenantTask,
         holder: &str,
         host: &str,
-        throttled_ms: u64,
+        waited: &mut Waited,
         lost: &CancellationToken,
-    ) -> Result<Held, StoreError> {
-        let started = tokio::time::Instant::now();
-        let mut shown: Option<String> = None;
-        let mut held = false;
-        loop {
-            let verdict = tokio::select! {
-                v = crate::engine::load::verdict(throttle, &self.databases, host) => v,
-                () = lost.cancelled() => return Ok(Held::Lost),
-            };
-            held |= verdict.is_some();
-            if verdict != shown {
-                let total = throttled_ms + started.elapsed().as_millis() as u64;
-                let patch = serde_json::json!({ "throttled": verdict, "throttled_ms": total });
-                match self.progress_retrying(task, holder, &patch).await? {
-                    None => return Ok(Held::Lost),
-                    Some(RunState::Cancelled) => return Ok(Held::Cancelled),
-                    Some(RunState::Paused) => return Ok(Held::Paused),
-                    Some(_) => {}
+    ) -> Result<Load, StoreError> {
+        let verdict = tokio::select! {
+            v = crate::engine::load::verdict(throttle, &self.databases, host) => v,
+            () = lost.cancelled() => return Ok(Load::Lost),
+        };
+        let now = super::store::now_ms();
+        match verdict {
+            None => {
+                if let Some(since) = waited.since.take() {
+                    waited.total += (now - since).max(0) as u64;
+                    let patch = serde_json::json!({ "throttled": null, "throttled_since_ms": null, "throttled_ms": waited.total });
+                    match self.progress_retrying(task, holder, &patch).await? {
+                        None => return Ok(Load::Lost),
+                        Some(RunState::Cancelled) => return Ok(Load::Cancelled),
+                        Some(RunState::Paused) => return Ok(Load::Paused),
+                        Some(_) => {}
+                    }
                 }
-                shown = verdict.clone();
+                Ok(Load::Go)
             }
-            let Some(why) = verdict else { break };
-            if started.elapsed() >= throttle.max_wait() {
-                return Ok(Held::TooLong(format!(
-                    "held {} by its host's load (throttle.max_wait): {why}",
-                    humantime::format_duration(throttle.max_wait())
-                )));
-            }
-            debug!(why, "throttled");
-            tokio::select! {
-                () = tokio::time::sleep(throttle.check_every()) => {}
-                () = lost.cancelled() => return Ok(Held::Lost),
+            Some(why) => {
+                let since = waited.since.unwrap_or(now);
+                if now - since >= throttle.max_wait().as_millis() as i64 {
+                    return Ok(Load::TooLong(format!(
+                        "waited {} for its host's load (throttle.max_wait): {why}",
+                        humantime::format_duration(throttle.max_wait())
+                    )));
+                }
+                debug!(why, "throttled: the tenant goes back to pending");
+                let snapshot = &spec.tenants[&task.tenant];
+                if self
+                    .store
+                    .defer(&task.run_id, &task.tenant, snapshot, holder, host, throttle.check_every(), &why)
+                    .await?
+                {
+                    Ok(Load::Deferred)
+                } else {
+                    Ok(Load::Lost)
+                }
             }
         }
-        Ok(Held::Go(throttled_ms + if held { started.elapsed().as_millis() as u64 } else { 0 }))
     }
 
     /// Records progress, retrying while Redis is unreachable (up to the lease: after that

@@ -40,12 +40,16 @@ local function finish(state, reason)
   return {state}
 end
 
--- The first host of `group` that is at its limit, or nil.
+-- Hosts over a load limit (`[throttle]`, see defer.lua): host -> until (ms).
+local throttled = cjson.decode(redis.call('HGET', run, 'throttled') or '{}')
+
+-- The first host of `group` that is at its limit or throttled, or nil.
 local function full_host(group)
   for h in string.gmatch(group, '[^+]+') do
     local used = tonumber(redis.call('HGET', hosts, h) or '0')
     local limit = tonumber(redis.call('HGET', limits, h) or run_limit)
     if used >= limit then return h end
+    if (tonumber(throttled[h]) or 0) > now then return h end
   end
   return nil
 end
@@ -57,6 +61,24 @@ if soak_until > now then return {'soaking', tostring(soak_until)} end
 
 local wave = tonumber(redis.call('HGET', run, 'wave'))
 local unparked = false
+-- A throttle mark that has run out: the host's parked groups may go again (their next
+-- tenant looks at the host's load before it starts, and may be deferred again).
+local expired = false
+for h, expiry in pairs(throttled) do
+  if tonumber(expiry) <= now then
+    throttled[h] = nil
+    expired = true
+    local waiting = redis.call('HGET', KEYS[8 + 3 * wave], h)
+    if waiting then
+      redis.call('HDEL', KEYS[8 + 3 * wave], h)
+      for g in string.gmatch(waiting, '[^ ]+') do redis.call('ZADD', KEYS[7 + 3 * wave], 0, g) end
+    end
+  end
+end
+if expired then
+  if next(throttled) == nil then redis.call('HDEL', run, 'throttled')
+  else redis.call('HSET', run, 'throttled', cjson.encode(throttled)) end
+end
 while true do
   local w = waves[wave + 1]
   if w.approval and redis.call('HGET', run, 'approved:' .. wave) ~= '1' then
