@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::fleet::TwoServices;
+use support::store::{s3_env, s3_storage_config};
 use support::{WorkerProcess, repo};
 
 const OPERATOR: &str = "op-token-0123456789abcdef-secret";
@@ -72,10 +73,11 @@ async fn setup(prefix: &str, workflow: &str) -> (TwoServices, u16, WorkerProcess
     let port = free_port();
     std::fs::write(fleet.path().join("operator.token"), format!("{OPERATOR}\n")).unwrap();
     std::fs::write(fleet.path().join("read.token"), READER).unwrap();
+    let storage = s3_storage_config(&fleet.name);
     fleet.edit_config(|c| {
         let c = c.replace("postgres://postgres@", &format!("postgres://postgres:{DB_PASSWORD}@"));
         format!(
-            "{c}\n[api]\naddress = \"127.0.0.1:{port}\"\n\n[[api.tokens]]\nname = \"ops\"\nrole = \"operator\"\nfile = \"operator.token\"\n\n\
+            "{c}\n{storage}\n[api]\naddress = \"127.0.0.1:{port}\"\n\n[[api.tokens]]\nname = \"ops\"\nrole = \"operator\"\nfile = \"operator.token\"\n\n\
              [[api.tokens]]\nname = \"dashboard\"\nrole = \"read\"\nfile = \"read.token\"\n"
         )
     });
@@ -175,6 +177,7 @@ async fn every_documented_route_answers_with_tokens_checked_and_a_run_goes_throu
         (format!("/api/v1/runs/{id}/report"), "report"),
         ("/api/v1/workflows".to_string(), "workflows"),
         ("/api/v1/tenants".to_string(), "tenants"),
+        ("/api/v1/backups?tenant=acme".to_string(), "backups"),
     ] {
         let (status, body) = http(port, "GET", &path, Some(READER), None).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -183,6 +186,7 @@ async fn every_documented_route_answers_with_tokens_checked_and_a_run_goes_throu
             "runs" => assert_eq!(v[0]["id"], id.as_str(), "{v:#}"),
             "report" => assert_eq!(v["outcomes"]["succeeded"], 2, "{v:#}"),
             "workflows" => assert_eq!(v[0]["name"], "check", "{v:#}"),
+            "backups" => assert_eq!(v["tenants"].as_array().unwrap().len(), 2, "acme's core and clinic: {v:#}"),
             _ => assert_eq!(v.as_array().unwrap().len(), 2, "{v:#}"),
         }
         bodies.push(body);
@@ -194,6 +198,7 @@ async fn every_documented_route_answers_with_tokens_checked_and_a_run_goes_throu
         ("POST", "/api/v1/runs".to_string(), r#"{"workflow": "#, 422),
         ("POST", "/api/v1/runs".to_string(), r#"{"workflow": "check", "bogus": 1}"#, 422),
         ("GET", "/api/v1/runs/no-such-run".to_string(), "", 404),
+        ("GET", "/api/v1/backups?tenant=nobody".to_string(), "", 404),
         ("POST", format!("/api/v1/runs/{id}/approve"), "", 409),
         ("POST", format!("/api/v1/runs/{id}/retry"), "", 409),
         ("POST", format!("/api/v1/runs/{id}/frobnicate"), "", 404),
@@ -209,7 +214,7 @@ async fn every_documented_route_answers_with_tokens_checked_and_a_run_goes_throu
     // No secret anywhere: not the tokens, not the database password.
     let log = log(fleet.path());
     for text in bodies.iter().chain([&log]) {
-        for secret in [OPERATOR, READER, DB_PASSWORD] {
+        for secret in [OPERATOR, READER, DB_PASSWORD, &s3_env("TENANTRY_TEST_S3_SECRET_KEY")] {
             assert!(!text.contains(secret), "a secret leaked: {text}");
         }
     }

@@ -1,4 +1,4 @@
-//! The HTTP API of `tenantry serve` (axum): runs (list, detail, report, enqueue, approve, pause, resume, cancel, retry), workflows with their next scheduled tick, tenants, and the probes `/healthz` and `/readyz`; JSON with the field names of the CLI's `--json`; bearer tokens, read-only or operator, compared in constant time.
+//! The HTTP API of `tenantry serve` (axum): runs (list, detail, report, enqueue, approve, pause, resume, cancel, retry), workflows with their next scheduled tick, tenants, backups with their freshness, and the probes `/healthz` and `/readyz`; JSON with the field names of the CLI's `--json`; bearer tokens, read-only or operator, compared in constant time.
 //!
 //! The routes are listed in [`ROUTES`] and described in `docs/openapi.json`; a test checks
 //! the two against each other and against the running server. Token values come from the
@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/runs/{id}/retry"),
     ("GET", "/api/v1/workflows"),
     ("GET", "/api/v1/tenants"),
+    ("GET", "/api/v1/backups"),
 ];
 
 /// A token as the server holds it: its name, role and the SHA-256 of its value (the value
@@ -121,6 +122,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/runs/{id}/{action}", post(control))
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/tenants", get(tenants))
+        .route("/api/v1/backups", get(backups))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -349,4 +351,19 @@ async fn tenants(State(state): State<Arc<ApiState>>) -> ApiResult<Response> {
         })
         .collect();
     Ok(Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+struct BackupsQuery {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    stale: bool,
+}
+
+async fn backups(State(state): State<Arc<ApiState>>, Query(q): Query<BackupsQuery>) -> ApiResult<Response> {
+    let report = crate::cli::backups::report(&state.ctx, q.tenant.as_deref(), q.service.as_deref(), q.stale).await?;
+    Ok(Json(report).into_response())
 }

@@ -46,8 +46,9 @@ struct Row {
     verified_at: Option<DateTime<Utc>>,
 }
 
+/// What `tenantry backups --json` prints and `GET /api/v1/backups` returns.
 #[derive(Debug, Serialize)]
-struct Report {
+pub struct Report {
     now: DateTime<Utc>,
     max_backup_age: String,
     max_verify_age: String,
@@ -62,16 +63,38 @@ pub async fn run(
     stale_only: bool,
     json: bool,
 ) -> Result<(), Failure> {
+    let report = report(ctx, tenant, service, stale_only).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+    } else if stale_only {
+        print_stale(&report);
+    } else if tenant.is_some() {
+        print_backups(&report);
+    } else {
+        print_fleet(&report);
+    }
+    // `--stale` is a check: it fails when it finds any.
+    if stale_only && !report.tenants.is_empty() { Err(Failure::Reported) } else { Ok(()) }
+}
+
+/// The backups of `tenant` (or the fleet), of `service` (or every one), only the stale
+/// ones with `stale_only`.
+pub async fn report(
+    ctx: &Context,
+    tenant: Option<&str>,
+    service: Option<&str>,
+    stale_only: bool,
+) -> Result<Report, Failure> {
     let catalog = ctx.checked_catalog().await?;
     if let Some(t) = tenant
         && catalog.tenant(t).is_none()
     {
-        return Err(Failure::Failed(format!("no tenant {t:?} in the catalog (see `tenantry tenants`)")));
+        return Err(Failure::NotFound(format!("no tenant {t:?} in the catalog (see `tenantry tenants`)")));
     }
     if let Some(s) = service
         && !catalog.services.contains_key(s)
     {
-        return Err(Failure::Failed(format!("no service {s:?} in the config")));
+        return Err(Failure::NotFound(format!("no service {s:?} in the config")));
     }
     let store = ctx
         .objects()
@@ -122,24 +145,13 @@ pub async fn run(
     if stale_only {
         entries.retain(|e| !e.stale.is_empty());
     }
-    let report = Report {
+    Ok(Report {
         now,
         max_backup_age: limits.max_backup_age.to_string(),
         max_verify_age: limits.max_verify_age.to_string(),
         stale_only,
         tenants: entries,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
-    } else if stale_only {
-        print_stale(&report);
-    } else if tenant.is_some() {
-        print_backups(&report);
-    } else {
-        print_fleet(&report);
-    }
-    // `--stale` is a check: it fails when it finds any.
-    if stale_only && !report.tenants.is_empty() { Err(Failure::Reported) } else { Ok(()) }
+    })
 }
 
 fn store_failure(service: &str, e: StorageError) -> Failure {

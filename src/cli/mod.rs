@@ -3,7 +3,7 @@
 //! Data goes to stdout (`--json` for machines), logs and progress to stderr. Exit status:
 //! 0 done; 1 the run or validation failed; 2 usage error; 3 a required service is unreachable.
 
-mod backups;
+pub(crate) mod backups;
 mod context;
 mod drift;
 mod plan;
