@@ -46,9 +46,12 @@ pub enum Command {
     Plan {
         /// Workflow name (file name without .toml, or its `name`).
         workflow: String,
-        /// Only these tenants (repeatable).
+        /// Only these tenants (repeatable); each gets its own line.
         #[arg(long = "tenant", value_name = "ID")]
         tenants: Vec<String>,
+        /// A line per tenant, rather than one per distinct plan with a count.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// The catalog as resolved: tenants, their status, labels and placements.
     Tenants,
@@ -124,6 +127,9 @@ pub enum Command {
         /// Refresh every second until the run ends.
         #[arg(long)]
         watch: bool,
+        /// A line per tenant, rather than one per distinct state and reason with a count.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// A run's outcome as Markdown (`--json`: the same data): tenants per state, the ones
     /// that failed and why, and what each step found across the fleet.
@@ -182,7 +188,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     match &cli.command {
         Command::Validate => validate::run(&ctx, cli.json).await,
-        Command::Plan { workflow, tenants } => plan::run(&ctx, workflow, tenants, cli.json).await,
+        Command::Plan { workflow, tenants, verbose } => {
+            plan::run(&ctx, workflow, tenants, *verbose || !tenants.is_empty(), cli.json).await
+        }
         Command::Tenants => tenants::run(&ctx, cli.json).await,
         Command::Drift { service, reference, tenants } => {
             drift::run(&ctx, service, reference.as_deref(), tenants, cli.json).await
@@ -199,7 +207,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             runs::run(&ctx, workflow, tenants, changed_by.as_deref(), *wait, cli.json).await
         }
         Command::Runs { limit } => runs::list(&ctx, *limit, cli.json).await,
-        Command::Status { run, watch } => runs::status(&ctx, run, *watch, cli.json).await,
+        Command::Status { run, watch, verbose } => runs::status(&ctx, run, *watch, *verbose, cli.json).await,
         Command::Report { run } => report::run(&ctx, run, cli.json).await,
         Command::Approve { run } => runs::control(&ctx, run, "approve", cli.json).await,
         Command::Pause { run } => runs::control(&ctx, run, "pause", cli.json).await,

@@ -1,9 +1,9 @@
-//! `tenantry plan WORKFLOW`: per wave, per tenant, what the workflow would do. Changes nothing.
+//! `tenantry plan WORKFLOW`: per wave, what the workflow would do to its tenants — one line per distinct plan with a count and the first ids (`--verbose` or `--tenant`: a line per tenant). Changes nothing.
 
 use super::{Context, Failure};
 use crate::workflow::plan::{StepAction, build};
 
-pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Result<(), Failure> {
+pub async fn run(ctx: &Context, name: &str, only: &[String], verbose: bool, json: bool) -> Result<(), Failure> {
     let (catalog, wf) = ctx.checked_workflow(name, only).await?;
     let loaded = &ctx.config;
     let plan = build(&wf, &catalog, loaded, only).await;
@@ -34,6 +34,7 @@ pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Resu
         }
         let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
         println!("\nwave {} {}: {} tenant(s){notes}", w.index + 1, w.name, w.tenants.len());
+        let mut lines: Vec<(String, String)> = Vec::with_capacity(wp.plans.len());
         for tp in &wp.plans {
             let steps: Vec<String> = tp
                 .steps
@@ -57,7 +58,14 @@ pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Resu
                     format!("{}[{}] {what}", s.step, s.service)
                 })
                 .collect();
-            println!("  {:24} {}", tp.tenant.as_str(), steps.join("; "));
+            lines.push((tp.tenant.as_str().to_string(), steps.join("; ")));
+        }
+        if verbose {
+            for (tenant, line) in &lines {
+                println!("  {tenant:24} {line}");
+            }
+        } else {
+            print_grouped(&lines);
         }
     }
     let blocked = plan.blocked();
@@ -65,4 +73,32 @@ pub async fn run(ctx: &Context, name: &str, only: &[String], json: bool) -> Resu
         println!("\n{blocked} step(s) would be refused or cannot run; see above");
     }
     Ok(())
+}
+
+/// How many ids a grouped line names before "… and N more".
+const FIRST_IDS: usize = 5;
+
+/// One line per distinct text with the count of tenants that have it and the first ids,
+/// in the order each text first appears; a text only one tenant has is printed as its own
+/// line.
+pub(super) fn print_grouped(lines: &[(String, String)]) {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (tenant, text) in lines {
+        let i = *at.entry(text.as_str()).or_insert_with(|| {
+            groups.push((text.as_str(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(tenant.as_str());
+    }
+    for (text, tenants) in groups {
+        if let [one] = tenants.as_slice() {
+            println!("  {one:24} {text}");
+            continue;
+        }
+        let first = tenants.iter().take(FIRST_IDS).copied().collect::<Vec<_>>().join(", ");
+        let more = tenants.len().saturating_sub(FIRST_IDS);
+        let more = if more > 0 { format!(", … and {more} more") } else { String::new() };
+        println!("  {:>5} tenants: {text}\n          {first}{more}", tenants.len());
+    }
 }

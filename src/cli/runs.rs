@@ -250,7 +250,7 @@ struct WaveStatus {
 
 /// `tenantry status RUN [--watch]`: per wave and per tenant, which are done, failed,
 /// running, not started, and why.
-pub async fn status(ctx: &Context, id: &str, watch: bool, json: bool) -> Result<(), Failure> {
+pub async fn status(ctx: &Context, id: &str, watch: bool, verbose: bool, json: bool) -> Result<(), Failure> {
     let runtime = ctx.runtime().await?;
     loop {
         let status = load_status(&runtime, id).await?;
@@ -260,7 +260,7 @@ pub async fn status(ctx: &Context, id: &str, watch: bool, json: bool) -> Result<
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
-            print_status(&status);
+            print_status(&status, verbose);
         }
         if !watch || status.run.state.is_terminal() {
             return match status.run.state {
@@ -336,7 +336,7 @@ async fn report_status(runtime: &Runtime, run: &RunRecord, kind: &str) -> Report
     status
 }
 
-fn print_status(s: &Status) {
+fn print_status(s: &Status, verbose: bool) {
     let r = &s.run;
     println!("run {}  workflow {}  trigger {}", r.id, r.workflow, r.trigger);
     println!("state {}{}", r.state, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default());
@@ -371,21 +371,36 @@ fn print_status(s: &Status) {
         .iter()
         .filter(|(_, c)| !matches!(c.state, TenantState::Succeeded | TenantState::Pending) || c.throttled.is_some())
         .collect();
-    if !notable.is_empty() {
+    let detail = |c: &Checkpoint| match c.state {
+        TenantState::Running | TenantState::Pending if c.throttled.is_some() => {
+            format!("throttled: {}", c.throttled.as_deref().unwrap_or_default())
+        }
+        TenantState::Running | TenantState::Queued => c.worker.clone().unwrap_or_default(),
+        _ => c.last_error.clone().unwrap_or_default(),
+    };
+    if !notable.is_empty() && verbose {
         println!("\n{:24} {:10} {:>4} {:>7}  DETAIL", "TENANT", "STATE", "STEP", "ATTEMPT");
         for (t, c) in notable.iter().take(200) {
-            let detail = match c.state {
-                TenantState::Running | TenantState::Pending if c.throttled.is_some() => {
-                    format!("throttled: {}", c.throttled.as_deref().unwrap_or_default())
-                }
-                TenantState::Running | TenantState::Queued => c.worker.clone().unwrap_or_default(),
-                _ => c.last_error.clone().unwrap_or_default(),
-            };
-            println!("{:24} {:10} {:>4} {:>7}  {}", t, c.state.as_str(), c.unit, c.attempt, detail);
+            println!("{:24} {:10} {:>4} {:>7}  {}", t, c.state.as_str(), c.unit, c.attempt, detail(c));
         }
         if notable.len() > 200 {
             println!("... {} more (use --json)", notable.len() - 200);
         }
+    } else if !notable.is_empty() {
+        // One line per state, step and reason (running tenants are not told apart by their
+        // worker here); `--verbose` has a line per tenant.
+        println!();
+        let lines: Vec<(String, String)> = notable
+            .iter()
+            .map(|(t, c)| {
+                let why = match c.state {
+                    TenantState::Running | TenantState::Queued if c.throttled.is_none() => String::new(),
+                    _ => format!(": {}", detail(c)),
+                };
+                (t.to_string(), format!("{} at step {}{why}", c.state.as_str(), c.unit + 1))
+            })
+            .collect();
+        super::plan::print_grouped(&lines);
     }
     if let Some(report) = &s.report {
         print_report(report, r.state.is_terminal());
