@@ -252,3 +252,24 @@ async fn a_gated_run_is_paused_resumed_and_approved_through_the_api() {
     assert_eq!(done["tenants"]["globex"]["state"], "succeeded", "{done:#}");
     fleet.drop().await;
 }
+
+/// A client that sends half a request and waits is disconnected once the request head is
+/// overdue, and others are served meanwhile: a slow client cannot hold the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (fleet, port, _server) = setup("tapislow", "[[steps]]\nkind = \"health\"\n").await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    slow.write_all(b"GET /api/v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(http(port, "GET", "/healthz", None, None).await.0, 200, "served while a client dawdles");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow client was never disconnected");
+    let after = started.elapsed();
+    let limit = tenantry::api::HEADER_READ_TIMEOUT;
+    assert!(after + Duration::from_secs(1) >= limit && after < limit + Duration::from_secs(10), "{after:?}");
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(!answer.contains("200 OK"), "a request without its end was answered: {answer}");
+    fleet.drop().await;
+}
