@@ -1092,6 +1092,7 @@ mod tests {
         ("progress.lua", include_str!("lua/progress.lua")),
         ("publish.lua", include_str!("lua/publish.lua")),
         ("release.lua", include_str!("lua/release.lua")),
+        ("defer.lua", include_str!("lua/defer.lua")),
         ("renew.lua", include_str!("lua/renew.lua")),
         ("sweep.lua", include_str!("lua/sweep.lua")),
         ("tick_claim.lua", include_str!("lua/tick_claim.lua")),
