@@ -235,13 +235,11 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
     .map_err(|e| StepError::from_sqlx("reading the statistics' age", &e))?;
     let indexes: Arc<Vec<IndexInfo>> = match p.isolation {
         Isolation::Schema => {
-            let pool = ctx.databases.postgres(&p.host, &p.database).map_err(StepError::permanent)?;
+            // On the step's own session: asking the pool for a second connection while the
+            // tenants holding its others wait for this read would stall them all.
+            let conn: &mut sqlx::PgConnection = &mut session;
             let all = CATALOG
-                .get(&format!("{}/{}", p.host, p.database), || async move {
-                    let mut conn =
-                        pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting for the catalog", &e))?;
-                    read_indexes(&mut conn, None).await
-                })
+                .get(&format!("{}/{}", p.host, p.database), move || async move { read_indexes(conn, None).await })
                 .await?;
             Arc::new(all.iter().filter(|i| i.schema == p.schema).cloned().collect())
         }

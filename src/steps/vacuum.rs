@@ -269,14 +269,10 @@ async fn run(ctx: &StepContext<'_>, o: &Options) -> Result<serde_json::Value, St
     let tables: std::sync::Arc<Vec<TableStats>> = match p.isolation {
         Isolation::Schema => {
             let key = format!("{}/{}", p.host, p.database);
-            let pool = ctx.databases.postgres(&p.host, &p.database).map_err(StepError::permanent)?;
-            let all = STATS
-                .get(&key, || async move {
-                    let mut conn =
-                        pool.acquire().await.map_err(|e| StepError::from_sqlx("connecting for statistics", &e))?;
-                    read_stats(&mut conn, None).await
-                })
-                .await?;
+            // On the step's own session: asking the pool for a second connection while the
+            // tenants holding its others wait for this read would stall them all.
+            let conn: &mut sqlx::PgConnection = &mut session;
+            let all = STATS.get(&key, move || async move { read_stats(conn, None).await }).await?;
             std::sync::Arc::new(all.iter().filter(|t| t.schema == p.schema).cloned().collect())
         }
         Isolation::Row => std::sync::Arc::new(read_stats(&mut session, Some(&p.schema)).await?),
