@@ -101,6 +101,25 @@ _svc_apt_install() {
     }
 }
 
+# _svc_venv DIR WHAT: a Python venv in DIR with pip (for WHAT, named in messages), creating it
+# when absent; installs python3, or Debian's python3-venv, when they are missing.
+_svc_venv() {
+    local venv=$1 what=$2
+    [[ -x $venv/bin/pip ]] && return 0
+    command -v python3 >/dev/null 2>&1 || _svc_apt_install python3 || return 1
+    _svc_log "$what: creating the venv $venv"
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >&2; then
+        # Debian's python3 needs the venv module from a separate package.
+        rm -rf "$venv"
+        _svc_apt_install python3-venv || return 1
+        python3 -m venv "$venv" >&2 || {
+            _svc_err "$what: \`python3 -m venv $venv\` failed"
+            return 1
+        }
+    fi
+}
+
 # _svc_wait DESCRIPTION TIMEOUT_SECS COMMAND...: retry COMMAND until it succeeds.
 _svc_wait() {
     local desc=$1 timeout=$2
@@ -591,20 +610,7 @@ ensure_moto() {
     fi
 
     if [[ ! -x $venv/bin/moto_server ]]; then
-        command -v python3 >/dev/null 2>&1 || _svc_apt_install python3 || return 1
-        if [[ ! -x $venv/bin/pip ]]; then
-            _svc_log "moto: creating the venv $venv"
-            rm -rf "$venv"
-            if ! python3 -m venv "$venv" >&2; then
-                # Debian's python3 needs the venv module from a separate package.
-                rm -rf "$venv"
-                _svc_apt_install python3-venv || return 1
-                python3 -m venv "$venv" >&2 || {
-                    _svc_err "moto: \`python3 -m venv $venv\` failed"
-                    return 1
-                }
-            fi
-        fi
+        _svc_venv "$venv" moto || return 1
         _svc_log "moto: pip install \"$TENANTRY_MOTO_SPEC\""
         "$venv/bin/pip" install --quiet --disable-pip-version-check "$TENANTRY_MOTO_SPEC" >&2 || {
             _svc_err "moto: \`$venv/bin/pip install \"$TENANTRY_MOTO_SPEC\"\` failed"

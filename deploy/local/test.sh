@@ -7,6 +7,7 @@
 #   cargo clippy --all-targets -- -D warnings
 #   cargo nextest run --no-fail-fast     (cargo test when cargo-nextest is not installed)
 #   cargo test --doc                     (when the crate has doc tests)
+#   the demo, and deploy/local/check-manifests.sh (the deployment files' schemas)
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero when any failed.
 # Extra arguments go to the test runner, e.g. `deploy/local/test.sh -E 'test(catalog)'`
@@ -73,6 +74,11 @@ expected = {"core": 20, "clinic": 200, "events": 50}
 sys.exit(0 if counts == expected else f"demo placements {counts}, expected {expected}")'
 }
 step demo demo_fleet_resolves
+
+# The deployment files (deploy/compose.yaml, deploy/kubernetes/, deploy/Dockerfile,
+# deploy/systemd/) against their schemas, offline, then proof that each check catches a
+# broken copy.
+step manifests bash deploy/local/check-manifests.sh --self-test
 
 if ((${#failed[@]})); then
     header "FAILED: ${failed[*]}"
